@@ -1,0 +1,3 @@
+from desta_edge.cli import main
+
+raise SystemExit(main())

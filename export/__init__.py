@@ -1,0 +1,1 @@
+"""desta_edge.export — see README (planned in a later issue)."""

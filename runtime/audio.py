@@ -1,0 +1,206 @@
+"""Audio facts, loading and validation, log-mel features, and speech detection.
+
+Everything that touches raw samples before the encoder lives here, so the rest of the
+runtime can assume clean 16 kHz mono float32 in [-1, 1].
+
+Design choices:
+- Files are read with soundfile (WAV, FLAC, OGG/Vorbis, MP3 where libsndfile supports it, ...),
+  downmixed by averaging channels and resampled with soxr (a band-limited resampler).
+- Bad input raises `AudioError` (a `ValueError`) that names the file and the problem: missing,
+  unreadable/corrupt, empty, non-finite samples, or longer than the 30 s window. Nothing is
+  truncated silently: clips longer than `MAX_AUDIO_SECONDS` are rejected unless the caller
+  passes `allow_truncate=True`, in which case the cut is logged.
+- Speech detection uses webrtcvad on 30 ms frames (no network, no model download).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000  # Hz: everything after loading runs at this rate
+CHUNK_SECONDS = 30  # Whisper's fixed input window
+N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480_000 samples in the window
+HOP_LENGTH = 160  # samples between mel frames (10 ms)
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in the window
+MAX_AUDIO_SECONDS = float(CHUNK_SECONDS)
+
+VAD_FRAME_MS = 30  # webrtcvad accepts 10/20/30 ms frames only
+VAD_AGGRESSIVENESS = 2  # 0 (least) .. 3 (most aggressive at rejecting non-speech)
+MIN_SPEECH_MS = 150  # speech shorter than this in a whole clip counts as "no speech"
+
+
+class AudioError(ValueError):
+    """Bad audio input: the message names the source and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A validated clip: 16 kHz mono float32 samples and where they came from."""
+
+    samples: np.ndarray  # [n_samples] float32, 16 kHz mono
+    source: str  # file path or a description such as "<array>"
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+def load_audio(path: str | os.PathLike, *, allow_truncate: bool = False) -> Audio:
+    """Read an audio file, downmix to mono, resample to 16 kHz and validate it."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if not path.is_file():
+        raise AudioError(f"audio path is not a file: {path}")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(
+            f"cannot decode audio file {path}: {e} (unsupported format or corrupt file)"
+        ) from e
+    return prepare_audio(data, rate, source=str(path), allow_truncate=allow_truncate)
+
+
+def prepare_audio(
+    data: np.ndarray,
+    sample_rate: int,
+    *,
+    source: str = "<array>",
+    allow_truncate: bool = False,
+) -> Audio:
+    """Validate an array of samples ([n] or [n, channels]) and bring it to 16 kHz mono."""
+    data = np.asarray(data)
+    if data.dtype.kind not in "fiu":
+        raise AudioError(f"{source}: samples must be numeric, got dtype {data.dtype}")
+    if data.dtype.kind in "iu":
+        data = _int_to_float(data)
+    data = data.astype(np.float32, copy=False)
+    if data.ndim == 2:
+        data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    elif data.ndim != 1:
+        raise AudioError(
+            f"{source}: expected samples shaped [n] or [n, channels], got {tuple(data.shape)}"
+        )
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{source}: invalid sample rate {sample_rate!r}")
+    if data.size == 0:
+        raise AudioError(f"{source}: audio is empty (0 samples)")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise AudioError(
+            f"{source}: {int(bad.sum())} non-finite (NaN/Inf) samples, first at "
+            f"{first / sample_rate:.3f} s"
+        )
+    if sample_rate != SAMPLE_RATE:
+        import soxr
+
+        data = soxr.resample(data, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    peak = float(np.abs(data).max())
+    if peak > 1.0:
+        logger.warning("%s: peak amplitude %.2f > 1.0 (clipped input?)", source, peak)
+    duration = len(data) / SAMPLE_RATE
+    if duration > MAX_AUDIO_SECONDS + 1e-9:
+        if not allow_truncate:
+            raise AudioError(
+                f"{source}: audio is {duration:.2f} s long; the model's window is "
+                f"{MAX_AUDIO_SECONDS:.0f} s. Split it (e.g. `desta-edge listen` segments long "
+                "recordings) or pass allow_truncate=True to keep only the first 30 s."
+            )
+        logger.warning(
+            "%s: %.2f s of audio truncated to the first %.0f s", source, duration, MAX_AUDIO_SECONDS
+        )
+        data = data[:N_SAMPLES]
+    return Audio(samples=np.ascontiguousarray(data), source=source)
+
+
+def _int_to_float(data: np.ndarray) -> np.ndarray:
+    info = np.iinfo(data.dtype)
+    if info.min == 0:  # unsigned: centre on zero
+        mid = (info.max + 1) / 2
+        return ((data.astype(np.float64) - mid) / mid).astype(np.float32)
+    return (data.astype(np.float64) / -float(info.min)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- speech detection
+
+
+def speech_ms(samples: np.ndarray, *, aggressiveness: int = VAD_AGGRESSIVENESS) -> int:
+    """Milliseconds of 16 kHz mono float audio that webrtcvad classifies as speech."""
+    try:
+        import webrtcvad
+    except ImportError as e:  # pragma: no cover - a hard dependency
+        raise RuntimeError("webrtcvad is missing: pip install webrtcvad-wheels") from e
+    vad = webrtcvad.Vad(aggressiveness)
+    frame = SAMPLE_RATE * VAD_FRAME_MS // 1000
+    n = len(samples) // frame
+    if n == 0:
+        return 0
+    pcm = (np.clip(samples[: n * frame], -1.0, 1.0) * 32767.0).astype("<i2")
+    frames = pcm.reshape(n, frame)
+    voiced = sum(vad.is_speech(f.tobytes(), SAMPLE_RATE) for f in frames)
+    return voiced * VAD_FRAME_MS
+
+
+def has_speech(samples: np.ndarray, *, min_speech_ms: int = MIN_SPEECH_MS) -> bool:
+    """True if the clip holds at least `min_speech_ms` of speech according to webrtcvad."""
+    return speech_ms(samples) >= min_speech_ms
+
+
+# ----------------------------------------------------------------------------- features
+
+
+class LogMel:
+    """Whisper's log-mel front end, in torch (one STFT, no per-call allocation of filters).
+
+    Computes exactly what `WhisperFeatureExtractor` computes for 30 s windows: a 400-point
+    Hann STFT with hop 160, |X|^2, the Slaney mel filter bank, log10 clamped at 1e-10, the
+    dynamic range limited to 8 (log10 units) below the max, then (x + 4) / 4.
+    """
+
+    N_FFT = 400
+
+    def __init__(self, n_mels: int = 80) -> None:
+        import torch
+        from transformers.audio_utils import mel_filter_bank
+
+        self.n_mels = n_mels
+        filters = mel_filter_bank(
+            num_frequency_bins=1 + self.N_FFT // 2,
+            num_mel_filters=n_mels,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=SAMPLE_RATE,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self._filters = torch.from_numpy(filters.T.astype(np.float32))  # [n_mels, n_freq]
+        self._window = torch.hann_window(self.N_FFT)
+
+    def __call__(self, clips: list[np.ndarray]):
+        """Return float32 log-mel features [batch, n_mels, N_FRAMES] for a list of clips."""
+        import torch
+
+        batch = torch.zeros(len(clips), N_SAMPLES)
+        for i, clip in enumerate(clips):
+            if len(clip) > N_SAMPLES:
+                raise AudioError(
+                    f"clip {i} has {len(clip)} samples; the window holds {N_SAMPLES}"
+                )
+            batch[i, : len(clip)] = torch.from_numpy(np.asarray(clip, dtype=np.float32))
+        stft = torch.stft(batch, self.N_FFT, HOP_LENGTH, window=self._window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2  # [B, n_freq, N_FRAMES]
+        mel = self._filters @ power  # [B, n_mels, N_FRAMES]
+        log_spec = torch.clamp(mel, min=1e-10).log10()
+        floor = log_spec.amax(dim=(1, 2), keepdim=True) - 8.0
+        log_spec = torch.maximum(log_spec, floor)
+        return (log_spec + 4.0) / 4.0

@@ -1,0 +1,69 @@
+"""The backend seam: what an inference engine must do, and the names users pick engines by.
+
+`DestaModel` owns everything that is not number crunching (audio loading, the speech check,
+prompt assembly, timing, streaming text); a backend owns the tensors. Backends are chosen by
+`Backend` name. Only `torch` exists so far; other engines plug in behind the same Protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .generation import SamplingOptions, StepTimes
+
+
+class Backend(str, enum.Enum):
+    TORCH = "torch"  # PyTorch eager, CPU or CUDA
+
+    @classmethod
+    def parse(cls, name: "str | Backend") -> "Backend":
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(b.value for b in cls)
+            raise ValueError(f"unknown backend {name!r}; available: {known}") from None
+
+
+@dataclass
+class EncodedAudio:
+    """One encoder pass over a batch of clips."""
+
+    final: torch.Tensor  # [B, T, d_enc] encoder output for the transcript decoder
+    audio_embeds: torch.Tensor | None  # [B, prompt_size, d_llm], None when not requested
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    n_mels: int  # mel bins the encoder expects
+    device: torch.device
+
+    def encode(self, features: torch.Tensor, *, with_connector: bool) -> EncodedAudio:
+        """log-mel [B, n_mels, 3000] -> final encoder states (+ audio embeddings), one pass."""
+        ...
+
+    def transcribe(self, final: torch.Tensor, max_new_tokens: int) -> list[str]:
+        """Greedy transcripts of encoded clips."""
+        ...
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """LLM input embeddings of token ids: [..., L] -> [..., L, d_llm]."""
+        ...
+
+    def stream_tokens(
+        self,
+        *,
+        attention_mask: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        eos_ids: set[int],
+        opts: SamplingOptions,
+        times: StepTimes,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Prefill the prompt, then yield next-token ids [B] one step at a time."""
+        ...

@@ -1,0 +1,106 @@
+"""Adapter checkpoints in the official DeSTA2.5-Audio layout, both ways.
+
+A checkpoint directory holds `config.json` (the official fields, see `DestaConfig`) and
+`model.safetensors` with only the trained weights, named `perception.connector.*`. Loading is
+strict: a missing, unexpected or mis-shaped connector tensor is an error that names it (the
+reference loads with `strict=False`, so a wrong file silently leaves random weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import DestaConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CONNECTOR_PREFIX = "perception.connector."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model it is loaded into."""
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG_NAME).is_file()
+
+
+def connector_state(connector: nn.Module) -> dict[str, torch.Tensor]:
+    """The connector's weights under their official names."""
+    return {CONNECTOR_PREFIX + k: v for k, v in connector.state_dict().items()}
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing weights file {path}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a corrupt header
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+
+
+def load_connector(connector: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strictly load official-layout weights into `connector` (errors name each bad key)."""
+    expected = connector_state(connector)
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing connector keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    for k in sorted(set(expected) & set(weights)):
+        if tuple(expected[k].shape) != tuple(weights[k].shape):
+            problems.append(f"{k}: expected shape {tuple(expected[k].shape)}, found {tuple(weights[k].shape)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the connector: " + "; ".join(problems))
+    device = next(connector.parameters()).device
+    dtype = next(connector.parameters()).dtype
+    state = {k[len(CONNECTOR_PREFIX) :]: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+    connector.load_state_dict(state, strict=True)
+
+
+def save_checkpoint(
+    out_dir: str | os.PathLike,
+    config: DestaConfig,
+    connector: nn.Module,
+    *,
+    dtype: torch.dtype | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write `config.json` + `model.safetensors` (only the connector) atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
+        for k, v in connector_state(connector).items()
+    }
+    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    text = json.dumps(config.to_dict(), indent=2) + "\n"
+    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    for name, content in (extra_files or {}).items():
+        _atomic_write(out / name, lambda p, c=content: Path(p).write_text(c))
+    return out
+
+
+def _atomic_write(dest: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

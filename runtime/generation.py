@@ -1,0 +1,99 @@
+"""Token generation for the LLM: prefill once, then one cached decode step per token.
+
+A small loop of our own (instead of `llm.generate`) so the caller can stream tokens, time the
+prefill and the first token separately, and cancel between tokens. For greedy decoding it
+produces exactly the token ids `transformers`' `generate` produces on the same inputs (tested).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the next token is chosen (the seed's `generate` arguments)."""
+
+    max_new_tokens: int = 512  # hard cap on generated tokens per answer
+    do_sample: bool = False  # False: greedy (argmax); True: sample
+    temperature: float = 1.0  # divides the logits before sampling (do_sample only)
+    top_p: float = 1.0  # nucleus sampling mass (do_sample only)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def choose(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """logits [B, V] -> next token ids [B]."""
+    if not opts.do_sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / opts.temperature, dim=-1)
+    if opts.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(dim=-1) - sorted_p < opts.top_p  # always keeps the top token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1).squeeze(-1)
+
+
+@dataclass
+class StepTimes:
+    prefill_ms: float = 0.0  # the prompt's forward pass
+    first_token_s: float | None = None  # perf_counter() when the first token was chosen
+
+
+def generate_stream(
+    llm: torch.nn.Module,
+    *,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    eos_ids: set[int],
+    opts: SamplingOptions,
+    times: StepTimes | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token ids [B] step by step; rows that finished yield their eos id.
+
+    Either `input_ids` [B, L] or `inputs_embeds` [B, L, D] (with left padding) is the prompt.
+    Stops when every row has emitted an eos id, after `max_new_tokens`, or when `cancelled()`.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    times = times or StepTimes()
+    mask = attention_mask.clone()
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    eos = torch.tensor(sorted(eos_ids), device=mask.device)
+    done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    fill = int(eos[0])
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+        times.prefill_ms = (time.perf_counter() - t0) * 1000
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+        for step in range(opts.max_new_tokens):
+            nxt = choose(logits, opts)
+            nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
+            if step == 0:
+                times.first_token_s = time.perf_counter()
+            yield nxt
+            done |= torch.isin(nxt, eos)
+            if bool(done.all()) or step + 1 == opts.max_new_tokens:
+                return
+            if cancelled is not None and cancelled():
+                return
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1]

@@ -1,0 +1,445 @@
+"""`DestaModel`: the DeSTA2.5-Audio pipeline behind the seed-compatible API.
+
+    clips ──► log-mel ──► encoder (one pass) ──┬─► Q-Former connector ──► 64 audio embeddings ─┐
+                                               └─► Whisper decoder ──► transcript ─► token embs ─┤
+    messages ──► chat template ──► <start_audio>[placeholders]<end_audio> ──► splice ◄───────────┘
+                                                                              └─► LLM ──► answer
+
+This module orchestrates: it validates messages, loads audio, decides which clips need ASR
+(a caller's `text` skips it; a clip without speech gets " "), assembles prompts and streams
+text. The tensors live in a backend (`backends.py`); the PyTorch one is `torch_backend.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import Audio, AudioError, LogMel, has_speech, load_audio, prepare_audio
+from .backends import Backend, EncodedAudio
+from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_connector, read_weights, save_checkpoint
+from .config import DestaConfig
+from .connector import ConnectorShape, QFormerConnector
+from .generation import SamplingOptions, StepTimes
+from .presets import PRESETS, resolve_backbone
+from .prompt import AudioRef, build_batch, collect_audios, normalize_batch, splice
+from .torch_backend import TorchBackend
+from .whisper import MAX_TRANSCRIPT_TOKENS, WhisperFrontEnd
+
+logger = logging.getLogger(__name__)
+
+NO_SPEECH_TRANSCRIPT = " "  # what the reference gives a clip in which VAD finds no speech
+STAGES = ("features", "encoder", "asr", "prefill", "first_token", "total")
+_warned_transcript_only: set[str] = set()
+
+
+@dataclass
+class GenerationOutput:
+    text: list[str]  # one answer per conversation
+    audios: list[tuple[str, str]]  # (audio source, transcript) in order of appearance
+    generated_ids: list[list[int]]  # answer token ids (without the end-of-turn token)
+    timings_ms: dict[str, float] = field(default_factory=dict)  # see STAGES
+
+
+class AnswerStream:
+    """Iterate to get answer text pieces as they are generated; fields fill in as it runs.
+
+    `audios` is known before the first piece; `text`, `generated_ids` and `timings_ms` are
+    complete once iteration ends. `cancel()` stops generation before the next token.
+    """
+
+    def __init__(self, audios: list[tuple[str, str]], pieces: Callable[["AnswerStream"], Iterator[str]]) -> None:
+        self.audios = audios
+        self.text = ""
+        self.generated_ids: list[int] = []
+        self.timings_ms: dict[str, float] = {}
+        self.cancelled = False
+        self._it = pieces(self)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __iter__(self) -> Iterator[str]:
+        return self._it
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+
+@dataclass
+class _Prepared:
+    batch_size: int
+    attention_mask: torch.Tensor
+    input_ids: torch.Tensor | None  # text-only batches go in as ids (exactly the backbone's path)
+    inputs_embeds: torch.Tensor | None
+    audios: list[tuple[str, str]]
+    timings_ms: dict[str, float]
+    t0: float
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class DestaModel:
+    """A DeSTA2.5-Audio model ready for inference. Build with `from_pretrained`."""
+
+    def __init__(
+        self,
+        backend: TorchBackend,
+        config: DestaConfig,
+        tokenizer,
+        *,
+        audio_features: bool = True,
+        name: str = "<components>",
+        load_ms: float = 0.0,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.tokenizer = tokenizer
+        self.audio_features = audio_features
+        self.name = name
+        self.load_ms = load_ms
+        self.features = LogMel(backend.n_mels)
+        self.placeholder_id = _single_token_id(tokenizer, config.placeholder_token)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = _eos_ids(backend.llm_model, tokenizer)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "tiny",
+        *,
+        backend: str | Backend = Backend.TORCH,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        audio_features: bool | None = None,
+        progress: bool = True,
+    ) -> "DestaModel":
+        """Load a preset name ("tiny"), a checkpoint directory, or a hub id.
+
+        audio_features: None = use the connector when the model has a trained one; False =
+        the transcript-only ablation (the LLM sees the transcript, no audio embeddings).
+        """
+        Backend.parse(backend)  # only torch today; an unknown name is an error here
+        t0 = time.perf_counter()
+        name = os.fspath(name_or_path)
+        config, weights, base_dir = _resolve(name)
+        if config.use_lora:
+            raise ValueError(f"{name}: LoRA checkpoints (use_lora=true) are not supported yet")
+        if weights is None:
+            if audio_features:
+                raise ValueError(f"{name} has no trained adapter; pass audio_features=False")
+            if name not in _warned_transcript_only:
+                _warned_transcript_only.add(name)
+                logger.warning(
+                    "%s has no trained adapter yet: answering from the transcript alone "
+                    "(no audio embeddings reach the LLM)", name
+                )
+            audio_features = False
+        dev = torch.device(device) if device is not None else default_device()
+        dt = dtype or default_dtype(dev)
+        whisper, whisper_tok = _load_whisper(resolve_backbone(config.encoder_model_id, base_dir=base_dir, progress=progress), dt)
+        llm, llm_tok = _load_llm(resolve_backbone(config.llm_model_id, base_dir=base_dir, progress=progress), dt)
+        model = cls.from_components(
+            config, whisper, whisper_tok, llm, llm_tok,
+            connector_weights=weights, audio_features=audio_features is not False, name=name,
+        )
+        model.to(dev, dt)
+        model.load_ms = (time.perf_counter() - t0) * 1000
+        return model
+
+    @classmethod
+    def from_components(
+        cls,
+        config: DestaConfig,
+        whisper,
+        whisper_tokenizer,
+        llm,
+        llm_tokenizer,
+        *,
+        connector_weights: dict[str, torch.Tensor] | None = None,
+        audio_features: bool = True,
+        name: str = "<components>",
+    ) -> "DestaModel":
+        """Assemble from loaded backbones (tests and training build models this way).
+
+        With `audio_features` and no weights, the connector is freshly initialized (training).
+        """
+        front = WhisperFrontEnd(whisper, whisper_tokenizer, config.taps(whisper.config.encoder_layers))
+        connector = None
+        if audio_features or connector_weights is not None:
+            shape = ConnectorShape(
+                d_encoder=front.d_model,
+                n_heads=front.n_heads,
+                d_llm=llm.config.hidden_size,
+                n_taps=len(front.taps),
+                prompt_size=config.prompt_size,
+                n_layers=config.qformer_num_hidden_layers,
+            )
+            connector = QFormerConnector(shape)
+            if connector_weights is not None:
+                load_connector(connector, connector_weights, source=name)
+        for module in (whisper, llm):
+            module.eval().requires_grad_(False)
+        if connector is not None:
+            connector.eval()
+        return cls(TorchBackend(front, connector, llm), config, llm_tokenizer, audio_features=audio_features, name=name)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DestaModel":
+        self.backend.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @property
+    def connector(self) -> QFormerConnector | None:
+        return self.backend.perception.connector
+
+    def save_pretrained(self, out_dir: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+        """Write the official layout: config.json + model.safetensors (connector only)."""
+        if self.connector is None:
+            raise ValueError("this model has no connector to save")
+        return save_checkpoint(out_dir, self.config, self.connector, dtype=dtype)
+
+    def connector_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.connector is None:
+            raise ValueError("this model has no connector")
+        return connector_state(self.connector)
+
+    # ------------------------------------------------------------------ inference
+
+    def generate(
+        self,
+        messages: list,
+        max_new_tokens: int = 512,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> GenerationOutput:
+        """Answer one conversation or a batch of them (the seed's message format)."""
+        opts = SamplingOptions(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+        prep = self._prepare(normalize_batch(messages))
+        times = StepTimes()
+        rows: list[list[int]] = [[] for _ in range(prep.batch_size)]
+        done = [False] * prep.batch_size
+        for nxt in self._tokens(prep, opts, times):
+            for i, tok in enumerate(nxt.tolist()):
+                if done[i] or tok in self.eos_ids:
+                    done[i] = True
+                else:
+                    rows[i].append(tok)
+        timings = self._finish_timings(prep, times)
+        text = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return GenerationOutput(text=text, audios=prep.audios, generated_ids=rows, timings_ms=timings)
+
+    def stream(
+        self,
+        messages: list,
+        max_new_tokens: int = 512,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> AnswerStream:
+        """Answer one conversation, yielding text pieces as tokens are generated.
+
+        Audio is loaded, encoded and transcribed before this returns (so errors surface here
+        and `stream.audios` is known); the LLM runs as the stream is iterated.
+        """
+        conversations = normalize_batch(messages)
+        if len(conversations) != 1:
+            raise ValueError(f"stream() takes one conversation, got a batch of {len(conversations)}; use generate()")
+        opts = SamplingOptions(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+        prep = self._prepare(conversations)
+
+        def pieces(stream: AnswerStream) -> Iterator[str]:
+            times = StepTimes()
+            emitted = ""
+            for nxt in self._tokens(prep, opts, times, cancelled=lambda: stream.cancelled):
+                tok = int(nxt[0])
+                if tok in self.eos_ids:
+                    break
+                stream.generated_ids.append(tok)
+                text = self.tokenizer.decode(stream.generated_ids, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+                    continue
+                piece, emitted = text[len(emitted) :], text
+                stream.text = text
+                if piece:
+                    yield piece
+            stream.text = self.tokenizer.decode(stream.generated_ids, skip_special_tokens=True)
+            if len(stream.text) > len(emitted):
+                yield stream.text[len(emitted) :]
+            stream.timings_ms = self._finish_timings(prep, times)
+
+        return AnswerStream(prep.audios, pieces)
+
+    # ------------------------------------------------------------------ pipeline
+
+    def _prepare(self, conversations: list[list[dict]]) -> _Prepared:
+        t0 = time.perf_counter()
+        timings = {k: 0.0 for k in ("features", "encoder", "asr")}
+        refs = collect_audios(conversations, self.config.audio_locator)
+        clips = [_load_clip(r) for r in refs]
+        transcripts: list[str | None] = [r.text for r in refs]
+        need_asr = []
+        for i, (ref, clip) in enumerate(zip(refs, clips)):
+            if ref.text is None:
+                if has_speech(clip.samples):
+                    need_asr.append(i)
+                else:
+                    transcripts[i] = NO_SPEECH_TRANSCRIPT
+        use_connector = self.audio_features and bool(refs)
+        audio_embeds = None
+        if use_connector or need_asr:
+            encode_idx = list(range(len(clips))) if use_connector else need_asr
+            t = time.perf_counter()
+            feats = self.features([clips[i].samples for i in encode_idx])
+            timings["features"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            enc: EncodedAudio = self.backend.encode(feats, with_connector=use_connector)
+            timings["encoder"] = (time.perf_counter() - t) * 1000
+            audio_embeds = enc.audio_embeds
+            if need_asr:
+                t = time.perf_counter()
+                rows = [encode_idx.index(i) for i in need_asr]
+                texts = self.backend.transcribe(enc.final[rows], MAX_TRANSCRIPT_TOKENS)
+                timings["asr"] = (time.perf_counter() - t) * 1000
+                for i, text in zip(need_asr, texts):
+                    transcripts[i] = text
+        text_ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in transcripts]
+        n_audio = self.config.prompt_size if use_connector else 0
+        batch = build_batch(
+            self.tokenizer,
+            conversations,
+            audio_locator=self.config.audio_locator,
+            placeholder_id=self.placeholder_id,
+            pad_id=self.pad_id,
+            spans=[(n_audio, len(ids)) for ids in text_ids],
+        )
+        audios = [(clip.source, text or "") for clip, text in zip(clips, transcripts)]
+        if not refs:
+            return _Prepared(len(conversations), batch.attention_mask, batch.input_ids, None, audios, timings, t0)
+        embeds = self.backend.embed(batch.input_ids)
+        text_embeds = [self.backend.embed(torch.tensor(ids, dtype=torch.long)) for ids in text_ids]
+        embeds = splice(embeds, batch.splices, audio_embeds, text_embeds)
+        return _Prepared(len(conversations), batch.attention_mask, None, embeds, audios, timings, t0)
+
+    def _tokens(self, prep: _Prepared, opts: SamplingOptions, times: StepTimes, cancelled=None) -> Iterator[torch.Tensor]:
+        return self.backend.stream_tokens(
+            attention_mask=prep.attention_mask,
+            input_ids=prep.input_ids,
+            inputs_embeds=prep.inputs_embeds,
+            eos_ids=self.eos_ids,
+            opts=opts,
+            times=times,
+            cancelled=cancelled,
+        )
+
+    def _finish_timings(self, prep: _Prepared, times: StepTimes) -> dict[str, float]:
+        out = dict(prep.timings_ms)
+        out["prefill"] = times.prefill_ms
+        first = times.first_token_s if times.first_token_s is not None else time.perf_counter()
+        out["first_token"] = (first - prep.t0) * 1000  # request start -> first answer token
+        out["total"] = (time.perf_counter() - prep.t0) * 1000
+        return {k: round(out[k], 2) for k in STAGES}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _load_clip(ref: AudioRef) -> Audio:
+    a = ref.audio
+    if isinstance(a, Audio):
+        return a
+    if isinstance(a, str):
+        return load_audio(a)
+    if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], np.ndarray):
+        return prepare_audio(a[0], a[1])
+    raise AudioError(
+        f"conversation {ref.conversation}: 'audio' must be a file path, an Audio object or a "
+        f"(samples, sample_rate) tuple, got {type(a).__name__}"
+    )
+
+
+def _single_token_id(tokenizer, token: str) -> int:
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(f"placeholder_token {token!r} must be one token of the LLM vocabulary; it encodes to {ids}")
+    return ids[0]
+
+
+def _eos_ids(llm, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
+    for v in (gen_eos, tokenizer.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    if not ids:
+        raise ValueError("the LLM defines no end-of-sequence token")
+    return ids
+
+
+def _resolve(name: str) -> tuple[DestaConfig, dict | None, Path | None]:
+    """A preset, checkpoint dir or hub id -> (config, connector weights or None, base dir)."""
+    if name in PRESETS:
+        preset = PRESETS[name]
+        if preset.adapter_dir is None:
+            return preset.config, None, None
+        name = str(preset.adapter_dir)
+    path = Path(name)
+    if not is_checkpoint_dir(path):
+        if path.exists() or name.startswith((".", "/", "~")):
+            raise FileNotFoundError(
+                f"{name}: not a preset ({', '.join(PRESETS)}) or a checkpoint directory with config.json"
+            )
+        path = _download(name)
+    config = DestaConfig.from_json(path / "config.json")
+    weights_file = path / WEIGHTS_NAME
+    weights = read_weights(weights_file) if weights_file.exists() else None
+    return config, weights, path
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["config.json", WEIGHTS_NAME]))
+    except Exception as e:
+        raise RuntimeError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            f"Use a preset ({', '.join(PRESETS)}), a local checkpoint directory, or a machine that reaches the hub."
+        ) from e
+
+
+def _load_whisper(path: str, dtype: torch.dtype):
+    from transformers import AutoTokenizer, WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _load_llm(path: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,1 @@
+"""desta_edge.streaming — see README (planned in a later issue)."""

@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny random backbones built in-process (fast tests) and synthesized speech."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from desta_edge.runtime.config import DestaConfig
+from desta_edge.runtime.model import DestaModel
+
+LLM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<ph>"]
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+PROMPT_SIZE = 4
+
+
+def byte_tokenizer(specials: list[str], chat_template: str | None = None):
+    """A byte-level BPE tokenizer with no merges: every byte is a token, plus `specials`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    vocab.update({ch: len(specials) + i for i, ch in enumerate(alphabet)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=specials[0], pad_token=specials[0])
+    fast.add_special_tokens({"additional_special_tokens": specials[1:]})
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def tiny_llm():
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = byte_tokenizer(LLM_SPECIALS, CHATML)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    tok.eos_token = "<|im_end|>"
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        eos_token_id=eos, pad_token_id=tok.pad_token_id, bos_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    return model, tok
+
+
+def tiny_whisper():
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(1)
+    tok = byte_tokenizer(WHISPER_SPECIALS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    cfg = WhisperConfig(
+        vocab_size=len(tok), d_model=32, encoder_layers=4, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=160,
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
+    )
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=False, max_length=160,
+    )
+    return model, tok
+
+
+def tiny_config(**kw) -> DestaConfig:
+    base = dict(llm_model_id="tiny-llm", encoder_model_id="tiny-whisper", prompt_size=PROMPT_SIZE,
+                qformer_num_hidden_layers=2, placeholder_token="<ph>")
+    base.update(kw)
+    return DestaConfig(**base)
+
+
+def build_tiny_model(audio_features: bool = True, connector_weights=None) -> DestaModel:
+    whisper, wtok = tiny_whisper()
+    llm, ltok = tiny_llm()
+    torch.manual_seed(2)
+    return DestaModel.from_components(
+        tiny_config(), whisper, wtok, llm, ltok, connector_weights=connector_weights, audio_features=audio_features
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> DestaModel:
+    return build_tiny_model()
+
+
+def tone(seconds: float, rate: int = 16000, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture
+def wav_file(tmp_path: Path):
+    """Write samples to a WAV and return its path: wav_file(samples, rate, name=...)."""
+
+    def write(samples: np.ndarray, rate: int = 16000, name: str = "clip.wav", subtype: str | None = None) -> Path:
+        path = tmp_path / name
+        sf.write(str(path), samples, rate, subtype=subtype)
+        return path
+
+    return write
+
+
+ESPEAK = shutil.which("espeak-ng")
+
+
+def speak(text: str, path: Path, *, voice: str = "en-us", rate: int = 160, pitch: int = 50) -> Path:
+    """Synthesize `text` with espeak-ng into a 22.05 kHz WAV (the CI installs espeak-ng)."""
+    if ESPEAK is None:
+        raise RuntimeError("espeak-ng is not installed: apt-get install espeak-ng (the test setup does this)")
+    subprocess.run([ESPEAK, "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", str(path), text], check=True)
+    return path

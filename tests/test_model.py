@@ -1,0 +1,174 @@
+"""The pipeline on tiny random backbones: one encoder pass, parity with the reference's path,
+text-only identity with the backbone LLM, splicing, streaming and batching."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PROMPT_SIZE, build_tiny_model, tone
+from desta_edge.runtime.audio import LogMel
+from desta_edge.runtime.model import NO_SPEECH_TRANSCRIPT
+
+LOC = "<|AUDIO|>"
+
+
+def speechlike(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
+    """Amplitude-modulated harmonic noise that webrtcvad calls speech (the tiny ASR is random anyway)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    voice = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 450, 900), start=1))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
+    return (0.3 * voice * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def conv(text=None, audio=None, prompt="What did they say?"):
+    audio = audio if audio is not None else (speechlike(), 16000)
+    return [{"role": "user", "content": f"{LOC}\n{prompt}", "audios": [{"audio": audio, "text": text}]}]
+
+
+def count_encoder_passes(model):
+    calls = []
+    enc = model.backend.perception.whisper.whisper.model.encoder
+    h1 = enc.conv1.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    return calls, h1
+
+
+def test_encoder_runs_once_for_connector_and_asr(tiny_model):
+    calls, hook = count_encoder_passes(tiny_model)
+    try:
+        out = tiny_model.generate(conv(text=None), max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert calls == [1], "one encoder pass over the one clip"
+    assert out.audios[0][1] != NO_SPEECH_TRANSCRIPT  # ASR ran on the shared pass
+    assert out.timings_ms["asr"] > 0 and out.timings_ms["encoder"] > 0
+
+
+def test_batch_of_clips_is_encoded_in_one_pass(tiny_model):
+    calls, hook = count_encoder_passes(tiny_model)
+    two = [{"role": "user", "content": f"{LOC} and {LOC}", "audios": [
+        {"audio": (speechlike(seed=1), 16000), "text": None}, {"audio": (speechlike(seed=2), 16000), "text": None}]}]
+    try:
+        out = tiny_model.generate([conv(text=None), two], max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert calls == [3] and len(out.audios) == 3 and len(out.text) == 2
+
+
+def test_one_pass_equals_the_references_two_passes(tiny_model):
+    """Taps, final states and transcript from our single pass equal what the reference computes
+    with a separate connector pass and `whisper.generate` (its second encoder pass)."""
+    whisper = tiny_model.backend.perception.whisper
+    hf = whisper.whisper
+    feats = LogMel(80)([speechlike(seed=3)])
+    ours = whisper.encode(feats)
+    with torch.no_grad():
+        ref = hf.model.encoder(feats, output_hidden_states=True)
+    # hidden_states[i + 1] is layer i's raw output (the last entry is after the final LayerNorm)
+    for tap, layer in zip(ours.taps[:-1], whisper.taps[:-1]):
+        torch.testing.assert_close(tap, ref.hidden_states[layer + 1])
+    torch.testing.assert_close(ours.final, ref.last_hidden_state)
+    torch.testing.assert_close(hf.model.encoder.layer_norm(ours.taps[-1]), ref.last_hidden_state)
+    ids = whisper.transcribe_ids(ours.final, max_new_tokens=12)
+    gen = hf.generate(feats, attention_mask=torch.ones(1, 3000), max_new_tokens=12, do_sample=False)
+    want = gen[0].tolist()  # transformers returns the new tokens only
+    assert len(ids[0]) == 12 and ids[0] == want[:12]
+
+
+def test_audio_and_transcript_embeddings_are_spliced_in(tiny_model):
+    m = tiny_model
+    prep = m._prepare([conv(text="hello")])
+    feats = m.features([speechlike()])
+    audio = m.backend.encode(feats, with_connector=True).audio_embeds[0]
+    text = m.backend.embed(torch.tensor(m.tokenizer.encode("hello", add_special_tokens=False)))
+    emb = prep.inputs_embeds[0]
+    ph = (emb == m.backend.embed(torch.tensor([m.placeholder_id]))[0]).all(-1)
+    assert not ph.any(), "every placeholder was overwritten"
+    n = PROMPT_SIZE + text.shape[0]
+    # find the run: it starts right after <start_audio>
+    ids = m.tokenizer.encode(m.tokenizer.apply_chat_template(conv("hello"), tokenize=False, add_generation_prompt=True).split(LOC)[0] + "<start_audio>", add_special_tokens=False)
+    s = len(ids)
+    torch.testing.assert_close(emb[s : s + PROMPT_SIZE], audio)
+    torch.testing.assert_close(emb[s + PROMPT_SIZE : s + n], text)
+
+
+def test_text_only_gives_exactly_the_backbone_llm_output(tiny_model):
+    llm, tok = tiny_model.backend.llm_model, tiny_model.tokenizer
+    convs = [[{"role": "user", "content": "Name a colour."}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count to three, please."}]]
+    out = tiny_model.generate(convs, max_new_tokens=12)
+    for c, got in zip(convs, out.generated_ids):
+        ids = torch.tensor([tok.apply_chat_template(c, add_generation_prompt=True)])
+        ref = llm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        want = [t for t in ref[0, ids.shape[1]:].tolist()]
+        want = want[: next((i for i, t in enumerate(want) if t in tiny_model.eos_ids), len(want))]
+        assert got == want
+    assert out.audios == []
+
+
+def test_left_padded_batch_equals_single_runs(tiny_model):
+    a, b = conv(text="short"), conv(text="a much longer transcript than the other one", prompt="Summarize.")
+    batch = tiny_model.generate([a, b], max_new_tokens=8)
+    singles = [tiny_model.generate(c, max_new_tokens=8).generated_ids[0] for c in (a, b)]
+    assert batch.generated_ids == singles
+
+
+def test_transcript_only_ablation_has_no_audio_embeddings():
+    m = build_tiny_model(audio_features=False)
+    assert m.connector is None
+    prep = m._prepare([conv(text="hello")])
+    with_audio = build_tiny_model()._prepare([conv(text="hello")])
+    assert with_audio.inputs_embeds.shape[1] - prep.inputs_embeds.shape[1] == PROMPT_SIZE
+
+
+def test_caller_text_skips_asr_and_silence_gets_a_space(tiny_model):
+    calls, hook = count_encoder_passes(tiny_model)
+    try:
+        out = tiny_model.generate(conv(text="given"), max_new_tokens=2)
+        silent = tiny_model.generate(conv(text=None, audio=(np.zeros(16000, np.float32), 16000)), max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert out.audios[0][1] == "given" and out.timings_ms["asr"] == 0
+    assert silent.audios[0][1] == NO_SPEECH_TRANSCRIPT and silent.timings_ms["asr"] == 0
+    assert calls == [1, 1]  # the connector still needs the encoder
+
+
+def test_stream_yields_the_same_text_as_generate(tiny_model):
+    c = conv(text="stream me")
+    full = tiny_model.generate(c, max_new_tokens=10)
+    s = tiny_model.stream(c, max_new_tokens=10)
+    pieces = list(s)
+    assert "".join(pieces) == full.text[0] == s.text
+    assert s.generated_ids == full.generated_ids[0]
+    assert set(s.timings_ms) == {"features", "encoder", "asr", "prefill", "first_token", "total"}
+    assert s.timings_ms["first_token"] <= s.timings_ms["total"]
+
+
+def test_stream_cancel_stops_generation(tiny_model):
+    s = tiny_model.stream(conv(text="x"), max_new_tokens=50)
+    next(iter(s), None)
+    s.cancel()
+    rest = list(s)
+    assert len(s.generated_ids) <= 2 + len(rest)
+
+
+def test_stream_rejects_a_batch(tiny_model):
+    with pytest.raises(ValueError, match="one conversation"):
+        tiny_model.stream([conv(text="a"), conv(text="b")])
+
+
+def test_sampling_options_are_validated(tiny_model):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny_model.generate(conv(text="a"), max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        tiny_model.generate(conv(text="a"), do_sample=True, top_p=0.0)
+    torch.manual_seed(0)
+    out = tiny_model.generate(conv(text="a"), max_new_tokens=4, do_sample=True, temperature=0.7, top_p=0.9)
+    assert len(out.generated_ids[0]) <= 4
+
+
+def test_tone_is_accepted_as_audio_tuple_and_bad_audio_type_rejected(tiny_model):
+    out = tiny_model.generate(conv(text="t", audio=(tone(0.5, rate=8000), 8000)), max_new_tokens=1)
+    assert out.audios[0][0] == "<array>"
+    with pytest.raises(ValueError, match="'audio' must be a file path"):
+        tiny_model.generate(conv(text="t", audio=12345), max_new_tokens=1)

@@ -1,0 +1,1 @@
+"""desta_edge.training — see README (planned in a later issue)."""

@@ -28,6 +28,7 @@ from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_c
 from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
 from .generation import SamplingOptions, StepTimes
+from .hf import dtype_kwarg
 from .presets import PRESETS, resolve_backbone
 from .prompt import AudioRef, build_batch, collect_audios, normalize_batch, splice
 from .torch_backend import TorchBackend
@@ -434,12 +435,12 @@ def _download(repo_id: str) -> Path:
 def _load_whisper(path: str, dtype: torch.dtype):
     from transformers import AutoTokenizer, WhisperForConditionalGeneration
 
-    model = WhisperForConditionalGeneration.from_pretrained(path, torch_dtype=dtype)
+    model = WhisperForConditionalGeneration.from_pretrained(path, **{dtype_kwarg(): dtype})
     return model, AutoTokenizer.from_pretrained(path)
 
 
 def _load_llm(path: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, **{dtype_kwarg(): dtype})
     return model, AutoTokenizer.from_pretrained(path)

@@ -172,3 +172,29 @@ def test_tone_is_accepted_as_audio_tuple_and_bad_audio_type_rejected(tiny_model)
     assert out.audios[0][0] == "<array>"
     with pytest.raises(ValueError, match="'audio' must be a file path"):
         tiny_model.generate(conv(text="t", audio=12345), max_new_tokens=1)
+
+
+def test_multilingual_whisper_prompt_detects_the_language():
+    """Large-v3-style prompt: <|startoftranscript|><|lang|><|transcribe|><|notimestamps|>."""
+    from conftest import tiny_whisper
+    from desta_edge.runtime.whisper import WhisperFrontEnd
+
+    whisper, tok = tiny_whisper()
+    whisper.requires_grad_(False)
+    gen = whisper.generation_config
+    gen.is_multilingual = True
+    gen.lang_to_id = {"<|en|>": 40, "<|de|>": 41, "<|fr|>": 42}
+    gen.task_to_id = {"transcribe": 50, "translate": 51}
+    front = WhisperFrontEnd(whisper, tok, (0, 1, 2, 3))
+    final = front.encode(LogMel(80)([speechlike(seed=4), speechlike(seed=5)])).final
+    with torch.no_grad():
+        sot = torch.full((2, 1), gen.decoder_start_token_id)
+        logits = whisper.proj_out(whisper.model.decoder(input_ids=sot, encoder_hidden_states=final).last_hidden_state)[:, -1]
+    want_lang = torch.tensor([40, 41, 42])[logits[:, 40:43].argmax(-1)]
+    prompt = front._prompt(final, None)
+    assert prompt[:, 0].eq(gen.decoder_start_token_id).all() and torch.equal(prompt[:, 1], want_lang)
+    assert prompt[:, 2:].tolist() == [[50, gen.no_timestamps_token_id]] * 2
+    assert front._prompt(final, "de")[:, 1].tolist() == [41, 41]
+    with pytest.raises(ValueError, match="does not know language 'xx'"):
+        front._prompt(final, "xx")
+    assert len(front.transcribe_ids(final, max_new_tokens=3)[0]) <= 3

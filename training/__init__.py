@@ -1,1 +1,1 @@
-"""desta_edge.training — see README (planned in a later issue)."""
+"""Training: self-generated alignment data, the connector trainer, evaluation (see README)."""

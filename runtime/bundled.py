@@ -48,7 +48,7 @@ WHISPER_TINY_EN_DIRNAME = "whisper-tiny.en"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 
 # bump when the converted layout changes: every cached conversion is then rebuilt
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 COMPLETE_MARKER = ".desta-edge-complete.json"
 LOCK_FILENAME = ".lock"
 _TEMP_PREFIX_TEMPLATE = ".{dirname}.tmp-"

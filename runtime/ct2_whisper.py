@@ -290,8 +290,8 @@ def _build_whisper_config(
         bos_token_id=BOS_TOKEN_ID,
         eos_token_id=EOS_TOKEN_ID,
         pad_token_id=PAD_TOKEN_ID,
-        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
+        suppress_tokens=None,  # decoding settings live in the generation config only
+        begin_suppress_tokens=None,
         tie_word_embeddings=True,
     )
 
@@ -493,8 +493,8 @@ def build_generation_config(config: WhisperConfig, ct2_config: dict[str, Any]) -
         is_multilingual=False,
         return_timestamps=False,
         max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
-        suppress_tokens=list(config.suppress_tokens or []),
-        begin_suppress_tokens=list(config.begin_suppress_tokens or []),
+        suppress_tokens=list(ct2_config.get("suppress_ids", [])),
+        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
         alignment_heads=[list(pair) for pair in ct2_config.get("alignment_heads", [])],
         max_length=config.max_target_positions,
     )

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from desta_edge.runtime import bundled
-from desta_edge.runtime.ct2_whisper import map_ct2_to_hf, read_ct2_file, read_ct2_model
+from desta_edge.runtime.ct2_whisper import build_generation_config, map_ct2_to_hf, read_ct2_file, read_ct2_model
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,9 @@ def test_map_ct2_to_hf_derives_config_and_splits_fused_projections() -> None:
         TINY["src"],
         TINY["tgt"],
     )
-    assert config.suppress_tokens == [1, 2] and config.begin_suppress_tokens == [3]
+    assert config.suppress_tokens is None and config.begin_suppress_tokens is None  # generation config only
+    generation = build_generation_config(config, CT2_CONFIG)
+    assert generation.suppress_tokens == [1, 2] and generation.begin_suppress_tokens == [3]
     fused = variables["encoder/layer_1/self_attention/linear_0/weight"]
     np.testing.assert_array_equal(tensors["model.encoder.layers.1.self_attn.q_proj.weight"], fused[:d])
     np.testing.assert_array_equal(tensors["model.encoder.layers.1.self_attn.k_proj.weight"], fused[d : 2 * d])

@@ -1,4 +1,4 @@
-"""The `desta-edge` command line: `ask` a spoken question, list/prepare `models`.
+"""The `desta-edge` command line: `ask` a spoken question, `listen` continuously, list/prepare `models`.
 
 Human-readable by default (answer streamed to stdout, details on stderr); `--json` makes the
 last line of stdout one JSON object for scripts. Exit codes: 0 ok, 2 bad input, 1 other errors.
@@ -12,8 +12,8 @@ import logging
 import sys
 import time
 
-DEFAULT_SYSTEM = "You are a helpful voice assistant. Answer the spoken request briefly and accurately."
-DEFAULT_PROMPT = "Answer the question or request in the audio."
+from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
+
 EXIT_BAD_INPUT = 2
 
 
@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ask = sub.add_parser("ask", help="answer a spoken question in an audio file")
     ask.add_argument("audio", help="audio file (WAV/FLAC/OGG/..., any rate, mono or stereo, up to 30 s)")
-    ask.add_argument("--prompt", default=DEFAULT_PROMPT, help="instruction placed after the audio")
-    ask.add_argument("--system", default=DEFAULT_SYSTEM, help="system message")
+    ask.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction placed after the audio")
+    ask.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     ask.add_argument("--model", default="tiny", help="preset name, checkpoint directory or hub id (default: tiny)")
     ask.add_argument("--max-new-tokens", type=int, default=256, help="cap on answer tokens (default: 256)")
     ask.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--prepare", action="store_true", help="convert the bundled backbones now (once)")
     models.add_argument("--json", action="store_true", help="print one JSON object")
     models.set_defaults(func=_cmd_models)
+
+    from desta_edge.streaming.cli import register_cli as register_streaming
+
+    register_streaming(sub)
     return p
 
 

@@ -16,6 +16,12 @@ from typing import Any
 
 import torch
 
+# The assistant's default turn (ask and listen): chosen on a handful of spoken requests with the
+# tiny preset; "Reply to the speaker." gave direct answers where "Answer the question in the
+# audio." made SmolLM2-135M repeat the request back.
+ASSISTANT_SYSTEM = "You are a helpful voice assistant. Answer the spoken request briefly and accurately."
+ASSISTANT_PROMPT = "Reply to the speaker."
+
 START_AUDIO = "<start_audio>"
 END_AUDIO = "<end_audio>"
 

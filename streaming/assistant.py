@@ -1,0 +1,249 @@
+"""The assistant loop: audio chunks in, endpointed utterances answered, events out.
+
+Two threads: the caller's thread reads the source and runs the endpointer (cheap, never
+blocks on the model); one worker thread runs the model, one job at a time.
+
+Speculative start: when the endpointer reports a short pause, the worker begins the utterance
+as it stands (features, encoder, ASR, prompt, LLM prefill and the first token) and then waits.
+If the silence reaches the hangover with no new speech, the audio is identical and the job is
+committed: its first token goes out at once. If speech resumes, the job is discarded.
+
+Events are dicts: `type`, `utterance`, `audio_s` (stream position), `wall_s` (seconds since the
+loop started), plus type-specific fields; see `EVENT_TYPES`. One utterance's failure becomes an
+`error` event; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
+
+from .sources import SAMPLE_RATE, Chunk
+from .vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEnd, SpeechStart
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPES = ("speech_start", "speech_end", "transcript", "token", "answer", "cancelled", "discarded", "error")
+
+
+@dataclass(frozen=True)
+class AssistantOptions:
+    system: str = ASSISTANT_SYSTEM  # system message of every turn
+    prompt: str = ASSISTANT_PROMPT  # instruction after the audio
+    max_new_tokens: int = 128  # cap per answer
+    speculative: bool = True  # start work at the first short pause
+    barge_in: bool = True  # speech during an answer cancels it
+
+
+@dataclass
+class Stats:
+    utterances: int = 0  # committed utterances sent to the model
+    answers: int = 0
+    errors: int = 0
+    cancelled: int = 0  # answers stopped by barge-in
+    speculative_used: int = 0  # commits that reused a speculative start
+    speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
+    discarded_short: int = 0  # too-short "utterances" (clicks)
+    first_token_ms: list[float] = field(default_factory=list)  # end of speech -> first token
+
+
+@dataclass
+class _Job:
+    utterance: int
+    samples: np.ndarray
+    audio_s: float  # stream position when the job was created
+    speculative: bool = False  # started at a pause, before the end was decided
+    speech_end_wall: float | None = None  # wall clock when the last voiced audio arrived (set on commit)
+    commit_wall: float | None = None  # wall clock when the endpointer decided the end
+    decided: threading.Event = field(default_factory=threading.Event)
+    discard: bool = False
+    cancel: bool = False  # barge-in
+    answering: bool = False
+
+
+class Assistant:
+    def __init__(
+        self,
+        model,
+        opts: AssistantOptions = AssistantOptions(),
+        endpoint: EndpointOptions = EndpointOptions(),
+        emit: Callable[[dict], None] = lambda e: None,
+        clock: Callable[[], float] = time.monotonic,
+        vad=None,
+    ) -> None:
+        self.model = model
+        self.opts = opts
+        self.endpointer = Endpointer(endpoint, vad=vad)
+        self._emit_fn = emit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._spec: _Job | None = None  # the pending speculative job, if any
+        self._current: _Job | None = None  # the job the worker is on
+        self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
+        self._t0 = 0.0
+        self._audio_s = 0.0
+        self.stats = Stats()
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, type_: str, utterance: int | None, audio_s: float | None = None, **fields) -> None:
+        event = {"type": type_}
+        if utterance is not None:
+            event["utterance"] = utterance
+        event["audio_s"] = round(self._audio_s if audio_s is None else audio_s, 3)
+        event["wall_s"] = round(self._clock() - self._t0, 3)
+        event.update(fields)
+        with self._lock:
+            self._emit_fn(event)
+
+    def _wall_at(self, audio_s: float) -> float:
+        """Wall clock when the chunk holding stream position `audio_s` arrived (main thread only)."""
+        wall = None
+        for end, w in reversed(self._walls):
+            if end < audio_s:
+                break
+            wall = w
+        return wall if wall is not None else self._clock()
+
+    # ------------------------------------------------------------------ main thread
+
+    def run(self, chunks: Iterable[Chunk]) -> Stats:
+        """Listen until the source ends; returns counters. Blocks until every answer is done."""
+        self._t0 = self._clock()
+        worker = threading.Thread(target=self._worker, name="desta-edge-worker", daemon=True)
+        worker.start()
+        try:
+            for chunk in chunks:
+                self._audio_s = chunk.audio_s + len(chunk.samples) / SAMPLE_RATE
+                self._walls.append((self._audio_s, self._clock()))
+                for event in self.endpointer.push(chunk.samples):
+                    self._on_event(event)
+            for event in self.endpointer.flush():
+                self._on_event(event)
+        finally:
+            self._drop_spec()
+            self._jobs.put(None)
+            worker.join()
+        return self.stats
+
+    def _on_event(self, ev) -> None:
+        if isinstance(ev, SpeechStart):
+            self._emit("speech_start", ev.utterance, ev.audio_s)
+            cur = self._current
+            if self.opts.barge_in and cur is not None and cur.answering and not cur.cancel:
+                cur.cancel = True
+        elif isinstance(ev, Pause):
+            if self.opts.speculative:
+                self._drop_spec()
+                self._spec = _Job(ev.utterance, ev.samples, ev.audio_s, speculative=True)
+                self._jobs.put(self._spec)
+        elif isinstance(ev, Resume):
+            self._drop_spec()
+        elif isinstance(ev, Discarded):
+            self._drop_spec()
+            self.stats.discarded_short += 1
+            self._emit("discarded", ev.utterance, ev.audio_s, voiced_ms=ev.voiced_ms)
+        elif isinstance(ev, SpeechEnd):
+            self._emit("speech_end", ev.utterance, ev.audio_s, speech_end_s=round(ev.speech_end_s, 3), reason=ev.reason)
+            job = self._spec
+            self._spec = None
+            if job is None or job.utterance != ev.utterance or not np.array_equal(job.samples, ev.samples):
+                if job is not None:
+                    self._discard(job)
+                job = _Job(ev.utterance, ev.samples, ev.audio_s)
+                self._jobs.put(job)
+            else:
+                self.stats.speculative_used += 1
+            job.speech_end_wall = self._wall_at(ev.speech_end_s)
+            job.commit_wall = self._clock()
+            self.stats.utterances += 1
+            job.decided.set()
+
+    def _discard(self, job: _Job) -> None:
+        job.discard = True
+        job.decided.set()
+        self.stats.speculative_discarded += 1
+
+    def _drop_spec(self) -> None:
+        if self._spec is not None:
+            self._discard(self._spec)
+            self._spec = None
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _messages(self, samples: np.ndarray) -> list[dict]:
+        return [
+            {"role": "system", "content": self.opts.system},
+            {"role": "user", "content": f"{self.model.config.audio_locator}\n{self.opts.prompt}",
+             "audios": [{"audio": (samples, SAMPLE_RATE), "text": None}]},
+        ]
+
+    def _worker(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if job.discard:
+                continue
+            self._current = job
+            try:
+                self._answer(job)
+            except Exception as e:  # one bad utterance must not stop the loop
+                self.stats.errors += 1
+                logger.exception("utterance %d failed", job.utterance)
+                job.decided.wait()
+                if not job.discard:
+                    self._emit("error", job.utterance, message=f"{type(e).__name__}: {e}")
+            finally:
+                self._current = None
+
+    def _answer(self, job: _Job) -> None:
+        stream = self.model.stream(self._messages(job.samples), max_new_tokens=self.opts.max_new_tokens)
+        pieces = iter(stream)
+        first = next(pieces, None)  # prefill + first token, possibly before the commit
+        job.decided.wait()
+        if job.discard:
+            stream.cancel()
+            return
+        job.answering = True
+        transcript = stream.audios[0][1]
+        self._emit("transcript", job.utterance, text=transcript)
+        first_wall = None
+        if first is not None:
+            first_wall = self._clock()
+            self._emit("token", job.utterance, text=first)
+        for piece in pieces:
+            if job.cancel:
+                break
+            self._emit("token", job.utterance, text=piece)
+        if job.cancel:
+            stream.cancel()
+            self.stats.cancelled += 1
+            self._emit("cancelled", job.utterance, text=stream.text)
+            return
+        end_wall = self._clock()
+        t = stream.timings_ms
+        timings = {
+            "endpoint_wait": _ms(job.commit_wall - job.speech_end_wall),
+            "features": t["features"],
+            "encoder": t["encoder"],
+            "asr": t["asr"],
+            "prefill": t["prefill"],
+            "first_token": _ms((first_wall or end_wall) - job.speech_end_wall),
+            "total": _ms(end_wall - job.speech_end_wall),
+        }
+        self.stats.answers += 1
+        self.stats.first_token_ms.append(timings["first_token"])
+        self._emit("answer", job.utterance, text=stream.text, transcript=transcript, timings_ms=timings,
+                   speculative=job.speculative)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

@@ -1,0 +1,144 @@
+"""`desta-edge listen`: the always-on loop from the command line.
+
+For a person: a live transcript of what was heard, the answer as it streams, and its latency.
+With `--json`: one event object per line (see `assistant.EVENT_TYPES`), then a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
+
+from .assistant import Assistant, AssistantOptions
+from .vad import EndpointOptions
+
+EXIT_BAD_INPUT = 2
+
+
+def register_cli(sub) -> None:
+    d = EndpointOptions()
+    p = sub.add_parser("listen", help="answer spoken queries from a microphone, a file or stdin")
+    p.add_argument("--source", default="mic", help="mic (default), an audio file, or - for raw s16le PCM on stdin")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", dest="realtime", action="store_true", default=None,
+                      help="play a file at real-time pace (the default for files)")
+    pace.add_argument("--fast", dest="realtime", action="store_false", help="feed a file as fast as possible")
+    p.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate (default 16000)")
+    p.add_argument("--channels", type=int, default=1, help="stdin PCM channels (default 1)")
+    p.add_argument("--device", default=None, help="microphone name or index (see --list-devices)")
+    p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    p.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
+    p.add_argument("--model-device", default=None, help="cpu, cuda ... for the model (default: cuda if available)")
+    p.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction after each utterance")
+    p.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="cap per answer (default 128)")
+    p.add_argument("--vad-aggressiveness", type=int, default=d.aggressiveness, help="webrtcvad mode 0-3")
+    p.add_argument("--frame-ms", type=int, default=d.frame_ms, help="VAD frame: 10, 20 or 30 ms")
+    p.add_argument("--pre-roll-ms", type=int, default=d.pre_roll_ms, help="audio kept before an onset")
+    p.add_argument("--pause-ms", type=int, default=d.pause_ms, help="silence that starts speculative work")
+    p.add_argument("--hangover-ms", type=int, default=d.hangover_ms, help="silence that ends an utterance")
+    p.add_argument("--min-speech-ms", type=int, default=d.min_speech_ms, help="shorter voiced audio is ignored")
+    p.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="forced cut (<= 30)")
+    p.add_argument("--no-speculative", action="store_true", help="wait for the endpoint before any work")
+    p.add_argument("--barge-in", dest="barge_in", action="store_true", default=None,
+                   help="speech during an answer cancels it (default for the microphone)")
+    p.add_argument("--no-barge-in", dest="barge_in", action="store_false",
+                   help="answer every utterance in full (default for files and stdin)")
+    p.add_argument("--json", action="store_true", help="one JSON event per line")
+    p.set_defaults(func=_cmd_listen)
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    from desta_edge.runtime.audio import AudioError
+
+    from . import sources
+
+    if args.list_devices:
+        try:
+            devices = sources.list_devices()
+        except RuntimeError as e:
+            return _fail(str(e), 1)
+        if args.json:
+            print(json.dumps({"devices": devices}))
+        else:
+            for d in devices:
+                print(f"{d['index']:3}  {d['name']}  ({d['inputs']} ch, {d['default_rate']:.0f} Hz)")
+        return 0
+    try:
+        endpoint = EndpointOptions(
+            aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms,
+            pause_ms=args.pause_ms, hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms,
+            max_utterance_s=args.max_utterance_s,
+        )
+        opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                                speculative=not args.no_speculative,
+                                barge_in=args.barge_in if args.barge_in is not None else args.source == "mic")
+        if args.source == "-":
+            chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)
+        elif args.source == "mic":
+            device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
+            chunks = sources.MicSource(sources.MicOptions(device=device)).chunks()
+        else:
+            chunks = sources.file_source(args.source)
+            if args.realtime is not False:
+                chunks = sources.paced(chunks)
+    except (AudioError, ValueError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+
+    from desta_edge import DestaModel
+
+    try:
+        model = DestaModel.from_pretrained(args.model, device=args.model_device, progress=not args.json)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    show = _json_line if args.json else _Display()
+    assistant = Assistant(model, opts, endpoint, emit=show)
+    if not args.json:
+        print(f"listening ({args.source}); Ctrl-C to stop", file=sys.stderr)
+    try:
+        stats = assistant.run(chunks)
+    except KeyboardInterrupt:
+        stats = assistant.stats
+    except (AudioError, RuntimeError) as e:
+        return _fail(str(e), 1)
+    summary = {k: v for k, v in vars(stats).items() if k != "first_token_ms"}
+    if args.json:
+        print(json.dumps({"type": "summary", **summary}))
+    else:
+        print("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
+    return 0
+
+
+def _json_line(event: dict) -> None:
+    print(json.dumps(event, ensure_ascii=False), flush=True)
+
+
+class _Display:
+    """A readable live view: what was heard, the streamed answer, its latency."""
+
+    def __call__(self, e: dict) -> None:
+        kind = e["type"]
+        if kind == "speech_start":
+            print(f"\n[{e['audio_s']:7.2f}s] ● speech", file=sys.stderr, flush=True)
+        elif kind == "transcript":
+            print(f"you: {e['text']}", flush=True)
+            print("assistant: ", end="", flush=True)
+        elif kind == "token":
+            print(e["text"], end="", flush=True)
+        elif kind == "answer":
+            t = e["timings_ms"]
+            print(flush=True)
+            print(f"  (first token {t['first_token']:.0f} ms after you stopped; endpoint wait {t['endpoint_wait']:.0f} ms)",
+                  file=sys.stderr, flush=True)
+        elif kind == "cancelled":
+            print(" [interrupted]", flush=True)
+        elif kind == "error":
+            print(f"\nerror on utterance {e.get('utterance')}: {e['message']}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,275 @@
+"""Audio sources for the listener: a file, raw PCM on stdin, or a microphone.
+
+Every source yields `Chunk`s of 16 kHz mono float32 samples with their position in the stream
+(`audio_s`, from the samples delivered so far). Resampling is streaming (soxr), so a source can
+run for hours without holding the whole input in memory.
+
+Pacing: a file is played at real-time pace by default (the listener then sees audio as a
+microphone would deliver it) or as fast as possible (`realtime=False`). The clock and sleep are
+injectable, so tests do not sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from desta_edge.runtime.audio import AudioError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+CHUNK_MS = 20  # what a source hands over at a time
+
+
+@dataclass(frozen=True)
+class Chunk:
+    samples: np.ndarray  # [n] float32, 16 kHz mono
+    audio_s: float  # stream position of the first sample
+
+
+class _Resampler:
+    """Streaming downmix + resample to 16 kHz mono; checks samples as they pass."""
+
+    def __init__(self, rate: int, source: str) -> None:
+        if rate <= 0:
+            raise AudioError(f"{source}: invalid sample rate {rate}")
+        self.source = source
+        self.rate = rate
+        self._rs = None
+        if rate != SAMPLE_RATE:
+            import soxr
+
+            self._rs = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        self.delivered = 0  # 16 kHz samples handed out
+        self.non_finite = 0  # NaN/Inf input samples replaced by silence
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        x = block.astype(np.float32, copy=False)
+        if x.ndim == 2:
+            x = x.mean(axis=1)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            self.non_finite += int(bad.sum())
+            logger.warning("%s: %d non-finite samples replaced by silence", self.source, int(bad.sum()))
+            x = np.where(bad, 0.0, x).astype(np.float32)
+        if self._rs is not None:
+            x = self._rs.resample_chunk(x, last=last)
+        return x
+
+
+def _chunks(blocks: Iterator[np.ndarray], rate: int, source: str) -> Iterator[Chunk]:
+    rs = _Resampler(rate, source)
+    n = SAMPLE_RATE * CHUNK_MS // 1000
+    pending = np.zeros(0, dtype=np.float32)
+    for block in blocks:
+        pending = np.concatenate([pending, rs(block)])
+        while len(pending) >= n:
+            yield Chunk(pending[:n].copy(), rs.delivered / SAMPLE_RATE)
+            rs.delivered += n
+            pending = pending[n:]
+    pending = np.concatenate([pending, rs(np.zeros(0, dtype=np.float32), last=True)])
+    if len(pending):
+        yield Chunk(pending, rs.delivered / SAMPLE_RATE)
+
+
+def paced(chunks: Iterator[Chunk], *, clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> Iterator[Chunk]:
+    """Release each chunk no earlier than its end time after the first (real-time pace)."""
+    t0 = None
+    for chunk in chunks:
+        if t0 is None:
+            t0 = clock()
+        due = t0 + chunk.audio_s + len(chunk.samples) / SAMPLE_RATE
+        wait = due - clock()
+        if wait > 0:
+            sleep(wait)
+        yield chunk
+
+
+def file_source(path: str | Path, *, block_frames: int = 4096) -> Iterator[Chunk]:
+    """Chunks of an audio file soundfile can read, any rate and channel count (not paced)."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"cannot decode audio file {path}: {e}") from e
+
+    def blocks() -> Iterator[np.ndarray]:
+        with sf.SoundFile(str(path)) as f:
+            yield from f.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+
+    return _chunks(blocks(), info.samplerate, str(path))
+
+
+def pcm_source(stream: BinaryIO, *, rate: int = SAMPLE_RATE, channels: int = 1, block_bytes: int = 6400) -> Iterator[Chunk]:
+    """Chunks of raw little-endian signed 16-bit PCM (e.g. `arecord -f S16_LE | desta-edge listen --source -`)."""
+    if channels < 1:
+        raise AudioError(f"stdin: invalid channel count {channels}")
+    frame_bytes = 2 * channels
+    block_bytes -= block_bytes % frame_bytes
+
+    def blocks() -> Iterator[np.ndarray]:
+        carry = b""
+        while True:
+            data = stream.read(block_bytes)
+            if not data:
+                break
+            data = carry + data
+            usable = len(data) - len(data) % frame_bytes
+            carry = data[usable:]
+            pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, channels)
+            yield pcm.astype(np.float32) / 32768.0
+        if carry:
+            logger.warning("stdin: dropped %d trailing bytes (not a whole %d-channel s16le frame)", len(carry), channels)
+
+    return _chunks(blocks(), rate, "stdin")
+
+
+# ----------------------------------------------------------------------------- microphone
+
+
+class RingBuffer:
+    """A fixed-size single-producer/single-consumer float32 ring; the writer never blocks.
+
+    `write` is called from the audio callback: it copies into preallocated memory and, when the
+    reader has fallen behind, drops the oldest audio and counts it as an overflow.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._data = np.zeros(capacity, dtype=np.float32)
+        self._capacity = capacity
+        self._write = 0  # total samples written (monotonic)
+        self._read = 0  # total samples read
+        self._lock = threading.Lock()
+        self.dropped = 0  # samples lost because the reader was too slow
+
+    def write(self, x: np.ndarray) -> None:
+        n = len(x)
+        if n > self._capacity:
+            x, n = x[-self._capacity :], self._capacity
+        with self._lock:
+            start = self._write % self._capacity
+            first = min(n, self._capacity - start)
+            self._data[start : start + first] = x[:first]
+            self._data[: n - first] = x[first:]
+            self._write += n
+            over = self._write - self._read - self._capacity
+            if over > 0:
+                self._read += over
+                self.dropped += over
+
+    def read(self, n: int) -> np.ndarray | None:
+        """Exactly n samples if that many are buffered, else None."""
+        with self._lock:
+            if self._write - self._read < n:
+                return None
+            start = self._read % self._capacity
+            idx = (start + np.arange(n)) % self._capacity
+            out = self._data[idx]
+            self._read += n
+            return out
+
+
+@dataclass(frozen=True)
+class MicOptions:
+    device: str | int | None = None  # sounddevice name or index; None = the default input
+    rate: int = SAMPLE_RATE  # capture rate (resampled to 16 kHz if different)
+    channels: int = 1  # captured channels (averaged to mono)
+    buffer_s: float = 5.0  # ring buffer length: how far the reader may fall behind
+    retry_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)  # back-off between reopen attempts
+    max_retries: int = 20  # reopen attempts after a device error before giving up
+
+
+def _sounddevice():
+    try:
+        import sounddevice
+    except ImportError as e:
+        raise RuntimeError("microphone input needs sounddevice: pip install sounddevice") from e
+    except OSError as e:  # the PortAudio shared library is missing
+        raise RuntimeError(f"microphone input needs PortAudio: apt-get install libportaudio2 ({e})") from e
+    return sounddevice
+
+
+def list_devices() -> list[dict]:
+    sd = _sounddevice()
+    return [{"index": i, "name": d["name"], "inputs": d["max_input_channels"], "default_rate": d["default_samplerate"]}
+            for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+
+
+class MicSource:
+    """Microphone chunks via a sounddevice InputStream feeding a ring buffer.
+
+    `stream_factory(callback, opts)` opens the input stream (injectable for tests); by default
+    `sounddevice.InputStream`. A device error (unplugged, disappeared) closes the stream and
+    reopens it with back-off; the gap is reported and counted.
+    """
+
+    def __init__(self, opts: MicOptions = MicOptions(), stream_factory=None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.opts = opts
+        self._factory = stream_factory or self._open_sounddevice
+        self._sleep = sleep
+        self.ring = RingBuffer(int(opts.buffer_s * opts.rate))
+        self.overflows = 0  # input overflows the audio driver reported
+        self.reopens = 0  # times the device was reopened after an error
+        self._error: Exception | None = None
+
+    def _open_sounddevice(self, callback, opts: MicOptions):
+        sd = _sounddevice()
+        return sd.InputStream(device=opts.device, samplerate=opts.rate, channels=opts.channels,
+                              dtype="float32", blocksize=opts.rate * CHUNK_MS // 1000, callback=callback)
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        # runs on the audio thread: copy, count, never block or raise
+        if status and getattr(status, "input_overflow", False):
+            self.overflows += 1
+        mono = indata[:, 0] if indata.shape[1] == 1 else indata.mean(axis=1)
+        self.ring.write(mono)
+
+    def _open(self):
+        for attempt in range(self.opts.max_retries + 1):
+            try:
+                stream = self._factory(self._callback, self.opts)
+                stream.start()
+                return stream
+            except Exception as e:  # device missing or busy
+                if attempt == self.opts.max_retries:
+                    raise RuntimeError(f"cannot open input device {self.opts.device!r}: {e}") from e
+                wait = self.opts.retry_s[min(attempt, len(self.opts.retry_s) - 1)]
+                logger.warning("input device %r unavailable (%s); retrying in %.1f s", self.opts.device, e, wait)
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def blocks(self, stop: Callable[[], bool] = lambda: False) -> Iterator[np.ndarray]:
+        n = self.opts.rate * CHUNK_MS // 1000
+        stream = self._open()
+        try:
+            while not stop():
+                block = self.ring.read(n)
+                if block is not None:
+                    yield block
+                    continue
+                if not getattr(stream, "active", True):  # the device went away
+                    logger.warning("input device %r stopped; reopening", self.opts.device)
+                    stream.close()
+                    self.reopens += 1
+                    stream = self._open()
+                    continue
+                self._sleep(CHUNK_MS / 1000 / 2)
+        finally:
+            stream.close()
+
+    def chunks(self, stop: Callable[[], bool] = lambda: False) -> Iterator[Chunk]:
+        return _chunks(self.blocks(stop), self.opts.rate, f"microphone {self.opts.device!r}")

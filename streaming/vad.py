@@ -1,0 +1,230 @@
+"""Endpointing: a webrtcvad-driven state machine that turns frames into utterances.
+
+Time is an input: the machine counts the samples it has been given and knows nothing of the
+wall clock, so tests feed exact frames and never sleep.
+
+    SILENCE ──(start_frames voiced in the last start_window)──► SPEECH
+    SPEECH  ──(pause_ms of silence)──► emits Pause (a speculative start may begin)
+    SPEECH  ──(voiced again after a Pause)──► emits Resume (discard the speculation)
+    SPEECH  ──(hangover_ms of silence)──► emits SpeechEnd(reason="silence"), back to SILENCE
+    SPEECH  ──(max_utterance_s reached)──► emits SpeechEnd(reason="max_length"), back to SILENCE
+
+An utterance's audio is the pre-roll before the onset, the speech, and `tail_ms` of what follows
+the last voiced frame (never the whole hangover). Utterances shorter than `min_speech_ms` of
+voiced audio (clicks, coughs) are dropped with a `Discarded` event, never sent to the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+VALID_FRAME_MS = (10, 20, 30)  # the only frame lengths webrtcvad accepts
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    aggressiveness: int = 2  # webrtcvad mode: 0 keeps most audio as speech, 3 rejects most
+    frame_ms: int = 20  # VAD frame length: 10, 20 or 30 ms
+    start_window_ms: int = 200  # onset decision window ...
+    start_voiced_ms: int = 120  # ... in which this much must be voiced to start an utterance
+    pre_roll_ms: int = 300  # audio kept from before the onset, so first syllables survive
+    pause_ms: int = 150  # silence after which a speculative start begins
+    hangover_ms: int = 500  # silence that ends an utterance
+    tail_ms: int = 100  # audio kept after the last voiced frame
+    min_speech_ms: int = 250  # shorter voiced totals are not queries
+    max_utterance_s: float = 30.0  # forced cut (the model's window is 30 s)
+
+    def __post_init__(self) -> None:
+        if self.frame_ms not in VALID_FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {VALID_FRAME_MS} (webrtcvad), got {self.frame_ms}")
+        if not 0 <= self.aggressiveness <= 3:
+            raise ValueError(f"aggressiveness must be 0..3, got {self.aggressiveness}")
+        if not 0 < self.pause_ms <= self.hangover_ms:
+            raise ValueError(f"need 0 < pause_ms <= hangover_ms, got {self.pause_ms} and {self.hangover_ms}")
+        if self.start_voiced_ms > self.start_window_ms:
+            raise ValueError("start_voiced_ms cannot exceed start_window_ms")
+        if not 0 < self.max_utterance_s <= 30.0:
+            raise ValueError(f"max_utterance_s must be in (0, 30], got {self.max_utterance_s}")
+        if self.tail_ms > self.pause_ms:
+            raise ValueError("tail_ms must not exceed pause_ms (a speculative start must see the final audio)")
+        if min(self.pre_roll_ms, self.tail_ms, self.min_speech_ms) < 0:
+            raise ValueError("pre_roll_ms, tail_ms and min_speech_ms must be >= 0")
+
+    @property
+    def frame_samples(self) -> int:
+        return SAMPLE_RATE * self.frame_ms // 1000
+
+    def frames(self, ms: float) -> int:
+        """How many whole frames cover `ms` milliseconds (at least one)."""
+        return max(1, int(round(ms / self.frame_ms)))
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    utterance: int
+    audio_s: float  # onset (first frame of the voiced run that triggered the start)
+
+
+@dataclass(frozen=True)
+class Pause:
+    utterance: int
+    audio_s: float  # when the pause was detected
+    samples: np.ndarray = field(repr=False)  # the utterance as it would be if it ended here
+
+
+@dataclass(frozen=True)
+class Resume:
+    utterance: int
+    audio_s: float
+
+
+@dataclass(frozen=True)
+class SpeechEnd:
+    utterance: int
+    audio_s: float  # when the end was decided
+    speech_end_s: float  # end of the last voiced frame (the true end of speech, as heard)
+    start_s: float  # start of the utterance's audio (with pre-roll)
+    samples: np.ndarray = field(repr=False)
+    reason: str  # "silence" or "max_length"
+
+
+@dataclass(frozen=True)
+class Discarded:
+    utterance: int
+    audio_s: float
+    voiced_ms: int  # too little voiced audio to be a query
+
+
+Event = SpeechStart | Pause | Resume | SpeechEnd | Discarded
+
+
+class Endpointer:
+    """Feed 16 kHz mono float32 audio with `push`; get endpointing events back."""
+
+    def __init__(self, opts: EndpointOptions = EndpointOptions(), vad=None) -> None:
+        self.opts = opts
+        if vad is None:
+            try:
+                import webrtcvad
+            except ImportError as e:
+                raise RuntimeError("webrtcvad is missing: pip install webrtcvad-wheels") from e
+            vad = webrtcvad.Vad(opts.aggressiveness)
+        self._vad = vad
+        self._buf = np.zeros(0, dtype=np.float32)  # samples not yet framed
+        self._frame_index = 0  # frames seen
+        self._history: deque[np.ndarray] = deque(maxlen=opts.frames(opts.pre_roll_ms) + opts.frames(opts.start_window_ms))
+        self._window: deque[bool] = deque(maxlen=opts.frames(opts.start_window_ms))
+        self._next_id = 0
+        self.vad_errors = 0  # frames webrtcvad refused (counted, logged, treated as silence)
+        self._reset_utterance()
+
+    def _reset_utterance(self) -> None:
+        self.in_speech = False
+        self._frames: list[np.ndarray] = []  # utterance audio, frame by frame, from its start
+        self._start_frame = 0
+        self._last_voiced = 0  # index into self._frames of the last voiced frame
+        self._voiced = 0
+        self._silence = 0  # consecutive unvoiced frames
+        self._paused = False
+
+    def _t(self, frame_index: int) -> float:
+        return frame_index * self.opts.frame_ms / 1000
+
+    def push(self, samples: np.ndarray) -> list[Event]:
+        """Add audio of any length; returns the events its complete frames produced."""
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"expected mono samples [n], got shape {x.shape}")
+        self._buf = np.concatenate([self._buf, x]) if self._buf.size else x
+        n = self.opts.frame_samples
+        events: list[Event] = []
+        usable = (len(self._buf) // n) * n
+        for start in range(0, usable, n):
+            events.extend(self._frame(self._buf[start : start + n]))
+        self._buf = self._buf[usable:].copy()
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of stream: close an open utterance as if the hangover had passed."""
+        if not self.in_speech:
+            return []
+        return self._end("silence")
+
+    def _is_speech(self, frame: np.ndarray) -> bool:
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        try:
+            return bool(self._vad.is_speech(pcm, SAMPLE_RATE))
+        except Exception as e:  # webrtcvad raises a bare Error on a bad frame
+            self.vad_errors += 1
+            logger.warning("webrtcvad rejected frame %d (%s); counted as silence", self._frame_index, e)
+            return False
+
+    def _frame(self, frame: np.ndarray) -> list[Event]:
+        voiced = self._is_speech(frame)
+        idx = self._frame_index
+        self._frame_index += 1
+        if not self.in_speech:
+            self._history.append(frame)
+            self._window.append(voiced)
+            if sum(self._window) >= self.opts.frames(self.opts.start_voiced_ms):
+                return [self._start(idx)]
+            return []
+        self._frames.append(frame)
+        if voiced:
+            self._voiced += 1
+            self._last_voiced = len(self._frames) - 1
+            self._silence = 0
+            if self._paused:
+                self._paused = False
+                return [Resume(self._next_id, self._t(idx + 1))]
+        else:
+            self._silence += 1
+        if self._silence >= self.opts.frames(self.opts.hangover_ms):
+            return self._end("silence")
+        if len(self._frames) >= self.opts.frames(self.opts.max_utterance_s * 1000):
+            return self._end("max_length")
+        if not self._paused and self._silence == self.opts.frames(self.opts.pause_ms):
+            self._paused = True
+            return [Pause(self._next_id, self._t(idx + 1), self._audio())]
+        return []
+
+    def _start(self, idx: int) -> SpeechStart:
+        window = len(self._window)
+        onset = idx - window + 1 + next(i for i, v in enumerate(self._window) if v)
+        keep = min(len(self._history), (idx - onset + 1) + self.opts.frames(self.opts.pre_roll_ms))
+        self._frames = list(self._history)[-keep:]
+        self._start_frame = idx + 1 - keep
+        self._last_voiced = len(self._frames) - 1
+        self._voiced = sum(self._window)
+        self._silence = 0
+        self._history.clear()
+        self._window.clear()
+        self.in_speech = True
+        return SpeechStart(self._next_id, self._t(onset))
+
+    def _audio(self) -> np.ndarray:
+        stop = min(len(self._frames), self._last_voiced + 1 + self.opts.frames(self.opts.tail_ms))
+        return np.concatenate(self._frames[:stop])
+
+    def _end(self, reason: str) -> list[Event]:
+        uid = self._next_id
+        self._next_id += 1
+        now = self._t(self._frame_index)
+        voiced_ms = self._voiced * self.opts.frame_ms
+        if voiced_ms < self.opts.min_speech_ms:
+            self._reset_utterance()
+            return [Discarded(uid, now, voiced_ms)]
+        audio = self._audio()
+        speech_end = self._t(self._start_frame + self._last_voiced + 1)
+        start = self._t(self._start_frame)
+        self._reset_utterance()
+        if reason == "max_length":
+            logger.warning("utterance %d reached the %.1f s limit and was cut", uid, self.opts.max_utterance_s)
+        return [SpeechEnd(uid, now, speech_end, start, audio, reason)]

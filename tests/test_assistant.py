@@ -1,0 +1,154 @@
+"""The assistant loop: events, speculative start and discard, barge-in, error survival, parity
+with offline answers. Audio is fed as fast as the loop takes it; time comes from the samples."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streaming_helpers import EnergyVad, signal
+from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions
+from desta_edge.streaming.sources import Chunk
+
+N = 320  # 20 ms chunks
+
+
+def chunks_of(x: np.ndarray, before_chunk=None):
+    for i in range(0, len(x), N):
+        if before_chunk is not None:
+            before_chunk(i / 16000)
+        yield Chunk(x[i : i + N], i / 16000)
+
+
+def listen(model, x, opts=AssistantOptions(max_new_tokens=6), before_chunk=None):
+    events = []
+    a = Assistant(model, opts, emit=events.append, vad=EnergyVad())
+    stats = a.run(chunks_of(x, before_chunk))
+    return events, stats
+
+
+def test_event_stream_schema_and_answers(tiny_model):
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0), ("v", 0.6), ("s", 1.0))
+    events, stats = listen(tiny_model, x)
+    assert stats.answers == 2 and stats.errors == 0 and stats.utterances == 2
+    for e in events:
+        assert e["type"] in EVENT_TYPES
+        assert isinstance(e["audio_s"], float) and isinstance(e["wall_s"], float)
+        assert isinstance(e["utterance"], int)
+    kinds = [e["type"] for e in events if e["type"] != "token"]
+    assert kinds.count("speech_start") == 2 and kinds.count("speech_end") == 2 and kinds.count("answer") == 2
+    answers = [e for e in events if e["type"] == "answer"]
+    assert [a["utterance"] for a in answers] == [0, 1]
+    for a in answers:
+        assert set(a["timings_ms"]) == {"endpoint_wait", "features", "encoder", "asr", "prefill", "first_token", "total"}
+        assert a["timings_ms"]["endpoint_wait"] >= 0 and a["speculative"] is True
+        tokens = "".join(e["text"] for e in events if e["type"] == "token" and e["utterance"] == a["utterance"])
+        assert tokens == a["text"]
+    ends = [e for e in events if e["type"] == "speech_end"]
+    assert [e["speech_end_s"] for e in ends] == [1.3, 2.9]
+
+
+def test_streaming_answer_equals_the_offline_answer(tiny_model):
+    """Same audio, same model: the loop's answer is what generate() gives on the utterance."""
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
+    events, _ = listen(tiny_model, x)
+    answer = next(e for e in events if e["type"] == "answer")
+    utt = x[int(0.2 * 16000) : int(1.4 * 16000)]  # pre-roll + speech + tail, as the endpointer cuts it
+    opts = AssistantOptions()
+    offline = tiny_model.generate([
+        {"role": "system", "content": opts.system},
+        {"role": "user", "content": f"<|AUDIO|>\n{opts.prompt}", "audios": [{"audio": (utt, 16000), "text": None}]},
+    ], max_new_tokens=6)
+    assert answer["text"] == offline.text[0] and answer["transcript"] == offline.audios[0][1]
+
+
+def test_speculation_is_discarded_when_speech_resumes(tiny_model):
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.3), ("v", 0.6), ("s", 1.0))  # 300 ms pause < 500 ms hangover
+    events, stats = listen(tiny_model, x)
+    assert stats.speculative_discarded == 1 and stats.speculative_used == 1
+    assert stats.answers == 1 and [e["type"] for e in events].count("transcript") == 1  # nothing from the stale job
+
+
+def test_without_speculation_the_answer_is_the_same(tiny_model):
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
+    spec, _ = listen(tiny_model, x)
+    plain, stats = listen(tiny_model, x, AssistantOptions(max_new_tokens=6, speculative=False))
+    get = lambda ev: next(e["text"] for e in ev if e["type"] == "answer")
+    assert get(spec) == get(plain) and stats.speculative_used == 0
+    assert next(e for e in plain if e["type"] == "answer")["speculative"] is False
+
+
+class SlowModel:
+    """A fake model whose answers stream until cancelled (or 40 pieces), and which can fail."""
+
+    class config:
+        audio_locator = "<|AUDIO|>"
+
+    def __init__(self, fail_first=False):
+        self.fail_first = fail_first
+        self.calls = 0
+        self.streams = []
+
+    def stream(self, messages, max_new_tokens):
+        self.calls += 1
+        if self.fail_first and self.calls == 1:
+            raise ValueError("corrupt utterance")
+        s = FakeStream()
+        self.streams.append(s)
+        return s
+
+
+class FakeStream:
+    def __init__(self):
+        self.audios = [("<array>", "hello")]
+        self.text = ""
+        self.timings_ms = {k: 1.0 for k in ("features", "encoder", "asr", "prefill", "first_token", "total")}
+        self.cancelled = False
+        self.started = threading.Event()
+
+    def cancel(self):
+        self.cancelled = True
+
+    def __iter__(self):
+        for i in range(40):
+            if self.cancelled:
+                return
+            self.text += "x"
+            yield "x"
+            self.started.set()
+            time.sleep(0.01)
+
+
+def test_barge_in_cancels_the_answer_in_progress():
+    model = SlowModel()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
+
+    def wait_for_answer(audio_s):  # hold the second utterance back until the first answer streams
+        if audio_s == pytest.approx(1.9):
+            deadline = time.monotonic() + 5
+            while not model.streams and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert model.streams and model.streams[0].started.wait(5)
+
+    events, stats = listen(model, x, AssistantOptions(barge_in=True), before_chunk=wait_for_answer)
+    cancelled = [e for e in events if e["type"] == "cancelled"]
+    assert stats.cancelled == 1 and cancelled[0]["utterance"] == 0 and model.streams[0].cancelled
+    assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1
+
+
+def test_without_barge_in_every_answer_completes():
+    model = SlowModel()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
+    events, stats = listen(model, x, AssistantOptions(barge_in=False))
+    assert stats.cancelled == 0 and stats.answers == 2
+    assert all(len(e["text"]) == 40 for e in events if e["type"] == "answer")
+
+
+def test_one_failing_utterance_does_not_stop_the_loop():
+    model = SlowModel(fail_first=True)
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 1.0), ("v", 0.6), ("s", 1.0))
+    events, stats = listen(model, x, AssistantOptions(speculative=False, barge_in=False))
+    errors = [e for e in events if e["type"] == "error"]
+    assert stats.errors == 1 and errors[0]["utterance"] == 0 and "corrupt utterance" in errors[0]["message"]
+    assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1

@@ -1,0 +1,141 @@
+"""Endpointing, frame by frame (a deterministic energy VAD), plus webrtcvad on real speech."""
+
+import numpy as np
+import pytest
+
+from streaming_helpers import RATE, EnergyVad, signal
+from desta_edge.streaming.vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEnd, SpeechStart
+
+OPTS = EndpointOptions()  # 20 ms frames, 300 ms pre-roll, 150 ms pause, 500 ms hangover, 100 ms tail
+
+
+def run(x: np.ndarray, opts: EndpointOptions = OPTS, chunk: int | None = None, vad=None):
+    ep = Endpointer(opts, vad=vad or EnergyVad())
+    events = []
+    step = chunk or len(x)
+    for i in range(0, len(x), step):
+        events += ep.push(x[i : i + step])
+    return events + ep.flush(), ep
+
+
+def test_one_utterance_boundaries_preroll_and_tail():
+    x = signal(("s", 1.0), ("v", 1.0), ("s", 1.0))
+    events, _ = run(x)
+    kinds = [type(e) for e in events]
+    assert kinds == [SpeechStart, Pause, SpeechEnd]
+    start, pause, end = events
+    assert start.audio_s == pytest.approx(1.0)  # onset: the first voiced frame
+    assert pause.audio_s == pytest.approx(2.0 + 0.16)  # 8 silent frames (150 ms rounds to 8 x 20 ms)
+    assert end.speech_end_s == pytest.approx(2.0)
+    assert end.audio_s == pytest.approx(2.5)  # decided after the 500 ms hangover
+    assert end.start_s == pytest.approx(0.7)  # 300 ms pre-roll
+    assert end.reason == "silence"
+    assert len(end.samples) == int(round((0.3 + 1.0 + 0.1) * RATE))  # pre-roll + speech + tail
+    np.testing.assert_array_equal(end.samples, x[int(0.7 * RATE) : int(2.1 * RATE)])
+    np.testing.assert_array_equal(pause.samples, end.samples)  # speculation saw the final audio
+
+
+def test_chunk_size_does_not_change_the_events():
+    x = signal(("s", 0.43), ("v", 0.77), ("s", 0.31), ("v", 0.5), ("s", 0.9))
+    whole, _ = run(x)
+    for chunk in (160, 333, 4801):
+        pieces, _ = run(x, chunk=chunk)
+        assert [(type(e), e.audio_s) for e in pieces] == [(type(e), e.audio_s) for e in whole]
+
+
+def test_a_short_pause_does_not_split_and_resume_is_reported():
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0))
+    events, _ = run(x)
+    assert [type(e) for e in events] == [SpeechStart, Pause, Resume, Pause, SpeechEnd]
+    end = events[-1]
+    assert end.speech_end_s == pytest.approx(2.4) and end.start_s == pytest.approx(0.2)
+    assert events[2].audio_s == pytest.approx(1.62)  # speech came back at 1.6 s
+    assert not np.array_equal(events[1].samples, end.samples)  # the first speculation is stale
+
+
+def test_two_utterances_separated_by_the_hangover():
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.6), ("v", 0.6), ("s", 1.0))
+    events, _ = run(x)
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert [e.utterance for e in ends] == [0, 1]
+    assert [round(e.speech_end_s, 2) for e in ends] == [1.1, 2.3]
+
+
+def test_clicks_never_start_and_short_blips_are_discarded():
+    events, _ = run(signal(("s", 0.5), ("v", 0.1), ("s", 1.0)))  # 100 ms < 120 ms onset rule
+    assert events == []
+    events, _ = run(signal(("s", 0.5), ("v", 0.2), ("s", 1.0)))  # starts, but 200 ms < 250 ms
+    assert [type(e) for e in events] == [SpeechStart, Pause, Discarded]
+    assert events[-1].voiced_ms == 200
+
+
+def test_max_length_cut_is_reported():
+    opts = EndpointOptions(max_utterance_s=1.0)
+    events, _ = run(signal(("s", 0.5), ("v", 2.0), ("s", 1.0)), opts)
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert ends[0].reason == "max_length" and len(ends[0].samples) <= RATE
+    assert ends[-1].reason == "silence"
+    assert [e.reason for e in ends] == ["max_length", "max_length", "silence"]
+    # consecutive pieces tile the speech: each starts where the previous cut ended
+    assert [round(e.start_s, 2) for e in ends] == [0.2, 1.2, 2.2]
+    assert ends[-1].speech_end_s == pytest.approx(2.5)
+
+
+def test_end_of_stream_closes_an_open_utterance():
+    events, _ = run(signal(("s", 0.5), ("v", 1.0)))
+    assert isinstance(events[-1], SpeechEnd) and events[-1].speech_end_s == pytest.approx(1.5)
+
+
+def test_vad_errors_are_counted_not_swallowed(caplog):
+    events, ep = run(signal(("s", 0.2), ("v", 1.0), ("s", 1.0)), vad=EnergyVad(fail_on={20, 21}))
+    assert ep.vad_errors == 2 and "webrtcvad rejected frame 20" in caplog.text
+    assert sum(isinstance(e, SpeechEnd) for e in events) == 1
+
+
+def test_state_stays_bounded_over_many_utterances():
+    ep = Endpointer(OPTS, vad=EnergyVad())
+    one = signal(("v", 0.4), ("s", 0.7))
+    ends = 0
+    for _ in range(300):
+        ends += sum(isinstance(e, SpeechEnd) for e in ep.push(one))
+    assert ends == 300
+    assert ep._frames == [] and len(ep._history) <= ep._history.maxlen and len(ep._buf) < OPTS.frame_samples
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"frame_ms": 25}, "frame_ms"), ({"aggressiveness": 4}, "aggressiveness"),
+    ({"pause_ms": 600}, "pause_ms"), ({"max_utterance_s": 31}, "max_utterance_s"),
+    ({"tail_ms": 200}, "tail_ms"),
+])
+def test_bad_options(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        EndpointOptions(**kw)
+
+
+def test_webrtcvad_on_synthesized_speech_in_noise(tmp_path):
+    """Real webrtcvad: two spoken sentences in light noise -> two utterances, ends near the truth."""
+    import soundfile as sf
+    import soxr
+
+    from conftest import speak
+
+    parts, truth = [], []
+    rng = np.random.default_rng(0)
+    t = 0.0
+    for i, (text, voice) in enumerate([("Please turn on the lights.", "en-us"), ("What time is it now?", "en+f3")]):
+        x, sr = sf.read(str(speak(text, tmp_path / f"{i}.wav", voice=voice)), dtype="float32")
+        x = soxr.resample(x, sr, RATE)
+        nz = np.flatnonzero(np.abs(x) > 0.01)
+        x = x[nz[0] : nz[-1] + 1]
+        parts += [np.zeros(RATE, np.float32), x]
+        t += 1.0 + len(x) / RATE
+        truth.append(t)
+    parts.append(np.zeros(RATE, np.float32))
+    audio = np.concatenate(parts)
+    audio += (0.002 * rng.standard_normal(len(audio))).astype(np.float32)
+    ep = Endpointer(EndpointOptions())
+    events = ep.push(audio) + ep.flush()
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert len(ends) == 2
+    for e, want in zip(ends, truth):
+        assert abs(e.speech_end_s - want) < 0.25, (e.speech_end_s, want)

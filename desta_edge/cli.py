@@ -1,4 +1,5 @@
-"""The `desta-edge` command line: `ask` a spoken question, `listen` continuously, list/prepare `models`.
+"""The `desta-edge` command line: `ask` a spoken question, `listen` continuously, list/prepare
+`models`, build a synthetic `corpus` and self-generated training data (`datagen`).
 
 Human-readable by default (answer streamed to stdout, details on stderr); `--json` makes the
 last line of stdout one JSON object for scripts. Exit codes: 0 ok, 2 bad input, 1 other errors.
@@ -53,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_cmd_models)
 
     from desta_edge.streaming.cli import register_cli as register_streaming
+    from desta_edge.training.cli import register_cli as register_training
 
     register_streaming(sub)
+    register_training(sub)
     return p
 
 

@@ -1,0 +1,219 @@
+"""The synthetic corpus: measurements on signals with known answers, labels, splits, a tiny build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from desta_edge.training import acoustics, labels
+from desta_edge.training.cli import register_cli
+from desta_edge.training.corpus import SOUND, SPEECH, CorpusOptions, build_corpus, plan_corpus, read_metadata
+from desta_edge.training.descriptions import seed_description
+from desta_edge.training.sentences import all_sentences, heldout_questions
+from desta_edge.training.synth import TRAIN, Prosody, Voice, all_voices, synthesize
+
+SR = acoustics.SAMPLE_RATE
+ESPEAK_ONLY = {"espeak-ng": True, "flite": False, "festival": False}
+
+
+def harmonic(f0: float, seconds: float = 1.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+    return (amp * x / np.max(np.abs(x))).astype(np.float32)
+
+
+# ------------------------------------------------------------------ measurements
+
+
+@pytest.mark.parametrize("f0", [85.0, 150.0, 220.0, 330.0])
+def test_median_f0_of_harmonic_signal(f0):
+    assert acoustics.median_f0(harmonic(f0)) == pytest.approx(f0, rel=0.01)
+
+
+def test_median_f0_is_none_for_noise_and_silence():
+    rng = np.random.default_rng(0)
+    assert acoustics.median_f0(acoustics.colored_noise(SR, "white", rng) * 0.1) is None
+    assert acoustics.median_f0(np.zeros(SR, np.float32)) is None
+
+
+def test_active_rms_ignores_silence_padding():
+    t = np.arange(SR) / SR
+    sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    expected = 20 * np.log10(0.5 / np.sqrt(2))  # -9.03 dBFS
+    padded = np.concatenate([np.zeros(SR), sine, np.zeros(2 * SR)])
+    assert acoustics.active_rms_dbfs(sine) == pytest.approx(expected, abs=0.1)
+    assert acoustics.active_rms_dbfs(padded) == pytest.approx(expected, abs=0.3)
+    assert acoustics.active_span_s(padded) == pytest.approx(1.0, abs=2 * acoustics.FRAME_S)  # frame granularity
+    assert acoustics.active_rms_dbfs(np.zeros(SR)) == acoustics.SILENCE_DBFS
+
+
+def test_set_level_and_mix_at_snr_are_exact():
+    x = acoustics.set_level(harmonic(120.0), -30.0)
+    assert acoustics.active_rms_dbfs(x) == pytest.approx(-30.0, abs=0.1)
+    noise = acoustics.colored_noise(len(x), "pink", np.random.default_rng(1))
+    y = acoustics.mix_at_snr(x, noise, 10.0)
+    added = y - x
+    snr = 10 * np.log10(10 ** (acoustics.active_rms_dbfs(x) / 10) / np.mean(added.astype(np.float64) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.1)
+
+
+def test_noise_colors_have_the_expected_spectral_tilt():
+    rng = np.random.default_rng(2)
+    slopes = {}
+    for color in ("white", "pink", "brown"):
+        y = acoustics.colored_noise(4 * SR, color, rng)
+        spec = np.abs(np.fft.rfft(y)) ** 2
+        f = np.fft.rfftfreq(len(y), 1 / SR)
+        band = (f > 100) & (f < 4000)
+        slopes[color] = np.polyfit(np.log10(f[band]), 10 * np.log10(spec[band]), 1)[0]  # dB per decade
+    assert slopes["white"] == pytest.approx(0, abs=1.5)
+    assert slopes["pink"] == pytest.approx(-10, abs=1.5)
+    assert slopes["brown"] == pytest.approx(-20, abs=1.5)
+
+
+def test_sounds_have_requested_length_and_silence_is_silent():
+    rng = np.random.default_rng(3)
+    for kind in acoustics.SOUND_KINDS:
+        y = acoustics.make_sound(kind, 1.5, rng)
+        assert len(y) == int(1.5 * SR) and np.isfinite(y).all()
+        assert (np.max(np.abs(y)) == 0) == (kind == "silence")
+    with pytest.raises(ValueError, match="unknown sound kind"):
+        acoustics.make_sound("trumpet", 1.0, rng)
+
+
+def test_slower_espeak_measures_fewer_words_per_second():
+    text = "My brother cooked pasta for dinner yesterday."
+    voice = Voice("espeak-ng", "en-us+m1", "Male", TRAIN)
+    n_words = len(text.split())
+    slow = n_words / acoustics.active_span_s(synthesize(voice, text, Prosody(90, 50)))
+    fast = n_words / acoustics.active_span_s(synthesize(voice, text, Prosody(220, 50)))
+    assert fast > 1.8 * slow
+    assert labels.speed_label(slow) == "Slow" and labels.speed_label(fast) == "Fast"
+
+
+# ------------------------------------------------------------------ labels
+
+
+def test_label_bins_and_gender_check():
+    assert [labels.pitch_label(f, "Male") for f in (80, 120, 160)] == ["Low", "Normal", "High"]
+    assert [labels.pitch_label(f, "Female") for f in (160, 200, 260)] == ["Low", "Normal", "High"]
+    assert labels.pitch_label(None, "Male") is None
+    assert labels.gender_label("Female", 210.0) == "Female"
+    assert labels.gender_label("Female", 110.0) is None  # implausible: no label rather than a wrong one
+    assert labels.gender_label("Male", 250.0) is None
+    assert labels.volume_label(-40) == "Quiet" and labels.volume_label(-25) == "Normal" and labels.volume_label(-10) == "Loud"
+    assert labels.noise_label(None) == "Clean" and labels.noise_label(2.0) == "Very noisy"
+    assert labels.noise_label(10.0) == "Noisy" and labels.noise_label(18.0) == "Slightly noisy"
+
+
+# ------------------------------------------------------------------ sentences, plans and splits
+
+
+def test_sentences_are_many_distinct_and_heldout_is_disjoint():
+    sents = all_sentences()
+    texts = [s.text for s in sents]
+    assert len(texts) >= 3000 and len(set(texts)) == len(texts)
+    assert {s.kind for s in sents} == {"question", "command", "statement"}
+    assert all(s.answer for s in sents if s.kind == "question")
+    held = heldout_questions()
+    assert len(held) >= 50 and all(h.answer for h in held)
+    assert not {h.text for h in held} & set(texts)
+
+
+def test_plan_is_deterministic_and_splits_are_disjoint_by_sentence_and_voice():
+    voices = all_voices({"espeak-ng": True, "flite": True, "festival": True})
+    opts = CorpusOptions(out_dir="unused", size=3000, seed=7)
+    plans = plan_corpus(opts, voices)
+    assert plans == plan_corpus(opts, voices)
+    assert plans != plan_corpus(CorpusOptions(out_dir="unused", size=3000, seed=8), voices)
+    assert {p.split for p in plans} == {"train", "validation", "test"}
+    by_split: dict[str, tuple[set, set]] = {}
+    for p in plans:
+        if p.kind == SPEECH:
+            s, v = by_split.setdefault(p.split, (set(), set()))
+            s.add(p.sentence.text)
+            v.add(p.voice.id)
+    splits = list(by_split)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1 :]:
+            assert not by_split[a][0] & by_split[b][0], f"sentences shared by {a} and {b}"
+            assert not by_split[a][1] & by_split[b][1], f"voices shared by {a} and {b}"
+    assert {p.voice.engine for p in plans if p.kind == SPEECH and p.split == TRAIN} == {"espeak-ng", "flite"}
+    assert len(by_split["train"][0]) > 1500  # thousands of clips use many distinct sentences
+    assert any(p.kind == SOUND for p in plans)
+
+
+def test_plan_rejects_bad_options():
+    with pytest.raises(ValueError, match="size"):
+        plan_corpus(CorpusOptions(out_dir="x", size=0), all_voices(ESPEAK_ONLY))
+    with pytest.raises(ValueError, match="split_fractions"):
+        plan_corpus(CorpusOptions(out_dir="x", size=5, split_fractions=(0.5, 0.2, 0.2)), all_voices(ESPEAK_ONLY))
+
+
+# ------------------------------------------------------------------ a tiny build
+
+EXPECTED_FIELDS = {"id", "audio", "split", "kind", "transcript", "sentence_type", "answer", "synthesizer", "voice",
+                   "voice_gender", "gender", "f0_hz", "pitch", "words_per_second", "speed", "rms_dbfs", "volume",
+                   "noise", "noise_type", "snr_db", "sound", "duration_s", "settings"}
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(CorpusOptions(out_dir=out, size=16, seed=3, workers=1, sound_fraction=0.25))
+    return out
+
+
+def test_build_writes_16k_mono_wavs_with_measured_labels(small_corpus):
+    recs = list(read_metadata(small_corpus))
+    assert len(recs) == 16 and len({r["id"] for r in recs}) == 16
+    for r in recs:
+        assert set(r) == EXPECTED_FIELDS
+        info = sf.info(str(small_corpus / r["audio"]))
+        assert info.samplerate == 16000 and info.channels == 1
+        assert info.duration == pytest.approx(r["duration_s"], abs=0.01)
+        seed_description(r)  # every record makes a description
+        if r["kind"] == SPEECH:
+            assert r["transcript"] and r["pitch"] and r["speed"] and r["volume"] and r["noise"]
+            assert r["volume"] == labels.volume_label(r["rms_dbfs"])
+            assert r["pitch"] == labels.pitch_label(r["f0_hz"], r["gender"])
+            assert (r["snr_db"] is None) == (r["noise"] == "Clean")
+        else:
+            assert r["transcript"] is None and r["sound"] in acoustics.SOUND_KINDS
+    kinds = {r["kind"] for r in recs}
+    assert kinds == {SPEECH, SOUND}
+    manifest = json.loads((small_corpus / "corpus.json").read_text())
+    assert sum(manifest["counts"]["split"].values()) == 16
+
+
+def test_clean_speech_label_matches_remeasured_audio(small_corpus):
+    clean = [r for r in read_metadata(small_corpus) if r["kind"] == SPEECH and r["noise"] == "Clean"]
+    assert clean
+    for r in clean:
+        y, _ = sf.read(str(small_corpus / r["audio"]), dtype="float32")
+        assert acoustics.active_rms_dbfs(y) == pytest.approx(r["rms_dbfs"], abs=0.5)
+        if r["f0_hz"]:
+            assert acoustics.median_f0(y) == pytest.approx(r["f0_hz"], rel=0.05)
+
+
+def test_build_is_deterministic_and_refuses_to_overwrite(small_corpus, tmp_path):
+    again = tmp_path / "again"
+    build_corpus(CorpusOptions(out_dir=again, size=16, seed=3, workers=2, sound_fraction=0.25))
+    assert (again / "metadata.jsonl").read_text() == (small_corpus / "metadata.jsonl").read_text()
+    with pytest.raises(ValueError, match="exists"):
+        build_corpus(CorpusOptions(out_dir=again, size=16, seed=3))
+
+
+def test_corpus_cli_json(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["corpus", "--out", str(tmp_path / "c"), "--size", "3", "--workers", "1", "--json"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["clips"] == 3 and (tmp_path / "c" / "metadata.jsonl").exists()
+    args = parser.parse_args(["corpus", "--out", str(tmp_path / "c"), "--size", "3", "--json"])
+    assert args.func(args) == 2  # exists, no --overwrite

@@ -1,0 +1,254 @@
+"""Seed descriptions, the instruction pool, self-generated data (schema, resume) and the AQA5M reader."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from desta_edge.training import datagen as dg
+from desta_edge.training.aqa5m import iter_aqa5m
+from desta_edge.training.corpus import read_metadata
+from desta_edge.training.cli import register_cli
+from desta_edge.training.descriptions import seed_description
+from desta_edge.training.instructions import POOL, SOUND_CATEGORIES, all_prompts, categories_for, sample_prompt
+
+from conftest import build_tiny_model
+
+SPEECH = {"id": "train-000001", "audio": "audio/train/train-000001.wav", "split": "train", "kind": "speech",
+          "transcript": "What is the capital of France?", "sentence_type": "question", "answer": "Paris",
+          "gender": "Female", "pitch": "High", "speed": "Fast", "volume": "Loud", "noise": "Clean", "duration_s": 2.6}
+NOISY = {**SPEECH, "id": "train-000002", "audio": "audio/train/train-000002.wav", "noise": "Noisy",
+         "transcript": "Turn on the kitchen lights.", "sentence_type": "command", "gender": None, "duration_s": 61.2}
+SOUND = {"id": "train-000003", "audio": "audio/train/train-000003.wav", "split": "train", "kind": "sound",
+         "transcript": None, "sound": "beep", "duration_s": 4.6, "gender": None, "pitch": None, "speed": None,
+         "volume": "Quiet", "noise": "Clean"}
+
+
+# ------------------------------------------------------------------ descriptions
+
+
+def test_seed_description_formats():
+    assert seed_description(SPEECH) == ("[00:00-00:03] What is the capital of France? (Gender: Female, Pitch: High, "
+                                        "Speaking speed: Fast, Volume: Loud, Duration: 3s)")
+    assert seed_description(NOISY) == ("[00:00-01:01] Turn on the kitchen lights. (Pitch: High, Speaking speed: Fast, "
+                                       "Volume: Loud, Noise: Noisy, Duration: 61s)")
+    assert seed_description(SOUND) == "[00:00-00:05] (Sound: beep, Duration: 5s)"
+    assert seed_description({**SOUND, "duration_s": 0.3}) == "[00:00-00:01] (Sound: beep, Duration: 1s)"
+    with pytest.raises(ValueError, match="neither"):
+        seed_description({**SOUND, "sound": None})
+
+
+# ------------------------------------------------------------------ instruction pool
+
+
+def test_instruction_pool_is_large_unique_and_covers_every_category():
+    prompts = all_prompts()
+    assert len(prompts) >= 200
+    assert len(set(prompts)) == len(prompts)
+    assert set(POOL) >= {"describe", "transcribe", "speaker", "gender", "pitch", "speed", "volume", "noise", "sound",
+                         "summarize", "answer", "reasoning"}
+    assert all(len(v) >= 15 for v in POOL.values())
+
+
+def test_prompts_fit_the_clip():
+    assert set(categories_for(SOUND)) == set(SOUND_CATEGORIES)
+    assert "answer" in categories_for(SPEECH) and "sound" not in categories_for(SPEECH)
+    assert "gender" not in categories_for(NOISY) and "answer" not in categories_for(NOISY)
+    rng = random.Random(0)
+    for _ in range(200):
+        category, prompt = sample_prompt(SOUND, rng)
+        assert category in SOUND_CATEGORIES and prompt in POOL[category]
+    assert sample_prompt(SPEECH, random.Random("0:x")) == sample_prompt(SPEECH, random.Random("0:x"))
+    seen = {sample_prompt(SPEECH, random.Random(i))[0] for i in range(300)}
+    assert seen == set(categories_for(SPEECH))
+
+
+# ------------------------------------------------------------------ datagen
+
+
+def write_corpus(root: Path, n: int = 10) -> Path:
+    recs = []
+    for i in range(n):
+        base = (SPEECH, NOISY, SOUND)[i % 3]
+        split = "test" if i == n - 1 else "train"
+        recs.append({**base, "id": f"{split}-{i:06d}", "audio": f"audio/{split}/{split}-{i:06d}.wav", "split": split})
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return root
+
+
+class FakeLLM:
+    """Answers with a function of the conversation; counts calls; can fail on a given call."""
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.calls: list[int] = []
+        self.fail_on_call = fail_on_call
+
+    def __call__(self, conversations):
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls.append(len(conversations))
+        return [f" answer to: {c[-1]['content']} " for c in conversations]
+
+
+def options(tmp_path: Path, **kw) -> dg.DatagenOptions:
+    base = dict(corpus_dir=write_corpus(tmp_path / "corpus"), out_file=tmp_path / "out" / "aqa.jsonl", batch_size=3)
+    base.update(kw)
+    return dg.DatagenOptions(**base)
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_records_follow_the_aqa5m_schema(tmp_path):
+    opts = options(tmp_path)
+    llm = FakeLLM()
+    result = dg.run_datagen(opts, llm)
+    recs = read(result.path)
+    assert result.written == len(recs) == 9 and llm.calls == [3, 3, 3]  # the test split is not covered
+    clips = {c["id"]: c for c in read_metadata(opts.corpus_dir)}
+    for r in recs:
+        assert set(r) >= {"id", "dataset", "seed_description", "prompt", "response", "messages"}
+        assert r["dataset"] == "desta-edge-synth" and r["seed_description"] == seed_description(clips[r["id"]])
+        user, assistant = r["messages"]
+        assert user == {"role": "user", "content": "<|AUDIO|>\n" + r["prompt"],
+                        "audios": [{"audio": f"audio/train/{r['id']}.wav", "text": clips[r["id"]]["transcript"] or " "}]}
+        assert assistant == {"role": "assistant", "content": r["response"]}
+        asked = dg.conversation(r["seed_description"], r["prompt"], opts)[-1]["content"]
+        assert r["seed_description"] in asked and r["prompt"] in asked
+        assert r["response"] == f"answer to: {asked}"  # stripped; the LLM saw description and prompt
+    sound = [r for r in recs if "(Sound: beep" in r["seed_description"]]
+    assert sound and all(r["messages"][0]["audios"][0]["text"] == " " for r in sound)
+    settings = json.loads(dg.settings_path(result.path).read_text())
+    assert settings["seed"] == 0 and settings["do_sample"] is False and settings["model"] == "tiny"
+    parsed = list(iter_aqa5m(result.path, data_root=opts.corpus_dir))
+    assert [p.id for p in parsed] == [r["id"] for r in recs]
+    assert parsed[0].audios[0].path == opts.corpus_dir / recs[0]["messages"][0]["audios"][0]["audio"]
+
+
+def test_prompts_are_deterministic_and_limit_applies(tmp_path):
+    a = read(dg.run_datagen(options(tmp_path / "a", limit=5), FakeLLM()).path)
+    b = read(dg.run_datagen(options(tmp_path / "b", limit=5, batch_size=2), FakeLLM()).path)
+    c = read(dg.run_datagen(options(tmp_path / "c", limit=5, seed=1), FakeLLM()).path)
+    assert len(a) == 5 and [r["prompt"] for r in a] == [r["prompt"] for r in b]  # batch size does not matter
+    assert [r["prompt"] for r in a] != [r["prompt"] for r in c]
+
+
+def test_resume_after_interruption_and_truncated_line_has_no_duplicates(tmp_path):
+    opts = options(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        dg.run_datagen(opts, FakeLLM(fail_on_call=2))  # two batches written, then interrupted
+    assert len(read(opts.out_file)) == 6
+    with open(opts.out_file, "a") as f:
+        f.write('{"id": "train-000006", "dataset": "desta-edge-sy')  # a crash mid-write
+    llm = FakeLLM()
+    result = dg.run_datagen(opts, llm)
+    recs = read(opts.out_file)
+    ids = [r["id"] for r in recs]
+    assert len(ids) == len(set(ids)) == 9
+    assert result.existing == 6 and result.written == 3 and llm.calls == [3]
+    fresh = read(dg.run_datagen(options(tmp_path / "fresh"), FakeLLM()).path)
+    assert recs == fresh  # resumed output equals an uninterrupted run
+    again = FakeLLM()
+    assert dg.run_datagen(opts, again).written == 0 and again.calls == []
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    dg.run_datagen(options(tmp_path, limit=2), FakeLLM())
+    with pytest.raises(ValueError, match="seed"):
+        dg.run_datagen(options(tmp_path, limit=4, seed=5), FakeLLM())
+    assert dg.run_datagen(options(tmp_path, limit=4, batch_size=1), FakeLLM()).written == 2  # batch size may change
+
+
+def test_corrupt_middle_line_is_an_error_with_its_line_number(tmp_path):
+    opts = options(tmp_path, limit=3)
+    dg.run_datagen(opts, FakeLLM())
+    lines = opts.out_file.read_text().splitlines()
+    opts.out_file.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"aqa.jsonl:2"):
+        dg.run_datagen(opts, FakeLLM())
+
+
+def test_generation_with_a_tiny_random_model(tmp_path):
+    model = build_tiny_model(audio_features=False)
+
+    def generate(conversations):
+        return model.generate(conversations, max_new_tokens=5, do_sample=False).text
+
+    opts = options(tmp_path, limit=4, batch_size=4)
+    recs = read(dg.run_datagen(opts, generate).path)
+    one_by_one = [generate([dg.conversation(r["seed_description"], r["prompt"], opts)])[0].strip() for r in recs]
+    assert [r["response"] for r in recs] == one_by_one  # batched (left-padded) == one at a time
+
+
+def test_vllm_backend_missing_says_what_to_install(tmp_path):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pip install vllm"):
+            dg.run_datagen(options(tmp_path, backend="vllm"))
+    else:
+        pytest.skip("vllm is installed here")
+
+
+def test_datagen_cli_bad_input(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["datagen", "--corpus", str(tmp_path / "missing"), "--out", str(tmp_path / "o.jsonl"),
+                              "--json"])
+    assert args.func(args) == 2
+    assert "metadata.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_datagen_with_the_real_tiny_backbone(tmp_path):
+    opts = options(tmp_path, limit=4, batch_size=4, max_new_tokens=16)
+    recs = read(dg.run_datagen(opts).path)
+    assert len(recs) == 4
+    assert all(r["response"] and "<|im_end|>" not in r["response"] for r in recs)
+
+
+# ------------------------------------------------------------------ AQA5M reader
+
+
+def aqa_line(i: int, **over) -> dict:
+    rec = {"id": f"x{i}", "dataset": "VoxCeleb1", "seed_description": "[00:00-00:02] hi (Gender: Male)",
+           "prompt": "Who is speaking?", "response": "A man.",
+           "messages": [{"role": "user", "content": "<|AUDIO|>\nWho is speaking?",
+                         "audios": [{"audio": f"vox/{i}.wav", "text": "hi"}]},
+                        {"role": "assistant", "content": "A man."}]}
+    rec.update(over)
+    return rec
+
+
+def test_aqa5m_reader_streams_and_resolves_paths(tmp_path):
+    path = tmp_path / "aqa.jsonl"
+    path.write_text("\n".join(json.dumps(aqa_line(i)) for i in range(3)) + "\n\n")
+    recs = iter_aqa5m(path, data_root=tmp_path / "data")
+    first = next(recs)  # a generator: records come one at a time
+    assert first.id == "x0" and first.audios[0].path == tmp_path / "data" / "vox" / "0.wav"
+    assert first.audios[0].relative == "vox/0.wav" and first.audios[0].text == "hi"
+    assert first.messages[0]["audios"][0]["audio"] == str(tmp_path / "data" / "vox" / "0.wav")
+    assert [r.line for r in recs] == [2, 3]
+    with pytest.raises(ValueError, match="audio file not found"):
+        list(iter_aqa5m(path, data_root=tmp_path, check_audio=True))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({k: v for k, v in aqa_line(1).items() if k != "response"}), "missing field 'response'"),
+    (json.dumps(aqa_line(1, prompt=3)), "'prompt' must be a string"),
+    (json.dumps(aqa_line(1, messages=[{"role": "user", "content": "<|AUDIO|>\nhi"}])), "1 <|AUDIO|> and 0 audios"),
+    (json.dumps(aqa_line(1, messages=[{"role": "bot", "content": "x"}])), "role"),
+])
+def test_aqa5m_reader_errors_name_the_line(tmp_path, bad, message):
+    path = tmp_path / "aqa.jsonl"
+    path.write_text(json.dumps(aqa_line(0)) + "\n" + bad + "\n")
+    with pytest.raises(ValueError, match=r"aqa.jsonl:2: .*" + re.escape(message)):
+        list(iter_aqa5m(path))

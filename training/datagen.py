@@ -1,0 +1,263 @@
+"""Self-generated alignment data: the backbone LLM answers each prompt from a seed description.
+
+For every corpus clip: build its seed description (descriptions.py), sample a prompt
+(instructions.py), and ask the *backbone LLM itself*, in text, to respond to the prompt as if it
+had heard the audio the description describes. The answer becomes the training target for
+(audio, prompt): records in the DeSTA-AQA5M schema (DESIGN.md §1).
+
+Design choices:
+- Generation is a function `GenerateFn(conversations) -> answers`, injected so tests use a fake
+  one. `transformers_generator` uses the project's own `DestaModel.generate` on text-only
+  conversations (exactly the backbone's greedy tokens, batches left-padded);
+  `vllm_generator` is for large GPU runs.
+- The framing is short (SmolLM2-135M is small): one user message presents the description as
+  "Audio: ..." and the prompt as the question, asking for one or two sentences. In a trial on
+  10 clips this gave on-topic short answers, where a longer system + user framing made the
+  135M model echo the description or ramble to the token limit (and cost 5x the time).
+- Deterministic and resumable: the prompt of a record comes from an RNG seeded by (seed, id),
+  so it does not depend on batch order or on where a previous run stopped. On start, existing
+  ids are read and skipped; a truncated last line (a crash mid-write) is cut off; each batch is
+  appended, flushed and fsynced. A sidecar `<out>.settings.json` records the generation
+  settings, and resuming with different settings is an error rather than a mixed file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from .corpus import read_metadata
+from .descriptions import seed_description
+from .instructions import sample_prompt
+
+logger = logging.getLogger(__name__)
+
+Conversation = list[dict[str, str]]
+GenerateFn = Callable[[list[Conversation]], list[str]]
+
+AUDIO_LOCATOR = "<|AUDIO|>"  # the runtime's default audio_locator (DestaConfig)
+NO_SPEECH_TEXT = " "  # transcript given for clips without speech, as the reference does
+DATASET_NAME = "desta-edge-synth"
+SYSTEM_PROMPT: str | None = None  # none: SmolLM2-135M answered best with the backbone's own default
+USER_TEMPLATE = "Audio: {description}\nQuestion: {prompt}\nAnswer in one or two sentences."
+BACKENDS = ("transformers", "vllm")
+# settings that change the content of records: resuming with any of them changed is an error
+CONTENT_SETTINGS = ("model", "backend", "seed", "max_new_tokens", "prompts_per_clip", "system_prompt",
+                    "user_template", "dataset")
+
+
+@dataclass(frozen=True)
+class DatagenOptions:
+    corpus_dir: Path  # a corpus made by build_corpus (metadata.jsonl + audio/)
+    out_file: Path  # JSONL to create or resume
+    limit: int | None = None  # at most this many records in the file (None = all clips)
+    batch_size: int = 16  # conversations per generate call
+    seed: int = 0  # seeds the prompt sampling
+    model: str = "tiny"  # preset, checkpoint dir or hub id whose LLM writes the answers
+    backend: str = "transformers"  # "transformers" or "vllm"
+    device: str | None = None  # torch device for the transformers backend (None = default)
+    max_new_tokens: int = 64  # cap on each answer
+    prompts_per_clip: int = 1  # records per clip (ids get a -pK suffix when > 1)
+    splits: tuple[str, ...] = ("train", "validation")  # corpus splits to cover
+    dataset: str = DATASET_NAME  # the records' `dataset` field
+    system_prompt: str | None = SYSTEM_PROMPT  # framing: system message (None = no system message)
+    user_template: str = USER_TEMPLATE  # framing: user message with {description} and {prompt}
+    progress: bool = False  # show a progress bar
+
+
+@dataclass
+class DatagenResult:
+    path: Path  # the JSONL file
+    written: int  # records added by this run
+    existing: int  # records already there (resumed)
+    total: int  # records the options ask for
+    settings: dict[str, Any] = field(default_factory=dict)  # what the sidecar holds
+
+
+@dataclass(frozen=True)
+class _Item:
+    id: str
+    clip: dict[str, Any]
+    description: str
+    category: str
+    prompt: str
+
+
+def settings_path(out_file: Path) -> Path:
+    return out_file.with_name(out_file.stem + ".settings.json")
+
+
+def _items(options: DatagenOptions) -> list[_Item]:
+    items = []
+    for clip in read_metadata(options.corpus_dir):
+        if clip["split"] not in options.splits:
+            continue
+        description = seed_description(clip)
+        for k in range(options.prompts_per_clip):
+            rid = clip["id"] if options.prompts_per_clip == 1 else f"{clip['id']}-p{k}"
+            category, prompt = sample_prompt(clip, random.Random(f"{options.seed}:{rid}"))
+            items.append(_Item(rid, clip, description, category, prompt))
+            if options.limit is not None and len(items) >= options.limit:
+                return items
+    return items
+
+
+def conversation(description: str, prompt: str, options: DatagenOptions) -> Conversation:
+    """The text-only conversation the LLM answers for one record."""
+    user = {"role": "user", "content": options.user_template.format(description=description, prompt=prompt)}
+    return [{"role": "system", "content": options.system_prompt}, user] if options.system_prompt else [user]
+
+
+def make_record(item: _Item, response: str, dataset: str) -> dict[str, Any]:
+    """One DeSTA-AQA5M record."""
+    text = item.clip["transcript"] if item.clip.get("transcript") is not None else NO_SPEECH_TEXT
+    return {
+        "id": item.id, "dataset": dataset, "seed_description": item.description, "prompt": item.prompt,
+        "response": response,
+        "messages": [
+            {"role": "user", "content": f"{AUDIO_LOCATOR}\n{item.prompt}",
+             "audios": [{"audio": item.clip["audio"], "text": text}]},
+            {"role": "assistant", "content": response},
+        ],
+        "category": item.category,
+    }
+
+
+def existing_ids(path: Path) -> list[str]:
+    """Ids already in `path`, cutting off a truncated last line left by a crash."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a truncated last line (%d bytes) from an interrupted run", path, len(data) - keep)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    ids = []
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ids.append(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a datagen record ({e}); fix or remove the file") from e
+    return ids
+
+
+def _settings(options: DatagenOptions) -> dict[str, Any]:
+    s = {k: getattr(options, k) for k in CONTENT_SETTINGS}
+    s.update(do_sample=False, corpus_dir=str(options.corpus_dir), batch_size=options.batch_size,
+             splits=list(options.splits))
+    return s
+
+
+def _check_settings(path: Path, settings: dict[str, Any]) -> None:
+    if path.exists():
+        old = json.loads(path.read_text())
+        for key in CONTENT_SETTINGS:
+            if old.get(key) != settings[key]:
+                raise ValueError(f"{path}: resuming with {key}={settings[key]!r}, but the file was made with "
+                                 f"{key}={old.get(key)!r}; use a new --out or the same settings")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _batches(items: Sequence[_Item], size: int) -> Iterator[Sequence[_Item]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> DatagenResult:
+    """Create or resume the JSONL; `generate` defaults to the options' backend."""
+    if options.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {options.batch_size}")
+    if options.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {options.backend!r}")
+    if options.limit is not None and options.limit < 0:
+        raise ValueError(f"limit must be >= 0, got {options.limit}")
+    out = Path(options.out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = _settings(options)
+    _check_settings(settings_path(out), settings)
+    items = _items(options)
+    done = set(existing_ids(out))
+    todo = [it for it in items if it.id not in done]
+    existing = len(items) - len(todo)
+    if todo and generate is None:
+        generate = make_generator(options)
+    bar = tqdm(total=len(items), initial=existing, desc="datagen", unit="rec", disable=not options.progress)
+    written = 0
+    with open(out, "a", encoding="utf-8") as f:
+        for batch in _batches(todo, options.batch_size):
+            answers = generate([conversation(it.description, it.prompt, options) for it in batch])
+            if len(answers) != len(batch):
+                raise RuntimeError(f"generator returned {len(answers)} answers for {len(batch)} conversations")
+            f.write("".join(json.dumps(make_record(it, a.strip(), options.dataset), ensure_ascii=False) + "\n"
+                            for it, a in zip(batch, answers)))
+            f.flush()
+            os.fsync(f.fileno())
+            written += len(batch)
+            bar.update(len(batch))
+    bar.close()
+    logger.info("datagen: %d new records, %d already present, in %s", written, existing, out)
+    return DatagenResult(out, written, existing, len(items), settings)
+
+
+# ------------------------------------------------------------------ backends
+
+
+def make_generator(options: DatagenOptions) -> GenerateFn:
+    if options.backend == "vllm":
+        return vllm_generator(options.model, options.max_new_tokens, options.seed)
+    return transformers_generator(options.model, options.max_new_tokens, device=options.device,
+                                  progress=options.progress)
+
+
+def transformers_generator(model: str, max_new_tokens: int, *, device: str | None = None,
+                           progress: bool = False) -> GenerateFn:
+    """Greedy answers from the backbone via DestaModel.generate (text-only conversations)."""
+    from desta_edge import DestaModel
+
+    desta = DestaModel.from_pretrained(model, device=device, audio_features=False, progress=progress)
+
+    def generate(conversations: list[Conversation]) -> list[str]:
+        return desta.generate(conversations, max_new_tokens=max_new_tokens, do_sample=False).text
+
+    return generate
+
+
+def vllm_generator(model: str, max_new_tokens: int, seed: int = 0) -> GenerateFn:
+    """Greedy answers from vLLM's offline API (`LLM.generate` + `SamplingParams`), for large GPU runs.
+
+    Not run in this project's CI (no vLLM, no GPU there); written to vLLM's documented offline
+    inference API. `model` is a preset name (its LLM backbone is used) or an HF id / directory.
+    """
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as e:
+        raise RuntimeError("the vllm backend needs vLLM: pip install vllm (on a CUDA machine)") from e
+    from desta_edge.runtime.presets import PRESETS, resolve_backbone
+
+    path = resolve_backbone(PRESETS[model].config.llm_model_id) if model in PRESETS else model
+    llm = LLM(model=path, seed=seed)
+    tokenizer = llm.get_tokenizer()
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+
+    def generate(conversations: list[Conversation]) -> list[str]:
+        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        return [out.outputs[0].text for out in llm.generate(prompts, params)]
+
+    return generate
+
+
+def options_dict(options: DatagenOptions) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}

@@ -64,6 +64,15 @@ class InferenceBackend(Protocol):
         opts: SamplingOptions,
         times: StepTimes,
         cancelled: Callable[[], bool] | None = None,
+        prefix_ids: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Prefill the prompt, then yield next-token ids [B] one step at a time."""
+        """Prefill the prompt, then yield next-token ids [B] one step at a time.
+
+        prefix_ids [1, P]: the prompt's first P tokens are a fixed prefix whose key/value cache
+        the backend may keep across calls (then only the rest is prefilled).
+        """
+        ...
+
+    def reset(self) -> None:
+        """Drop cached state such as the prefix key/value cache."""
         ...

@@ -7,6 +7,7 @@ produces exactly the token ids `transformers`' `generate` produces on the same i
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ def choose(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
 
 @dataclass
 class StepTimes:
-    prefill_ms: float = 0.0  # the prompt's forward pass
+    prefix_ms: float = 0.0  # computing/copying the cached prompt prefix
+    prefill_ms: float = 0.0  # the prompt's forward pass (after the cached prefix, if any)
     first_token_s: float | None = None  # perf_counter() when the first token was chosen
 
 
@@ -61,10 +63,13 @@ def generate_stream(
     opts: SamplingOptions,
     times: StepTimes | None = None,
     cancelled: Callable[[], bool] | None = None,
+    past=None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids [B] step by step; rows that finished yield their eos id.
 
     Either `input_ids` [B, L] or `inputs_embeds` [B, L, D] (with left padding) is the prompt.
+    `past`: a key/value cache already holding the first P prompt positions (a cached prefix);
+    the ids/embeds are then the remaining L - P positions and `attention_mask` covers all L.
     Stops when every row has emitted an eos id, after `max_new_tokens`, or when `cancelled()`.
     """
     if (input_ids is None) == (inputs_embeds is None):
@@ -72,12 +77,15 @@ def generate_stream(
     times = times or StepTimes()
     mask = attention_mask.clone()
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    new = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    pos = pos[:, -new:]
     eos = torch.tensor(sorted(eos_ids), device=mask.device)
     done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
     fill = int(eos[0])
     with torch.inference_mode():
         t0 = time.perf_counter()
-        out = llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+        out = llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=pos,
+                  past_key_values=past, use_cache=True)
         times.prefill_ms = (time.perf_counter() - t0) * 1000
         cache = out.past_key_values
         logits = out.logits[:, -1]
@@ -97,3 +105,26 @@ def generate_stream(
             out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1]
+
+
+class PrefixCache:
+    """Key/value cache of a fixed prompt prefix (system prompt and template up to the audio).
+
+    Computed once per distinct prefix and copied for each request (generation appends to it).
+    """
+
+    def __init__(self) -> None:
+        self._ids: tuple[int, ...] | None = None
+        self._cache = None
+
+    def get(self, llm: torch.nn.Module, prefix_ids: torch.Tensor):
+        """A fresh copy of the cache for `prefix_ids` [1, P], computing it on a miss."""
+        key = tuple(prefix_ids[0].tolist())
+        if key != self._ids:
+            with torch.inference_mode():
+                out = llm(input_ids=prefix_ids, use_cache=True)
+            self._ids, self._cache = key, out.past_key_values
+        return copy.deepcopy(self._cache)
+
+    def reset(self) -> None:
+        self._ids = self._cache = None

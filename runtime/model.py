@@ -80,6 +80,7 @@ class _Prepared:
     attention_mask: torch.Tensor
     input_ids: torch.Tensor | None  # text-only batches go in as ids (exactly the backbone's path)
     inputs_embeds: torch.Tensor | None
+    prefix_ids: torch.Tensor | None  # [1, P] tokens before the first clip, when the prefix cache applies
     audios: list[tuple[str, str]]
     timings_ms: dict[str, float]
     t0: float
@@ -118,6 +119,9 @@ class DestaModel:
         self.placeholder_id = _single_token_id(tokenizer, config.placeholder_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(backend.llm_model, tokenizer)
+        # reuse the key/value cache of the prompt up to the first clip (single conversations
+        # with audio; text-only prompts always run whole, exactly as the backbone would)
+        self.use_prefix_cache = True
 
     # ------------------------------------------------------------------ construction
 
@@ -337,11 +341,14 @@ class DestaModel:
         )
         audios = [(clip.source, text or "") for clip, text in zip(clips, transcripts)]
         if not refs:
-            return _Prepared(len(conversations), batch.attention_mask, batch.input_ids, None, audios, timings, t0)
+            return _Prepared(len(conversations), batch.attention_mask, batch.input_ids, None, None, audios, timings, t0)
         embeds = self.backend.embed(batch.input_ids)
         text_embeds = [self.backend.embed(torch.tensor(ids, dtype=torch.long)) for ids in text_ids]
         embeds = splice(embeds, batch.splices, audio_embeds, text_embeds)
-        return _Prepared(len(conversations), batch.attention_mask, None, embeds, audios, timings, t0)
+        prefix = None
+        if self.use_prefix_cache and len(conversations) == 1 and batch.splices[0].start > 0:
+            prefix = batch.input_ids[:, : batch.splices[0].start]
+        return _Prepared(len(conversations), batch.attention_mask, None, embeds, prefix, audios, timings, t0)
 
     def _tokens(self, prep: _Prepared, opts: SamplingOptions, times: StepTimes, cancelled=None) -> Iterator[torch.Tensor]:
         return self.backend.stream_tokens(
@@ -352,11 +359,12 @@ class DestaModel:
             opts=opts,
             times=times,
             cancelled=cancelled,
+            prefix_ids=prep.prefix_ids,
         )
 
     def _finish_timings(self, prep: _Prepared, times: StepTimes) -> dict[str, float]:
         out = dict(prep.timings_ms)
-        out["prefill"] = times.prefill_ms
+        out["prefill"] = times.prefix_ms + times.prefill_ms
         first = times.first_token_s if times.first_token_s is not None else time.perf_counter()
         out["first_token"] = (first - prep.t0) * 1000  # request start -> first answer token
         out["total"] = (time.perf_counter() - prep.t0) * 1000

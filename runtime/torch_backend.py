@@ -7,6 +7,7 @@ Module names follow the official checkpoint: `perception.whisper` (frozen Whispe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from .backends import EncodedAudio
 from .connector import QFormerConnector
-from .generation import SamplingOptions, StepTimes, generate_stream
+from .generation import PrefixCache, SamplingOptions, StepTimes, generate_stream
 from .whisper import WhisperFrontEnd
 
 
@@ -31,6 +32,7 @@ class TorchBackend(nn.Module):
         self.perception = Perception(whisper, connector)
         self.llm_model = llm
         self.n_mels = whisper.n_mels
+        self._prefix = PrefixCache()
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +72,16 @@ class TorchBackend(nn.Module):
         opts: SamplingOptions,
         times: StepTimes,
         cancelled: Callable[[], bool] | None = None,
+        prefix_ids: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
+        past = None
+        if prefix_ids is not None:
+            t0 = time.perf_counter()
+            past = self._prefix.get(self.llm_model, prefix_ids.to(self.device))
+            times.prefix_ms = (time.perf_counter() - t0) * 1000
+            p = prefix_ids.shape[1]
+            input_ids = None if input_ids is None else input_ids[:, p:]
+            inputs_embeds = None if inputs_embeds is None else inputs_embeds[:, p:]
         return generate_stream(
             self.llm_model,
             attention_mask=attention_mask.to(self.device),
@@ -80,4 +91,9 @@ class TorchBackend(nn.Module):
             opts=opts,
             times=times,
             cancelled=cancelled,
+            past=past,
         )
+
+    def reset(self) -> None:
+        """Forget cached state (the prompt-prefix key/value cache)."""
+        self._prefix.reset()

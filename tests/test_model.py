@@ -198,3 +198,22 @@ def test_multilingual_whisper_prompt_detects_the_language():
     with pytest.raises(ValueError, match="does not know language 'xx'"):
         front._prompt(final, "xx")
     assert len(front.transcribe_ids(final, max_new_tokens=3)[0]) <= 3
+
+
+def test_prefix_cache_gives_the_same_tokens_and_is_reused(tiny_model):
+    calls = []
+    hook = tiny_model.backend.llm_model.register_forward_hook(lambda m, a, kw, out: calls.append(1), with_kwargs=True)
+    convs = [conv(text="first question"), conv(text="another, longer question here")]
+    try:
+        tiny_model.backend.reset()
+        cached = [tiny_model.generate(c, max_new_tokens=6).generated_ids[0] for c in convs]
+        n_cached = len(calls)
+        tiny_model.use_prefix_cache = False
+        calls.clear()
+        plain = [tiny_model.generate(c, max_new_tokens=6).generated_ids[0] for c in convs]
+    finally:
+        tiny_model.use_prefix_cache = True
+        hook.remove()
+    assert cached == plain
+    # one extra forward for the shared prefix, computed once for both requests
+    assert n_cached == len(calls) + 1

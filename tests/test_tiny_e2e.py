@@ -141,3 +141,16 @@ def test_models_command_lists_ready_backbones():
     data = json.loads(r.stdout)
     assert [p["name"] for p in data["presets"]] == ["tiny"]
     assert all(b["ready"] for b in data["backbones"])
+
+
+def test_prefix_cache_keeps_real_answers_identical(tiny, tmp_path):
+    path = synth("How many days are there in a week?", tmp_path / "w.wav", "flite", "awb", 0, 0, 22050, 1, None, 0)
+    msgs = [{"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "<|AUDIO|>\nReply to the speaker.", "audios": [{"audio": str(path), "text": None}]}]
+    try:
+        tiny.use_prefix_cache = False
+        plain = tiny.generate(msgs, max_new_tokens=24).generated_ids
+        tiny.use_prefix_cache = True
+        assert [tiny.generate(msgs, max_new_tokens=24).generated_ids for _ in range(2)] == [plain, plain]
+    finally:
+        tiny.use_prefix_cache = True

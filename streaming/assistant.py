@@ -90,7 +90,7 @@ class Assistant:
         self._spec: _Job | None = None  # the pending speculative job, if any
         self._current: _Job | None = None  # the job the worker is on
         self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
-        self._t0 = 0.0
+        self.started_at = 0.0  # clock() when run() began; events carry wall_s relative to it
         self._audio_s = 0.0
         self.stats = Stats()
 
@@ -101,7 +101,7 @@ class Assistant:
         if utterance is not None:
             event["utterance"] = utterance
         event["audio_s"] = round(self._audio_s if audio_s is None else audio_s, 3)
-        event["wall_s"] = round(self._clock() - self._t0, 3)
+        event["wall_s"] = round(self._clock() - self.started_at, 3)
         event.update(fields)
         with self._lock:
             self._emit_fn(event)
@@ -119,7 +119,7 @@ class Assistant:
 
     def run(self, chunks: Iterable[Chunk]) -> Stats:
         """Listen until the source ends; returns counters. Blocks until every answer is done."""
-        self._t0 = self._clock()
+        self.started_at = self._clock()
         worker = threading.Thread(target=self._worker, name="desta-edge-worker", daemon=True)
         worker.start()
         try:

@@ -1,0 +1,69 @@
+"""A multi-question test recording with known speech boundaries (several voices, noise)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+RATE = 16_000
+QUESTIONS = [
+    ("What is the capital of France?", "flite", "slt"),
+    ("How many days are there in a week?", "espeak", "en-us"),
+    ("Please turn on the lights in the kitchen.", "flite", "awb"),
+    ("What time does the train leave tomorrow morning?", "espeak", "en-gb+m3"),
+    ("Set a timer for ten minutes.", "flite", "rms"),
+    ("Name three colors of the rainbow.", "espeak", "en+f3"),
+    ("Who wrote the play Romeo and Juliet?", "flite", "kal"),
+    ("How do I make a cup of green tea?", "espeak", "en-us+m5"),
+]
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    voice: str
+    start_s: float  # true start of speech in the recording
+    end_s: float  # true end of speech
+
+
+def _synth(text: str, engine: str, voice: str, path: Path) -> np.ndarray:
+    if engine == "espeak":
+        subprocess.run(["espeak-ng", "-v", voice, "-s", "155", "-w", str(path), text], check=True)
+    else:
+        subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
+    import soxr
+
+    x, sr = sf.read(str(path), dtype="float32")
+    x = soxr.resample(x, sr, RATE)
+    loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
+    return x[loud[0] : loud[-1] + 1]  # trim the synthesizer's own leading/trailing silence
+
+
+def build(out: Path, *, gap_s: tuple[float, float] = (1.2, 2.0), snr_db: float = 20.0, seed: int = 0) -> list[Utterance]:
+    """Write the recording to `out` (16 kHz WAV) and return the true utterance boundaries."""
+    rng = np.random.default_rng(seed)
+    parts: list[np.ndarray] = []
+    truth: list[Utterance] = []
+    t = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (text, engine, voice) in enumerate(QUESTIONS):
+            gap = np.zeros(int(rng.uniform(*gap_s) * RATE), dtype=np.float32)
+            speech = _synth(text, engine, voice, Path(tmp) / f"{i}.wav")
+            parts += [gap, speech]
+            t += len(gap) / RATE
+            truth.append(Utterance(text, f"{engine}:{voice}", t, t + len(speech) / RATE))
+            t += len(speech) / RATE
+    parts.append(np.zeros(int(1.5 * RATE), dtype=np.float32))
+    audio = np.concatenate(parts)
+    speech_power = np.mean(np.concatenate([p for p in parts if p.any()]) ** 2)
+    noise = rng.standard_normal(len(audio)).astype(np.float32)
+    hum = 0.5 * np.sin(2 * np.pi * 60 * np.arange(len(audio)) / RATE).astype(np.float32)
+    noise = noise + hum
+    noise *= np.sqrt(speech_power / np.mean(noise**2) / 10 ** (snr_db / 10))
+    sf.write(str(out), audio + noise, RATE)
+    return truth

@@ -1,0 +1,64 @@
+"""`desta-edge listen` end to end on the real tiny backbones: a noisy multi-question recording
+(two synthesizers, six voices, 20 dB noise + hum) from a file, and raw PCM on stdin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from recording import build  # noqa: E402
+
+from desta_edge.training.metrics import word_error_rate  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def listen(*args: str, stdin: bytes | None = None) -> list[dict]:
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--json", "--max-new-tokens", "8", *args],
+                       input=stdin, capture_output=True, timeout=900)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    return [json.loads(line) for line in r.stdout.decode().splitlines()]
+
+
+def test_noisy_multi_question_recording_is_segmented_and_answered(tmp_path):
+    wav = tmp_path / "rec.wav"
+    truth = build(wav)
+    events = listen("--source", str(wav), "--fast")
+    assert events[-1]["type"] == "summary" and events[-1]["errors"] == 0
+    ends = [e for e in events if e["type"] == "speech_end"]
+    answers = [e for e in events if e["type"] == "answer"]
+    assert len(ends) == len(answers) == len(truth)  # every question once: none split, none merged, none missed
+    for end, u in zip(ends, truth):
+        assert abs(end["speech_end_s"] - u.end_s) < 0.3, (end, u)
+    wer = word_error_rate([(u.text, a["transcript"]) for u, a in zip(truth, answers)])
+    assert wer <= 0.2, [(u.text, a["transcript"]) for u, a in zip(truth, answers)]
+    for e in events[:-1]:
+        assert {"type", "audio_s", "wall_s"} <= set(e) and isinstance(e.get("utterance", 0), int)
+    first = {e["utterance"] for e in events if e["type"] == "token"}
+    assert first == {a["utterance"] for a in answers if a["text"]}
+
+
+def test_stdin_pcm_at_another_rate_and_channel_count(tmp_path):
+    subprocess.run(["flite", "-voice", "slt", "-t", "What is the capital of France?", "-o", str(tmp_path / "q.wav")], check=True)
+    x, sr = sf.read(str(tmp_path / "q.wav"), dtype="float32")
+    x = soxr.resample(x, sr, 22050)
+    pad = np.zeros(22050, dtype=np.float32)
+    x = np.concatenate([pad, x, pad, pad])
+    pcm = (np.stack([x, x], axis=1) * 32767).astype("<i2").tobytes()
+    events = listen("--source", "-", "--rate", "22050", "--channels", "2", stdin=pcm)
+    answers = [e for e in events if e["type"] == "answer"]
+    assert len(answers) == 1 and "france" in answers[0]["transcript"].lower()
+
+
+def test_listen_reports_a_bad_file():
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr

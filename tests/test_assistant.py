@@ -152,3 +152,32 @@ def test_one_failing_utterance_does_not_stop_the_loop():
     errors = [e for e in events if e["type"] == "error"]
     assert stats.errors == 1 and errors[0]["utterance"] == 0 and "corrupt utterance" in errors[0]["message"]
     assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1
+
+
+class InstantModel:
+    """Answers immediately: lets a long session run quickly."""
+
+    class config:
+        audio_locator = "<|AUDIO|>"
+
+    def stream(self, messages, max_new_tokens):
+        return _OneShot()
+
+
+class _OneShot(FakeStream):
+    def __iter__(self):
+        self.text = "ok"
+        yield "ok"
+
+
+def test_long_session_keeps_state_bounded():
+    """200 utterances (about 4 minutes of audio): counters grow, buffers do not."""
+    one = signal(("v", 0.5), ("s", 0.7))
+    x = np.tile(one, 200)
+    events = []
+    a = Assistant(InstantModel(), AssistantOptions(barge_in=False), emit=events.append, vad=EnergyVad())
+    stats = a.run(chunks_of(x))
+    assert stats.answers == 200 and stats.errors == 0
+    assert len(a._walls) <= a._walls.maxlen and a._jobs.empty() and a._spec is None
+    ep = a.endpointer
+    assert ep._frames == [] and len(ep._history) <= ep._history.maxlen

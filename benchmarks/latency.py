@@ -1,6 +1,6 @@
 """End of speech -> first answer token, on a noisy multi-question recording fed at real-time pace.
 
-    python benchmarks/latency.py [--model tiny] [--hangover-ms 500] [--fast] [--out benchmarks/results]
+    python benchmarks/latency.py [--model tiny] [--onnx EXPORT_DIR] [--hangover-ms 500] [--fast] [--out benchmarks/results]
 
 Two pipelines on the same model and recording, one after the other in the same run:
 - desta-edge: one encoder pass, speculative start at the first pause, prompt-prefix KV cache;
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hangover-ms", type=int, default=EndpointOptions().hangover_ms)
     p.add_argument("--pause-ms", type=int, default=EndpointOptions().pause_ms)
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--onnx", default=None, help="also run desta-edge with this ONNX export (desta-edge export onnx)")
     p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test; latency meaningless)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -184,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {name} ...", file=sys.stderr)
         variants[name] = run_variant(model, wav, truth, reference=reference, endpoint=endpoint,
                                      realtime=not args.fast, max_new_tokens=args.max_new_tokens)
+    if args.onnx:
+        print("running desta-edge (onnx encoder) ...", file=sys.stderr)
+        fast = DestaModel.from_pretrained(args.onnx, backend="onnx", device=args.device)
+        fast.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)
+        variants["desta-edge (onnx encoder)"] = run_variant(fast, wav, truth, reference=False, endpoint=endpoint,
+                                                            realtime=not args.fast, max_new_tokens=args.max_new_tokens)
     ours, ref = variants["desta-edge"]["latency_ms"]["p50"], variants["reference-style"]["latency_ms"]["p50"]
     result = {
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads {__import__('torch').get_num_threads()}",

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default="tiny", help="preset name, checkpoint directory or hub id (default: tiny)")
     ask.add_argument("--max-new-tokens", type=int, default=256, help="cap on answer tokens (default: 256)")
     ask.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ask.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                     help="torch (default) or onnx (--model is then an export directory)")
     ask.add_argument("--transcript-only", action="store_true", help="ablation: no audio embeddings, transcript only")
     ask.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     ask.set_defaults(func=_cmd_ask)
@@ -53,11 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="print one JSON object")
     models.set_defaults(func=_cmd_models)
 
+    from desta_edge.export.cli import register_cli as register_export
     from desta_edge.streaming.cli import register_cli as register_streaming
     from desta_edge.training.cli import register_cli as register_training
 
     register_streaming(sub)
     register_training(sub)
+    register_export(sub)
     return p
 
 
@@ -73,8 +77,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         model = DestaModel.from_pretrained(
-            args.model, device=args.device, audio_features=False if args.transcript_only else None,
-            progress=not args.json,
+            args.model, backend=args.backend, device=args.device,
+            audio_features=False if args.transcript_only else None, progress=not args.json,
         )
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)

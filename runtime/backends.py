@@ -2,7 +2,8 @@
 
 `DestaModel` owns everything that is not number crunching (audio loading, the speech check,
 prompt assembly, timing, streaming text); a backend owns the tensors. Backends are chosen by
-`Backend` name. Only `torch` exists so far; other engines plug in behind the same Protocol.
+`Backend` name: `torch`, or `onnx` (an export directory; so far the encoder + connector run in
+ONNX Runtime and the decoder and LLM in PyTorch).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .generation import SamplingOptions, StepTimes
 
 class Backend(str, enum.Enum):
     TORCH = "torch"  # PyTorch eager, CPU or CUDA
+    ONNX = "onnx"  # ONNX Runtime for the exported graphs (`desta-edge export onnx`)
 
     @classmethod
     def parse(cls, name: "str | Backend") -> "Backend":

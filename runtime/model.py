@@ -29,6 +29,7 @@ from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
 from .generation import SamplingOptions, StepTimes
 from .hf import dtype_kwarg
+from .onnx_backend import OnnxEncoderBackend, is_onnx_export, read_manifest
 from .presets import PRESETS, resolve_backbone
 from .prompt import AudioRef, build_batch, collect_audios, normalize_batch, splice
 from .torch_backend import TorchBackend
@@ -141,9 +142,13 @@ class DestaModel:
         audio_features: None = use the connector when the model has a trained one; False =
         the transcript-only ablation (the LLM sees the transcript, no audio embeddings).
         """
-        Backend.parse(backend)  # only torch today; an unknown name is an error here
         t0 = time.perf_counter()
         name = os.fspath(name_or_path)
+        if Backend.parse(backend) is Backend.ONNX:
+            return _from_onnx_export(cls, name, device=device, dtype=dtype, audio_features=audio_features,
+                                     progress=progress, t0=t0)
+        if is_onnx_export(name):
+            raise ValueError(f"{name} is an ONNX export: load it with backend='onnx'")
         config, weights, base_dir = _resolve(name)
         if config.use_lora:
             raise ValueError(f"{name}: LoRA checkpoints (use_lora=true) are not supported yet")
@@ -406,6 +411,23 @@ def _eos_ids(llm, tokenizer) -> set[int]:
     if not ids:
         raise ValueError("the LLM defines no end-of-sequence token")
     return ids
+
+
+def _from_onnx_export(cls, path: str, *, device, dtype, audio_features, progress, t0: float) -> "DestaModel":
+    """Load an export directory: ONNX Runtime encodes, the source model's PyTorch parts do the rest."""
+    if not is_onnx_export(path):
+        raise FileNotFoundError(
+            f"{path}: not an ONNX export directory; create one with `desta-edge export onnx --model NAME --out {path}`"
+        )
+    manifest = read_manifest(path)
+    model = cls.from_pretrained(manifest["source"], device=device, dtype=dtype, audio_features=audio_features,
+                                progress=progress)
+    if model.audio_features and not manifest["has_connector"]:
+        raise ValueError(f"{path} was exported without the connector; re-export from a model with an adapter")
+    model.backend = OnnxEncoderBackend(model.backend, path, has_connector=model.audio_features)
+    model.name = path
+    model.load_ms = (time.perf_counter() - t0) * 1000
+    return model
 
 
 def _resolve(name: str) -> tuple[DestaConfig, dict | None, Path | None]:

@@ -53,6 +53,10 @@ class WhisperFrontEnd(nn.Module):
     @torch.inference_mode()
     def encode(self, features: torch.Tensor) -> EncoderOutput:
         """features [B, n_mels, 3000] -> tapped layer outputs and final states, in one pass."""
+        return self.encode_graph(features)
+
+    def encode_graph(self, features: torch.Tensor) -> EncoderOutput:
+        """`encode` without the inference-mode wrapper (for export and training)."""
         enc = self.whisper.model.encoder
         if features.ndim != 3 or features.shape[1] != self.n_mels:
             raise ValueError(

@@ -32,6 +32,8 @@ def register_cli(sub) -> None:
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
     p.add_argument("--model-device", default=None, help="cpu, cuda ... for the model (default: cuda if available)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="torch (default) or onnx (--model is then an export directory)")
     p.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction after each utterance")
     p.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="cap per answer (default 128)")
@@ -91,7 +93,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from desta_edge import DestaModel
 
     try:
-        model = DestaModel.from_pretrained(args.model, device=args.model_device, progress=not args.json)
+        model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.model_device,
+                                           progress=not args.json)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     show = _json_line if args.json else _Display()

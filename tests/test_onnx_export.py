@@ -1,0 +1,82 @@
+"""ONNX export of the encoder + connector: parity with PyTorch and identical greedy outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_tiny_model, tiny_config, tiny_llm, tiny_whisper
+from desta_edge import DestaModel
+from desta_edge.runtime.checkpoint import save_checkpoint
+
+pytest.importorskip("onnxruntime", reason="pip install onnx onnxruntime (part of the test extra)")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    whisper, wtok = tiny_whisper()
+    llm, ltok = tiny_llm()
+    whisper.save_pretrained(d / "whisper"); wtok.save_pretrained(d / "whisper")
+    llm.save_pretrained(d / "llm"); ltok.save_pretrained(d / "llm")
+    save_checkpoint(d, tiny_config(llm_model_id="llm", encoder_model_id="whisper"), build_tiny_model().connector)
+    return d
+
+
+def speechlike(seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(24000) / 16000
+    x = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((140, 280, 560), 1)) * (0.5 + 0.5 * np.sin(8 * np.pi * t))
+    return (0.3 * x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_export_parity_and_identical_answers(checkpoint, tmp_path):
+    from desta_edge.export.onnx import export_onnx
+
+    torch_model = DestaModel.from_pretrained(checkpoint, device="cpu")
+    manifest = export_onnx(torch_model, str(checkpoint), tmp_path / "onnx")
+    assert manifest["has_connector"] and manifest["opset"] >= 17
+    assert json.loads((tmp_path / "onnx" / "onnx_export.json").read_text())["source"] == str(checkpoint.resolve())
+    assert set(manifest["parity_max_abs"]) == {"final", "audio_embeds"}
+
+    onnx_model = DestaModel.from_pretrained(tmp_path / "onnx", backend="onnx", device="cpu")
+    feats = torch_model.features([speechlike(0), speechlike(1)])
+    a = torch_model.backend.encode(feats, with_connector=True)
+    b = onnx_model.backend.encode(feats, with_connector=True)
+    torch.testing.assert_close(b.final, a.final, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(b.audio_embeds, a.audio_embeds, atol=1e-3, rtol=1e-4)
+
+    convs = [[{"role": "user", "content": "<|AUDIO|> what?", "audios": [{"audio": (speechlike(i), 16000), "text": None}]}]
+             for i in range(3)]
+    want = torch_model.generate(convs, max_new_tokens=6)
+    got = onnx_model.generate(convs, max_new_tokens=6)
+    assert got.generated_ids == want.generated_ids and got.audios == want.audios
+
+
+def test_backend_and_directory_must_match(checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an ONNX export directory"):
+        DestaModel.from_pretrained(checkpoint, backend="onnx", device="cpu")
+    from desta_edge.export.onnx import export_onnx
+
+    export_onnx(DestaModel.from_pretrained(checkpoint, device="cpu", audio_features=False), str(checkpoint), tmp_path / "x")
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        DestaModel.from_pretrained(tmp_path / "x", device="cpu")
+    with pytest.raises(ValueError, match="exported without the connector"):
+        DestaModel.from_pretrained(tmp_path / "x", backend="onnx", device="cpu")
+    assert DestaModel.from_pretrained(tmp_path / "x", backend="onnx", device="cpu", audio_features=False).audio_features is False
+
+
+@pytest.mark.slow
+def test_tiny_preset_export_gives_the_same_transcripts(tmp_path):
+    from conftest import speak
+    from desta_edge.export.onnx import export_onnx
+
+    tiny = DestaModel.from_pretrained("tiny", device="cpu")
+    export_onnx(tiny, "tiny", tmp_path / "onnx")
+    fast = DestaModel.from_pretrained(tmp_path / "onnx", backend="onnx", device="cpu")
+    for i, (text, voice) in enumerate([("What is the capital of France?", "en-us"), ("Set a timer for ten minutes.", "en+f3")]):
+        path = speak(text, tmp_path / f"{i}.wav", voice=voice)
+        conv = [{"role": "user", "content": "<|AUDIO|>\nReply to the speaker.", "audios": [{"audio": str(path), "text": None}]}]
+        a, b = tiny.generate(conv, max_new_tokens=16), fast.generate(conv, max_new_tokens=16)
+        assert a.audios == b.audios and a.generated_ids == b.generated_ids

@@ -1,13 +1,16 @@
-"""ONNX export, first stage: Whisper encoder + Q-Former connector as one graph.
+"""ONNX export: a self-contained directory that `DestaModel.from_pretrained(DIR, backend="onnx")` runs.
 
-    features [B, n_mels, 3000] ──► encoder.onnx ──► final [B, 1500, d_enc]          (for the ASR decoder)
-                                                └─► audio_embeds [B, Q, d_llm]      (when the model has an adapter)
+Three graphs, traced at opset 17 from the same weights the PyTorch backend uses (LayerNorm stays
+one fused `LayerNormalization` op; a decomposed fp16 LayerNorm overflows silently on Whisper's
+residual stream):
 
-The graph is traced from the same code the PyTorch backend runs (`WhisperFrontEnd.encode_graph`
-and the connector), at opset 17 so LayerNorm stays one fused `LayerNormalization` op (a
-decomposed fp16 LayerNorm overflows silently on Whisper's residual stream). The export directory
-records its source model; `DestaModel.from_pretrained(DIR, backend="onnx")` loads the decoder and
-LLM from that source in PyTorch. An export is checked against PyTorch before it is kept.
+    encoder.onnx   features [B, mels, 3000] -> cross_k, cross_v [L, B, H, 1500, Dh] (+ audio_embeds [B, Q, d_llm])
+                   one encoder pass; the connector reads the tapped layers inside the same graph
+    decoder.onnx   input_ids [B, S], cross_k/v, past_k/v [L, B, H, P, Dh] -> logits [B, V], k, v
+    llm.onnx       inputs_embeds [B, S, D], attention_mask [B, P+S], position_ids [B, S], past_k/v -> logits [B, V], k, v
+
+Each graph is checked against PyTorch on the same inputs before the export is kept (relative
+max difference `PARITY_RTOL`); the manifest records the measured differences.
 """
 
 from __future__ import annotations
@@ -25,58 +28,131 @@ import torch
 from torch import nn
 
 from desta_edge.runtime.audio import N_FRAMES
-from desta_edge.runtime.onnx_backend import ENCODER_FILE, FORMAT_VERSION, MANIFEST, open_session
+from desta_edge.runtime.onnx_backend import (
+    DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, FORMAT_VERSION, LLM_FILE, LLM_TOKENIZER_DIR, MANIFEST, WHISPER_DIR,
+    open_session,
+)
+
+from .graphs import LlamaStep, WhisperCrossKV, WhisperDecoderStep
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17  # first opset with a fused LayerNormalization op
-PARITY_RTOL = 1e-4  # max |ONNX - PyTorch| / max |PyTorch| accepted on fp32 outputs
+PARITY_RTOL = 1e-4  # max |ONNX - PyTorch| / max |PyTorch| accepted per output
 
 
 class EncoderGraph(nn.Module):
-    """The traced module: one encoder pass, then the connector on the tapped layers."""
+    """One encoder pass -> the decoder's cross-attention k/v and, with an adapter, audio embeddings."""
 
     def __init__(self, front: nn.Module, connector: nn.Module | None) -> None:
         super().__init__()
         self.front = front
+        self.cross = WhisperCrossKV(front.whisper)
         self.connector = connector
 
     def forward(self, features: torch.Tensor):
         out = self.front.encode_graph(features)
+        cross_k, cross_v = self.cross(out.final)
         if self.connector is None:
-            return out.final
-        return out.final, self.connector(out.taps)
+            return cross_k, cross_v
+        return cross_k, cross_v, self.connector(out.taps)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict, opset: int) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow in transformers
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+
+
+def _parity(module: nn.Module, args: tuple, path: Path, inputs: list[str]) -> dict[str, float]:
+    with torch.inference_mode():
+        want = module(*args)
+    want = want if isinstance(want, tuple) else (want,)
+    session = open_session(path, torch.device("cpu"))
+    got = session.run(None, {n: a.numpy() for n, a in zip(inputs, args)})
+    names = [o.name for o in session.get_outputs()]
+    diffs = {n: float(np.abs(g - w.numpy()).max()) for n, g, w in zip(names, got, want)}
+    scales = [max(float(w.abs().max()), 1.0) for w in want]
+    bad = {n: d for (n, d), scale in zip(diffs.items(), scales) if d > PARITY_RTOL * scale}
+    if bad:
+        raise RuntimeError(f"{path.name} disagrees with PyTorch beyond {PARITY_RTOL} relative: {bad}")
+    return diffs
 
 
 def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = OPSET) -> dict:
-    """Export `model` (loaded from `source`) into `out_dir`; returns the manifest written."""
-    if model.device.type != "cpu" or model.backend.dtype != torch.float32:
-        raise ValueError("export from a float32 CPU model: DestaModel.from_pretrained(..., device='cpu')")
+    """Export `model` (a float32 CPU PyTorch DestaModel loaded from `source`) into `out_dir`."""
+    from safetensors.torch import save_file
+
+    if model.device.type != "cpu" or getattr(model.backend, "dtype", None) != torch.float32:
+        raise ValueError("export from a float32 CPU model: DestaModel.from_pretrained(NAME, device='cpu')")
     front = model.backend.perception.whisper
+    whisper, llm = front.whisper, model.backend.llm_model
     connector = model.connector if model.audio_features else None
-    graph = EncoderGraph(front, connector).eval()
-    outputs = ["final"] + (["audio_embeds"] if connector is not None else [])
-    example = model.features([np.zeros(16000, dtype=np.float32)])
+    wcfg, lcfg = whisper.config, llm.config
+    dec_cache = {"layers": wcfg.decoder_layers, "heads": wcfg.decoder_attention_heads,
+                 "head_dim": wcfg.d_model // wcfg.decoder_attention_heads}
+    llm_step = LlamaStep(llm).eval()
+    llm_cache = {"layers": lcfg.num_hidden_layers, "kv_heads": lcfg.num_key_value_heads, "head_dim": llm_step.dh}
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        logger.info("tracing the encoder%s graph", " + connector" if connector is not None else "")
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python control flow in transformers
-            torch.onnx.export(
-                graph, (example,), str(tmp / ENCODER_FILE), input_names=["features"], output_names=outputs,
-                dynamic_axes={name: {0: "batch"} for name in ["features", *outputs]}, opset_version=opset, dynamo=False,
-            )
-        parity = check_parity(graph, tmp, front.n_mels)
+        parity: dict[str, dict[str, float]] = {}
+        # encoder (+ connector): batch is dynamic
+        enc = EncoderGraph(front, connector).eval()
+        enc_out = ["cross_k", "cross_v"] + (["audio_embeds"] if connector is not None else [])
+        g = torch.Generator().manual_seed(0)
+        feats = torch.rand(2, front.n_mels, N_FRAMES, generator=g) * 2 - 1  # the log-mel value range
+        logger.info("exporting %s", ENCODER_FILE)
+        _export(enc, (feats,), tmp / ENCODER_FILE, ["features"], enc_out,
+                {"features": {0: "b"}, "cross_k": {1: "b"}, "cross_v": {1: "b"}, "audio_embeds": {0: "b"}}, opset)
+        parity["encoder"] = _parity(enc, (feats,), tmp / ENCODER_FILE, ["features"])
+
+        # Whisper decoder step: batch, new tokens and past length are dynamic
+        with torch.inference_mode():
+            ck, cv = enc.cross(torch.randn(2, wcfg.max_source_positions, wcfg.d_model, generator=g))
+        past = torch.randn(dec_cache["layers"], 2, dec_cache["heads"], 3, dec_cache["head_dim"], generator=g)
+        dec_args = (torch.tensor([[1, 2], [3, 4]]), ck.clone(), cv.clone(), past, past.clone())
+        dec_in = ["input_ids", "cross_k", "cross_v", "past_k", "past_v"]
+        kv_axes = {1: "b", 3: "p"}
+        logger.info("exporting %s", DECODER_FILE)
+        _export(WhisperDecoderStep(whisper).eval(), dec_args, tmp / DECODER_FILE, dec_in, ["logits", "k", "v"],
+                {"input_ids": {0: "b", 1: "s"}, "cross_k": {1: "b"}, "cross_v": {1: "b"}, "past_k": kv_axes,
+                 "past_v": kv_axes, "logits": {0: "b"}, "k": {1: "b", 3: "t"}, "v": {1: "b", 3: "t"}}, opset)
+        parity["decoder"] = _parity(WhisperDecoderStep(whisper).eval(), dec_args, tmp / DECODER_FILE, dec_in)
+
+        # LLM step on embeddings
+        lpast = torch.randn(llm_cache["layers"], 2, llm_cache["kv_heads"], 3, llm_cache["head_dim"], generator=g)
+        mask = torch.ones(2, 7, dtype=torch.long)
+        mask[1, 0] = 0
+        llm_args = (torch.randn(2, 4, lcfg.hidden_size, generator=g) * 0.02, mask,
+                    torch.tensor([[3, 4, 5, 6], [2, 3, 4, 5]]), lpast, lpast.clone())
+        llm_in = ["inputs_embeds", "attention_mask", "position_ids", "past_k", "past_v"]
+        logger.info("exporting %s", LLM_FILE)
+        _export(llm_step, llm_args, tmp / LLM_FILE, llm_in, ["logits", "k", "v"],
+                {"inputs_embeds": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "t"}, "position_ids": {0: "b", 1: "s"},
+                 "past_k": kv_axes, "past_v": kv_axes, "logits": {0: "b"}, "k": {1: "b", 3: "t"}, "v": {1: "b", 3: "t"}},
+                opset)
+        parity["llm"] = _parity(llm_step, llm_args, tmp / LLM_FILE, llm_in)
+
+        # everything else the runtime needs: embeddings, tokenizers, configs
+        save_file({"weight": llm.get_input_embeddings().weight.detach().float().contiguous()}, str(tmp / EMBEDDINGS_FILE))
+        model.tokenizer.save_pretrained(tmp / LLM_TOKENIZER_DIR)
+        front.tokenizer.save_pretrained(tmp / WHISPER_DIR)
+        whisper.generation_config.save_pretrained(tmp / WHISPER_DIR)
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         manifest = {
             "format_version": FORMAT_VERSION,
             "source": str(Path(source).resolve()) if Path(source).is_dir() else source,
             "opset": opset,
-            "graphs": {"encoder": {"file": ENCODER_FILE, "inputs": ["features"], "outputs": outputs}},
             "has_connector": connector is not None,
+            "n_mels": front.n_mels,
+            "decoder_cache": dec_cache,
+            "llm_cache": llm_cache,
+            "eos_token_ids": sorted(model.eos_ids),
             "parity_max_abs": parity,
-            "runs_in_pytorch": ["whisper_decoder", "llm"],
             "torch_version": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -87,21 +163,3 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def check_parity(graph: EncoderGraph, export_dir: Path, n_mels: int, batch: int = 2, seed: int = 0) -> dict[str, float]:
-    """Run PyTorch and ONNX Runtime on the same log-mel input; error if they disagree."""
-    g = torch.Generator().manual_seed(seed)
-    features = (torch.rand(batch, n_mels, N_FRAMES, generator=g) * 2 - 1).float()  # the log-mel range
-    with torch.inference_mode():
-        want = graph(features)
-    want = want if isinstance(want, tuple) else (want,)
-    session = open_session(export_dir / ENCODER_FILE, torch.device("cpu"))
-    got = session.run(None, {"features": features.numpy()})
-    names = [o.name for o in session.get_outputs()]
-    diffs = {n: float(np.abs(a - b.numpy()).max()) for n, a, b in zip(names, got, want)}
-    scale = {n: float(np.abs(b.numpy()).max()) or 1.0 for n, b in zip(names, want)}
-    bad = {n: d for n, d in diffs.items() if d > PARITY_RTOL * scale[n]}
-    if bad:
-        raise RuntimeError(f"ONNX export disagrees with PyTorch beyond {PARITY_RTOL} relative: {bad}")
-    return diffs

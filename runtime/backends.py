@@ -35,7 +35,7 @@ class Backend(str, enum.Enum):
 class EncodedAudio:
     """One encoder pass over a batch of clips."""
 
-    final: torch.Tensor  # [B, T, d_enc] encoder output for the transcript decoder
+    final: object  # what the backend's transcript decoder needs, batch-first (torch: [B, T, d_enc] states)
     audio_embeds: torch.Tensor | None  # [B, prompt_size, d_llm], None when not requested
 
 
@@ -48,8 +48,12 @@ class InferenceBackend(Protocol):
         """log-mel [B, n_mels, 3000] -> final encoder states (+ audio embeddings), one pass."""
         ...
 
-    def transcribe(self, final: torch.Tensor, max_new_tokens: int) -> list[str]:
-        """Greedy transcripts of encoded clips."""
+    def transcribe(self, encoded: EncodedAudio, rows: list[int], max_new_tokens: int) -> list[str]:
+        """Greedy transcripts of the encoded clips at `rows`."""
+        ...
+
+    def eos_ids(self, tokenizer) -> set[int]:
+        """Token ids that end an answer."""
         ...
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

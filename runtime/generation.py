@@ -128,3 +128,42 @@ class PrefixCache:
 
     def reset(self) -> None:
         self._ids = self._cache = None
+
+
+def stream_with_prefix(
+    llm,
+    prefix: PrefixCache,
+    *,
+    attention_mask: torch.Tensor,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    eos_ids: set[int],
+    opts: SamplingOptions,
+    times: StepTimes,
+    cancelled: Callable[[], bool] | None = None,
+    prefix_ids: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """`generate_stream`, reusing the cached key/values of `prefix_ids` [1, P] when given."""
+    past = None
+    if prefix_ids is not None:
+        t0 = time.perf_counter()
+        past = prefix.get(llm, prefix_ids)
+        times.prefix_ms = (time.perf_counter() - t0) * 1000
+        p = prefix_ids.shape[1]
+        input_ids = None if input_ids is None else input_ids[:, p:]
+        inputs_embeds = None if inputs_embeds is None else inputs_embeds[:, p:]
+    return generate_stream(llm, attention_mask=attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds,
+                           eos_ids=eos_ids, opts=opts, times=times, cancelled=cancelled, past=past)
+
+
+def eos_ids_of(generation_config, tokenizer) -> set[int]:
+    """End-of-sequence ids: the LLM's generation config (int or list) plus the tokenizer's."""
+    ids: set[int] = set()
+    for v in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    if not ids:
+        raise ValueError("the LLM defines no end-of-sequence token")
+    return ids

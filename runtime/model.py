@@ -29,7 +29,7 @@ from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
 from .generation import SamplingOptions, StepTimes
 from .hf import dtype_kwarg
-from .onnx_backend import OnnxEncoderBackend, is_onnx_export, read_manifest
+from .onnx_backend import LLM_TOKENIZER_DIR, WHISPER_DIR, OnnxBackend, is_onnx_export, read_manifest
 from .presets import PRESETS, resolve_backbone
 from .prompt import AudioRef, build_batch, collect_audios, normalize_batch, splice
 from .torch_backend import TorchBackend
@@ -102,7 +102,7 @@ class DestaModel:
 
     def __init__(
         self,
-        backend: TorchBackend,
+        backend: TorchBackend | OnnxBackend,
         config: DestaConfig,
         tokenizer,
         *,
@@ -119,7 +119,7 @@ class DestaModel:
         self.features = LogMel(backend.n_mels)
         self.placeholder_id = _single_token_id(tokenizer, config.placeholder_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = _eos_ids(backend.llm_model, tokenizer)
+        self.eos_ids = backend.eos_ids(tokenizer)
         # reuse the key/value cache of the prompt up to the first clip (single conversations
         # with audio; text-only prompts always run whole, exactly as the backbone would)
         self.use_prefix_cache = True
@@ -221,7 +221,7 @@ class DestaModel:
 
     @property
     def connector(self) -> QFormerConnector | None:
-        return self.backend.perception.connector
+        return getattr(self.backend, "connector", None)
 
     def save_pretrained(self, out_dir: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
         """Write the official layout: config.json + model.safetensors (connector only)."""
@@ -330,7 +330,7 @@ class DestaModel:
             if need_asr:
                 t = time.perf_counter()
                 rows = [encode_idx.index(i) for i in need_asr]
-                texts = self.backend.transcribe(enc.final[rows], MAX_TRANSCRIPT_TOKENS)
+                texts = self.backend.transcribe(enc, rows, MAX_TRANSCRIPT_TOKENS)
                 timings["asr"] = (time.perf_counter() - t) * 1000
                 for i, text in zip(need_asr, texts):
                     transcripts[i] = text
@@ -400,32 +400,25 @@ def _single_token_id(tokenizer, token: str) -> int:
     return ids[0]
 
 
-def _eos_ids(llm, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    gen_eos = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
-    for v in (gen_eos, tokenizer.eos_token_id):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
-    if not ids:
-        raise ValueError("the LLM defines no end-of-sequence token")
-    return ids
-
-
 def _from_onnx_export(cls, path: str, *, device, dtype, audio_features, progress, t0: float) -> "DestaModel":
-    """Load an export directory: ONNX Runtime encodes, the source model's PyTorch parts do the rest."""
+    """Load a self-contained export directory into the ONNX Runtime backend."""
+    from transformers import AutoTokenizer
+
     if not is_onnx_export(path):
         raise FileNotFoundError(
             f"{path}: not an ONNX export directory; create one with `desta-edge export onnx --model NAME --out {path}`"
         )
+    if dtype not in (None, torch.float32):
+        raise ValueError("the onnx backend runs the exported float32 graphs; dtype cannot be changed at load time")
     manifest = read_manifest(path)
-    model = cls.from_pretrained(manifest["source"], device=device, dtype=dtype, audio_features=audio_features,
-                                progress=progress)
-    if model.audio_features and not manifest["has_connector"]:
-        raise ValueError(f"{path} was exported without the connector; re-export from a model with an adapter")
-    model.backend = OnnxEncoderBackend(model.backend, path, has_connector=model.audio_features)
-    model.name = path
+    if audio_features and not manifest["has_connector"]:
+        raise ValueError(f"{path} was exported without a connector (no trained adapter); audio_features=True needs one")
+    dev = torch.device(device) if device is not None else default_device()
+    backend = OnnxBackend(path, manifest, dev, AutoTokenizer.from_pretrained(Path(path) / WHISPER_DIR))
+    config = DestaConfig.from_json(Path(path) / "config.json")
+    use_audio = manifest["has_connector"] if audio_features is None else bool(audio_features)
+    model = cls(backend, config, AutoTokenizer.from_pretrained(Path(path) / LLM_TOKENIZER_DIR),
+                audio_features=use_audio, name=path)
     model.load_ms = (time.perf_counter() - t0) * 1000
     return model
 

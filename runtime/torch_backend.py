@@ -7,7 +7,6 @@ Module names follow the official checkpoint: `perception.whisper` (frozen Whispe
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 
 from .backends import EncodedAudio
 from .connector import QFormerConnector
-from .generation import PrefixCache, SamplingOptions, StepTimes, generate_stream
+from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, stream_with_prefix
 from .whisper import WhisperFrontEnd
 
 
@@ -54,9 +53,16 @@ class TorchBackend(nn.Module):
                 embeds = self.perception.connector(out.taps)
         return EncodedAudio(final=out.final, audio_embeds=embeds)
 
-    def transcribe(self, final: torch.Tensor, max_new_tokens: int) -> list[str]:
+    def transcribe(self, encoded: EncodedAudio, rows: list[int], max_new_tokens: int) -> list[str]:
         whisper = self.perception.whisper
-        return whisper.decode(whisper.transcribe_ids(final, max_new_tokens=max_new_tokens))
+        return whisper.decode(whisper.transcribe_ids(encoded.final[rows], max_new_tokens=max_new_tokens))
+
+    @property
+    def connector(self) -> QFormerConnector | None:
+        return self.perception.connector
+
+    def eos_ids(self, tokenizer) -> set[int]:
+        return eos_ids_of(self.llm_model.generation_config, tokenizer)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -74,16 +80,9 @@ class TorchBackend(nn.Module):
         cancelled: Callable[[], bool] | None = None,
         prefix_ids: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
-        past = None
-        if prefix_ids is not None:
-            t0 = time.perf_counter()
-            past = self._prefix.get(self.llm_model, prefix_ids.to(self.device))
-            times.prefix_ms = (time.perf_counter() - t0) * 1000
-            p = prefix_ids.shape[1]
-            input_ids = None if input_ids is None else input_ids[:, p:]
-            inputs_embeds = None if inputs_embeds is None else inputs_embeds[:, p:]
-        return generate_stream(
+        return stream_with_prefix(
             self.llm_model,
+            self._prefix,
             attention_mask=attention_mask.to(self.device),
             input_ids=None if input_ids is None else input_ids.to(self.device),
             inputs_embeds=inputs_embeds,
@@ -91,7 +90,7 @@ class TorchBackend(nn.Module):
             opts=opts,
             times=times,
             cancelled=cancelled,
-            past=past,
+            prefix_ids=None if prefix_ids is None else prefix_ids.to(self.device),
         )
 
     def reset(self) -> None:

@@ -9,6 +9,7 @@ calls `whisper.generate(input_features)`, which runs the encoder a second time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,79 @@ class EncoderOutput:
     final: torch.Tensor  # [B, T, d_enc], after the encoder's final LayerNorm
 
 
+StepFn = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]  # (tokens [B, S], state) -> (logits [B, V], state)
+
+
+class WhisperDecoding:
+    """Whisper's token facts and greedy decoding, independent of the engine that runs the decoder.
+
+    `step(tokens, state)` runs the decoder on new tokens given a state (None = fresh) and returns
+    the last position's logits and the new state; PyTorch and ONNX Runtime both provide one.
+    """
+
+    def __init__(self, generation_config, tokenizer) -> None:
+        gen = generation_config
+        self.tokenizer = tokenizer
+        self.sot: int = gen.decoder_start_token_id
+        self.eos: int = gen.eos_token_id
+        self.no_timestamps: int | None = getattr(gen, "no_timestamps_token_id", None)
+        self.lang_ids: dict[str, int] = dict(getattr(gen, "lang_to_id", None) or {})
+        self.task_ids: dict[str, int] = dict(getattr(gen, "task_to_id", None) or {})
+        self.suppress = list(getattr(gen, "suppress_tokens", None) or [])
+        self.begin_suppress = list(getattr(gen, "begin_suppress_tokens", None) or [])
+        self.multilingual = bool(self.lang_ids) and bool(getattr(gen, "is_multilingual", True))
+
+    def prompt(self, step: StepFn, b: int, language: str | None) -> torch.Tensor:
+        """The decoder's forced start tokens, one row per clip: [B, n_start]."""
+        if not self.multilingual:
+            tokens = [self.sot] + ([self.no_timestamps] if self.no_timestamps is not None else [])
+            return torch.tensor(tokens, dtype=torch.long).repeat(b, 1)
+        if language is None:
+            lang = self.detect_language(step, b)
+        else:
+            key = language if language.startswith("<|") else f"<|{language}|>"
+            if key not in self.lang_ids:
+                raise ValueError(f"Whisper does not know language {language!r}")
+            lang = torch.full((b,), self.lang_ids[key], dtype=torch.long)
+        tail = [self.task_ids["transcribe"]] if "transcribe" in self.task_ids else []
+        if self.no_timestamps is not None:
+            tail.append(self.no_timestamps)
+        head = torch.full((b, 1), self.sot, dtype=torch.long)
+        return torch.cat([head, lang.view(b, 1), torch.tensor(tail, dtype=torch.long).repeat(b, 1)], dim=1)
+
+    def detect_language(self, step: StepFn, b: int) -> torch.Tensor:
+        logits, _ = step(torch.full((b, 1), self.sot, dtype=torch.long), None)
+        ids = torch.tensor(sorted(self.lang_ids.values()))
+        return ids[logits.float().cpu()[:, ids].argmax(dim=-1)]
+
+    def greedy(self, step: StepFn, b: int, max_new_tokens: int = MAX_TRANSCRIPT_TOKENS,
+               language: str | None = None) -> list[list[int]]:
+        """Greedy transcription of `b` encoded clips; the generated token ids per clip."""
+        tokens = self.prompt(step, b, language)
+        state = None
+        done = torch.zeros(b, dtype=torch.bool)
+        out: list[list[int]] = [[] for _ in range(b)]
+        for i in range(max_new_tokens):
+            logits, state = step(tokens, state)
+            logits = logits.float().cpu()  # [B, vocab]
+            if self.suppress:
+                logits[:, self.suppress] = -torch.inf
+            if i == 0 and self.begin_suppress:
+                logits[:, self.begin_suppress] = -torch.inf
+            nxt = torch.where(done, torch.full((b,), self.eos), logits.argmax(dim=-1))  # [B]
+            for r in range(b):
+                if not done[r] and int(nxt[r]) != self.eos:
+                    out[r].append(int(nxt[r]))
+            done |= nxt == self.eos
+            if bool(done.all()):
+                break
+            tokens = nxt.view(b, 1)
+        return out
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
 class WhisperFrontEnd(nn.Module):
     """Wraps a transformers `WhisperForConditionalGeneration` (frozen) and its tokenizer."""
 
@@ -37,18 +111,7 @@ class WhisperFrontEnd(nn.Module):
         self.d_model: int = cfg.d_model
         self.n_heads: int = cfg.encoder_attention_heads
         self.n_layers: int = cfg.encoder_layers
-        gen = whisper.generation_config
-        self._sot: int = gen.decoder_start_token_id
-        self._eos: int = gen.eos_token_id
-        self._no_timestamps: int | None = getattr(gen, "no_timestamps_token_id", None)
-        self._lang_ids: dict[str, int] = dict(getattr(gen, "lang_to_id", None) or {})
-        self._task_ids: dict[str, int] = dict(getattr(gen, "task_to_id", None) or {})
-        self._suppress = list(getattr(gen, "suppress_tokens", None) or [])
-        self._begin_suppress = list(getattr(gen, "begin_suppress_tokens", None) or [])
-
-    @property
-    def multilingual(self) -> bool:
-        return bool(self._lang_ids) and bool(getattr(self.whisper.generation_config, "is_multilingual", True))
+        self.decoding = WhisperDecoding(whisper.generation_config, tokenizer)
 
     @torch.inference_mode()
     def encode(self, features: torch.Tensor) -> EncoderOutput:
@@ -73,69 +136,25 @@ class WhisperFrontEnd(nn.Module):
                 taps.append(x)
         return EncoderOutput(taps=taps, final=enc.layer_norm(x))
 
-    def _prompt(self, final: torch.Tensor, language: str | None) -> torch.Tensor:
-        """The decoder's forced start tokens, one row per clip: [B, n_start]."""
-        b = final.shape[0]
-        tokens = [self._sot]
-        if self.multilingual:
-            if language is None:
-                lang = self._detect_language(final)
-            else:
-                key = language if language.startswith("<|") else f"<|{language}|>"
-                if key not in self._lang_ids:
-                    raise ValueError(f"Whisper does not know language {language!r}")
-                lang = torch.full((b,), self._lang_ids[key], dtype=torch.long)
-            rows = torch.tensor(tokens).repeat(b, 1)
-            rows = torch.cat([rows, lang.view(b, 1)], dim=1)
-            tail = [self._task_ids["transcribe"]] if "transcribe" in self._task_ids else []
-            if self._no_timestamps is not None:
-                tail.append(self._no_timestamps)
-            return torch.cat([rows, torch.tensor(tail, dtype=torch.long).repeat(b, 1)], dim=1)
-        if self._no_timestamps is not None:
-            tokens.append(self._no_timestamps)
-        return torch.tensor(tokens, dtype=torch.long).repeat(b, 1)
+    def step_fn(self, final: torch.Tensor) -> StepFn:
+        """A decoder step over encoded clips `final` [B, T, D], with a transformers cache."""
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    def _detect_language(self, final: torch.Tensor) -> torch.Tensor:
-        sot = torch.full((final.shape[0], 1), self._sot, dtype=torch.long, device=final.device)
-        logits = self._logits(sot, final, cache=None)[0][:, -1]
-        ids = torch.tensor(sorted(self._lang_ids.values()), device=final.device)
-        return ids[logits[:, ids].argmax(dim=-1)].cpu()
+        def step(tokens: torch.Tensor, cache):
+            cache = cache if cache is not None else EncoderDecoderCache(DynamicCache(), DynamicCache())
+            out = self.whisper.model.decoder(
+                input_ids=tokens.to(final.device), encoder_hidden_states=final, past_key_values=cache, use_cache=True
+            )
+            return self.whisper.proj_out(out.last_hidden_state[:, -1]), out.past_key_values
 
-    def _logits(self, tokens: torch.Tensor, final: torch.Tensor, cache):
-        out = self.whisper.model.decoder(
-            input_ids=tokens, encoder_hidden_states=final, past_key_values=cache, use_cache=True
-        )
-        return self.whisper.proj_out(out.last_hidden_state), out.past_key_values
+        return step
 
     @torch.inference_mode()
     def transcribe_ids(
         self, final: torch.Tensor, max_new_tokens: int = MAX_TRANSCRIPT_TOKENS, language: str | None = None
     ) -> list[list[int]]:
         """Greedy transcription of encoded clips; returns the generated token ids per clip."""
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        b = final.shape[0]
-        tokens = self._prompt(final, language).to(final.device)
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        done = torch.zeros(b, dtype=torch.bool, device=final.device)
-        out: list[list[int]] = [[] for _ in range(b)]
-        for step in range(max_new_tokens):
-            logits, cache = self._logits(tokens, final, cache)
-            logits = logits[:, -1].float()  # [B, vocab]
-            if self._suppress:
-                logits[:, self._suppress] = -torch.inf
-            if step == 0 and self._begin_suppress:
-                logits[:, self._begin_suppress] = -torch.inf
-            nxt = logits.argmax(dim=-1)  # [B]
-            nxt = torch.where(done, torch.full_like(nxt, self._eos), nxt)
-            for i in range(b):
-                if not done[i] and nxt[i].item() != self._eos:
-                    out[i].append(int(nxt[i]))
-            done |= nxt == self._eos
-            if bool(done.all()):
-                break
-            tokens = nxt.view(b, 1)
-        return out
+        return self.decoding.greedy(self.step_fn(final), final.shape[0], max_new_tokens, language)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return self.decoding.decode(ids)

@@ -187,16 +187,17 @@ def test_multilingual_whisper_prompt_detects_the_language():
     gen.task_to_id = {"transcribe": 50, "translate": 51}
     front = WhisperFrontEnd(whisper, tok, (0, 1, 2, 3))
     final = front.encode(LogMel(80)([speechlike(seed=4), speechlike(seed=5)])).final
+    step = front.step_fn(final)
     with torch.no_grad():
         sot = torch.full((2, 1), gen.decoder_start_token_id)
         logits = whisper.proj_out(whisper.model.decoder(input_ids=sot, encoder_hidden_states=final).last_hidden_state)[:, -1]
     want_lang = torch.tensor([40, 41, 42])[logits[:, 40:43].argmax(-1)]
-    prompt = front._prompt(final, None)
+    prompt = front.decoding.prompt(step, 2, None)
     assert prompt[:, 0].eq(gen.decoder_start_token_id).all() and torch.equal(prompt[:, 1], want_lang)
     assert prompt[:, 2:].tolist() == [[50, gen.no_timestamps_token_id]] * 2
-    assert front._prompt(final, "de")[:, 1].tolist() == [41, 41]
+    assert front.decoding.prompt(step, 2, "de")[:, 1].tolist() == [41, 41]
     with pytest.raises(ValueError, match="does not know language 'xx'"):
-        front._prompt(final, "xx")
+        front.decoding.prompt(step, 2, "xx")
     assert len(front.transcribe_ids(final, max_new_tokens=3)[0]) <= 3
 
 

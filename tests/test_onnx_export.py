@@ -1,4 +1,5 @@
-"""ONNX export of the encoder + connector: parity with PyTorch and identical greedy outputs."""
+"""ONNX export: every graph checked against PyTorch, and the ONNX Runtime backend giving the
+same greedy transcripts and answers as the PyTorch backend."""
 
 import json
 
@@ -24,6 +25,16 @@ def checkpoint(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    from desta_edge.export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    torch_model = DestaModel.from_pretrained(checkpoint, device="cpu")
+    manifest = export_onnx(torch_model, str(checkpoint), out)
+    return torch_model, out, manifest
+
+
 def speechlike(seed):
     rng = np.random.default_rng(seed)
     t = np.arange(24000) / 16000
@@ -31,52 +42,71 @@ def speechlike(seed):
     return (0.3 * x + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def test_export_parity_and_identical_answers(checkpoint, tmp_path):
-    from desta_edge.export.onnx import export_onnx
-
-    torch_model = DestaModel.from_pretrained(checkpoint, device="cpu")
-    manifest = export_onnx(torch_model, str(checkpoint), tmp_path / "onnx")
+def test_manifest_and_graph_parity(exported):
+    _, out, manifest = exported
     assert manifest["has_connector"] and manifest["opset"] >= 17
-    assert json.loads((tmp_path / "onnx" / "onnx_export.json").read_text())["source"] == str(checkpoint.resolve())
-    assert set(manifest["parity_max_abs"]) == {"final", "audio_embeds"}
+    assert set(manifest["parity_max_abs"]) == {"encoder", "decoder", "llm"}
+    assert set(manifest["parity_max_abs"]["encoder"]) == {"cross_k", "cross_v", "audio_embeds"}
+    assert json.loads((out / "onnx_export.json").read_text()) == manifest
+    for f in ("encoder.onnx", "decoder.onnx", "llm.onnx", "llm_embeddings.safetensors", "config.json"):
+        assert (out / f).is_file(), f
 
-    onnx_model = DestaModel.from_pretrained(tmp_path / "onnx", backend="onnx", device="cpu")
+
+def test_onnx_backend_encodes_like_pytorch(exported):
+    from desta_edge.export.graphs import WhisperCrossKV
+
+    torch_model, out, _ = exported
+    onnx_model = DestaModel.from_pretrained(out, backend="onnx", device="cpu")
     feats = torch_model.features([speechlike(0), speechlike(1)])
     a = torch_model.backend.encode(feats, with_connector=True)
     b = onnx_model.backend.encode(feats, with_connector=True)
-    torch.testing.assert_close(b.final, a.final, atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(b.audio_embeds, a.audio_embeds, atol=1e-3, rtol=1e-4)
+    with torch.inference_mode():
+        ck, cv = WhisperCrossKV(torch_model.backend.perception.whisper.whisper)(a.final)
+    np.testing.assert_allclose(b.final[0], ck.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(b.final[1], cv.numpy(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.audio_embeds, a.audio_embeds, atol=1e-4, rtol=1e-4)
 
+
+def test_onnx_backend_gives_the_same_greedy_outputs(exported):
+    torch_model, out, _ = exported
+    onnx_model = DestaModel.from_pretrained(out, backend="onnx", device="cpu")
     convs = [[{"role": "user", "content": "<|AUDIO|> what?", "audios": [{"audio": (speechlike(i), 16000), "text": None}]}]
              for i in range(3)]
-    want = torch_model.generate(convs, max_new_tokens=6)
-    got = onnx_model.generate(convs, max_new_tokens=6)
-    assert got.generated_ids == want.generated_ids and got.audios == want.audios
+    want = torch_model.generate(convs, max_new_tokens=8)
+    got = onnx_model.generate(convs, max_new_tokens=8)
+    assert got.audios == want.audios and got.generated_ids == want.generated_ids
+    text_only = [{"role": "user", "content": "Say something."}]
+    assert onnx_model.generate(text_only, max_new_tokens=8).generated_ids == torch_model.generate(text_only, max_new_tokens=8).generated_ids
+    one = convs[0]
+    assert "".join(onnx_model.stream(one, max_new_tokens=8)) == want.text[0]  # streaming + prefix cache
 
 
-def test_backend_and_directory_must_match(checkpoint, tmp_path):
+def test_backend_and_directory_must_match(checkpoint, exported, tmp_path):
+    _, out, _ = exported
     with pytest.raises(FileNotFoundError, match="not an ONNX export directory"):
         DestaModel.from_pretrained(checkpoint, backend="onnx", device="cpu")
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        DestaModel.from_pretrained(out, device="cpu")
     from desta_edge.export.onnx import export_onnx
 
     export_onnx(DestaModel.from_pretrained(checkpoint, device="cpu", audio_features=False), str(checkpoint), tmp_path / "x")
-    with pytest.raises(ValueError, match="backend='onnx'"):
-        DestaModel.from_pretrained(tmp_path / "x", device="cpu")
-    with pytest.raises(ValueError, match="exported without the connector"):
-        DestaModel.from_pretrained(tmp_path / "x", backend="onnx", device="cpu")
-    assert DestaModel.from_pretrained(tmp_path / "x", backend="onnx", device="cpu", audio_features=False).audio_features is False
+    with pytest.raises(ValueError, match="without a connector"):
+        DestaModel.from_pretrained(tmp_path / "x", backend="onnx", device="cpu", audio_features=True)
+    assert DestaModel.from_pretrained(tmp_path / "x", backend="onnx", device="cpu").audio_features is False
 
 
 @pytest.mark.slow
-def test_tiny_preset_export_gives_the_same_transcripts(tmp_path):
+def test_tiny_preset_export_gives_the_same_transcripts_and_answers(tmp_path):
     from conftest import speak
     from desta_edge.export.onnx import export_onnx
 
     tiny = DestaModel.from_pretrained("tiny", device="cpu")
     export_onnx(tiny, "tiny", tmp_path / "onnx")
     fast = DestaModel.from_pretrained(tmp_path / "onnx", backend="onnx", device="cpu")
-    for i, (text, voice) in enumerate([("What is the capital of France?", "en-us"), ("Set a timer for ten minutes.", "en+f3")]):
+    for i, (text, voice) in enumerate([("What is the capital of France?", "en-us"), ("Set a timer for ten minutes.", "en+f3"),
+                                       ("How many legs does a spider have?", "en-gb+m3")]):
         path = speak(text, tmp_path / f"{i}.wav", voice=voice)
-        conv = [{"role": "user", "content": "<|AUDIO|>\nReply to the speaker.", "audios": [{"audio": str(path), "text": None}]}]
-        a, b = tiny.generate(conv, max_new_tokens=16), fast.generate(conv, max_new_tokens=16)
-        assert a.audios == b.audios and a.generated_ids == b.generated_ids
+        conv = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "<|AUDIO|>\nReply to the speaker.", "audios": [{"audio": str(path), "text": None}]}]
+        a, b = tiny.generate(conv, max_new_tokens=24), fast.generate(conv, max_new_tokens=24)
+        assert a.audios == b.audios and a.generated_ids == b.generated_ids, (a, b)

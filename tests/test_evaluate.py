@@ -1,0 +1,112 @@
+"""Evaluation: the answer scorers on hand-written answers, and the whole report on a tiny corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from desta_edge.training.cli import register_cli
+from desta_edge.training.corpus import CorpusOptions, build_corpus, read_metadata
+from desta_edge.training.evaluate import (
+    QUESTIONS, EvalOptions, answer_correct, evaluate, expected_label, markdown_table, score_answer,
+    transcript_only, write_report,
+)
+
+from conftest import build_tiny_model
+
+
+@pytest.mark.parametrize("attribute, answer, label", [
+    ("gender", "Female.", "Female"),  # "female" contains "male": words, not substrings, are matched
+    ("gender", "The speaker is a man.", "Male"),
+    ("gender", "It sounds like a woman, not a man.", "Female"),  # the first label named wins
+    ("gender", "I cannot tell from the audio.", None),
+    ("pitch", "The voice is high-pitched.", "High"),
+    ("pitch", "A deep voice.", "Low"),
+    ("speed", "She talks rapidly.", "Fast"),
+    ("volume", "Quite soft.", "Quiet"),
+    ("noise", "There is background noise.", "Noisy"),
+    ("noise", "CLEAN", "Clean"),
+    ("sound", "It is white noise.", "white noise"),
+    ("sound", "A beeping sound.", "beep"),
+])
+def test_score_answer(attribute, answer, label):
+    assert score_answer(attribute, answer) == label
+
+
+def test_expected_labels_and_short_answers():
+    assert expected_label("noise", "Slightly noisy") == expected_label("noise", "Very noisy") == "Noisy"
+    assert expected_label("noise", "Clean") == "Clean" and expected_label("pitch", "High") == "High"
+    assert answer_correct("Paris", "The capital of France is Paris.")
+    assert answer_correct("4", "A dog has four legs.")  # digits and number words match
+    assert not answer_correct("New Delhi", "Delhi is new.")
+    assert not answer_correct("Paris", "Parisian food is great.")
+
+
+def FAST(corpus: Path, **kw) -> EvalOptions:  # a random LLM never stops: keep its answers short
+    return EvalOptions(corpus_dir=corpus, batch_size=8, label_max_new_tokens=3, qa_max_new_tokens=4,
+                       text_max_new_tokens=6, **kw)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(CorpusOptions(out_dir=out, size=6, seed=4, workers=1, sound_fraction=0.3,
+                               split_fractions=(0.0, 0.0, 1.0), heldout_qa_fraction=0.6, noisy_fraction=0.5))
+    return out
+
+
+def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
+    model = build_tiny_model()
+    calls = []
+    model.connector.register_forward_hook(lambda *a: calls.append(1))
+    result = evaluate(model, FAST(corpus))
+    clips = list(read_metadata(corpus))
+    para = result["paralinguistic"]
+    assert para["variants"] == ["model", "transcript_only"] and calls  # the model column used the connector
+    assert model.audio_features  # restored after the ablation
+    for attr, entry in para["attributes"].items():
+        key = QUESTIONS[attr][0]
+        assert entry["n"] == sum(1 for c in clips if c.get(key) and (attr == "sound") == (c["kind"] == "sound"))
+        assert all(0 <= entry[v] <= 1 for v in ("model", "transcript_only", "majority"))
+    assert "sound" in para["attributes"] and "gender" in para["attributes"]
+    lp = result["language_preservation"]
+    assert lp["identical"] == lp["n"] == 4  # text-only conversations are exactly the backbone's
+    qa = result["spoken_qa"]
+    assert qa["n"] == len((corpus / "spoken_qa.jsonl").read_text().splitlines()) > 0
+    assert result["wer"]["n"] == sum(1 for c in clips if c["transcript"]) and result["wer"]["wer"] >= 0
+    table = markdown_table(result)
+    assert "| **average** |" in table and "transcript-only %" in table and "spoken QA" in table
+    j, m = write_report(result, tmp_path / "report")
+    assert json.loads(j.read_text())["clips"] == len(clips) and m.read_text() == table
+
+
+def test_ablation_switch_and_model_without_connector(corpus):
+    model = build_tiny_model(audio_features=False)
+    assert model.connector is None
+    result = evaluate(model, FAST(corpus, limit=2))
+    assert result["paralinguistic"]["variants"] == ["transcript_only"] and result["clips"] == 2
+    with_connector = build_tiny_model()
+    with transcript_only(with_connector):
+        assert not with_connector.audio_features
+    assert with_connector.audio_features
+
+
+def test_eval_cli_reports_bad_input(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "--corpus", str(tmp_path / "nope"), "--json"])
+    assert args.func(args) == 2
+    assert "metadata.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_with_the_real_tiny_preset(corpus):
+    from desta_edge import DestaModel
+
+    model = DestaModel.from_pretrained("tiny", progress=False)
+    result = evaluate(model, EvalOptions(corpus_dir=corpus, limit=3))
+    assert result["language_preservation"]["identical"] == 4
+    assert result["wer"]["wer"] < 0.5  # Whisper tiny.en on clean-ish synthetic speech

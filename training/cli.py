@@ -1,6 +1,6 @@
-"""`desta-edge corpus` and `desta-edge datagen`: entry points for the data side of training.
+"""`desta-edge corpus`, `datagen`, `train` and `eval`: entry points for training and evaluation.
 
-`register_cli(subparsers)` adds both subcommands to the main parser (desta_edge/cli.py wires it
+`register_cli(subparsers)` adds the subcommands to the main parser (desta_edge/cli.py wires it
 in). Progress bars go to stderr unless `--json`, where the last line of stdout is one object.
 Exit codes as in the main CLI: 0 ok, 2 bad input, 1 anything else.
 """
@@ -18,7 +18,7 @@ EXIT_BAD_INPUT = 2
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add the `corpus` and `datagen` subcommands to an argparse subparsers object."""
+    """Add the `corpus`, `datagen`, `train` and `eval` subcommands to an argparse subparsers object."""
     c = subparsers.add_parser("corpus", help="synthesize the labelled speech/sound corpus")
     c.add_argument("--out", required=True, help="output directory (audio/ + metadata.jsonl)")
     c.add_argument("--size", type=int, required=True, help="number of clips")
@@ -42,6 +42,40 @@ def register_cli(subparsers: Any) -> None:
     d.add_argument("--splits", default="train,validation", help="corpus splits to cover (default: train,validation)")
     d.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     d.set_defaults(func=_cmd_datagen)
+
+    t = subparsers.add_parser("train", help="train the connector (encoder and LLM frozen)")
+    t.add_argument("--data", required=True, help="DeSTA-AQA5M-schema JSONL (from datagen, or the official files)")
+    t.add_argument("--data-root", default=None, help="directory the audio paths are relative to (default: the JSONL's)")
+    t.add_argument("--out", required=True, help="output directory: checkpoints/, metrics.jsonl, loss.png, the adapter")
+    t.add_argument("--model", default="tiny", help="preset (fresh connector) or checkpoint dir (default: tiny)")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    length.add_argument("--epochs", type=int, default=None, help="passes over the data")
+    t.add_argument("--batch-size", type=int, default=4, help="records per micro-batch per process (default: 4)")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+    t.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    t.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    t.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: min(5000, 5%% of the steps))")
+    t.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (default: 500)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    t.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--no-plot", action="store_true", help="do not write loss.png (which needs matplotlib)")
+    t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    t.set_defaults(func=_cmd_train)
+
+    e = subparsers.add_parser("eval", help="paralinguistic QA, language preservation, spoken QA and WER")
+    e.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
+    e.add_argument("--corpus", required=True, help="corpus directory (from `desta-edge corpus`)")
+    e.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    e.add_argument("--limit", type=int, default=None, help="at most N clips and N spoken questions")
+    e.add_argument("--batch-size", type=int, default=8, help="conversations per generate call (default: 8)")
+    e.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    e.add_argument("--out", default=None, help="directory for eval.json and eval.md")
+    e.add_argument("--json", action="store_true", help="print the JSON result instead of the markdown table")
+    e.set_defaults(func=_cmd_eval)
 
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
@@ -93,6 +127,59 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     else:
         print(f"{result.written} new records ({result.existing} already there, {result.total} asked) "
               f"in {seconds:.1f} s -> {result.path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import TrainOptions, train
+
+    if (args.steps is None) == (args.epochs is None):
+        return _fail("give --steps or --epochs", EXIT_BAD_INPUT)
+    if not Path(args.data).is_file():
+        return _fail(f"--data {args.data}: file not found", EXIT_BAD_INPUT)
+    try:
+        options = TrainOptions(
+            data=Path(args.data), data_root=Path(args.data_root) if args.data_root else None, out_dir=Path(args.out),
+            model=args.model, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+            grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
+            save_every=args.save_every, seed=args.seed, limit=args.limit, num_workers=args.workers,
+            device=args.device, resume=args.resume, loss_plot=not args.no_plot, progress=not args.json,
+        )
+        result = train(options)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:
+        return _fail(str(e), 1)
+    summary = {"out": str(result.out_dir), "steps": result.steps, "final_loss": result.final_loss,
+               "seconds": round(result.seconds, 1), "seconds_per_step": result.seconds_per_step,
+               "metrics": str(result.metrics), "plot": str(result.plot) if result.plot else None}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        print(f"{result.steps} steps, final loss {loss}, {result.seconds:.1f} s -> {result.out_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from desta_edge import DestaModel
+
+    from .evaluate import EvalOptions, evaluate, markdown_table, write_report
+
+    try:
+        options = EvalOptions(corpus_dir=Path(args.corpus), split=args.split, limit=args.limit,
+                              batch_size=args.batch_size, progress=not args.json)
+        if not (options.corpus_dir / "metadata.jsonl").is_file():
+            raise FileNotFoundError(f"{options.corpus_dir}/metadata.jsonl not found: build the corpus first")
+        model = DestaModel.from_pretrained(args.model, device=args.device, progress=not args.json)
+        result = evaluate(model, options)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:
+        return _fail(str(e), 1)
+    if args.out:
+        write_report(result, Path(args.out))
+    print(json.dumps(result) if args.json else markdown_table(result), end="" if not args.json else "\n")
     return 0
 
 

@@ -1,0 +1,299 @@
+"""Evaluation on a corpus's held-out split: paralinguistic QA, language preservation, spoken QA, WER.
+
+Design choices:
+- Paralinguistic QA: one fixed closed question per attribute, asked of every held-out clip that has
+  that label (speech attributes of speech clips, the sound type of non-speech clips) ("Is the speaker male or female? Answer with one word." ...). Scoring (`score_answer`):
+  the answer is normalized (lower case, punctuation removed, `metrics.normalize_words`), and the
+  predicted label is the one whose keyword (`LABEL_WORDS`) appears *first*; an answer naming no label
+  word is wrong. Noise levels are scored as clean vs noisy (any added noise). Accuracy per attribute,
+  the average over attributes, and the majority-label rate (what always answering the most common
+  label would score) for reference.
+- Both columns use the same loaded backbones: the model, then the transcript-only ablation (the
+  same object with `audio_features=False`, exactly what `from_pretrained(x, audio_features=False)`
+  gives). A model without a trained connector reports only the ablation.
+- Every clip is transcribed once by the model's own ASR (a one-token `generate`, the runtime's
+  path), and that transcript is passed as the clip's `text` afterwards, so the questions do not
+  repeat ASR; the answers are what the runtime gives a user whose clip transcribes that way.
+- Language preservation: fixed text-only conversations; the model's greedy token ids must equal the
+  backbone LLM's own `generate` on the chat template's ids.
+- Spoken QA: the corpus's `spoken_qa.jsonl` questions asked by voice (the assistant's default turn,
+  `ASSISTANT_SYSTEM` + `ASSISTANT_PROMPT`, as `desta-edge ask`) and the same questions asked in text
+  to the backbone; an answer is correct if the expected answer's words appear in it, in order.
+- WER of the model's transcripts on the held-out speech clips (`metrics.word_error_rate`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
+
+from .corpus import SPOKEN_QA, read_metadata
+from .metrics import normalize_words, word_error_rate
+
+logger = logging.getLogger(__name__)
+
+# attribute -> (metadata key, question asked with the clip)
+QUESTIONS: dict[str, tuple[str, str]] = {
+    "gender": ("gender", "Is the speaker male or female? Answer with one word."),
+    "pitch": ("pitch", "Is the speaker's voice low, normal or high in pitch? Answer with one word."),
+    "speed": ("speed", "Is the speaker talking slowly, at a normal pace, or fast? Answer with one word."),
+    "volume": ("volume", "Is the speech quiet, normal or loud? Answer with one word."),
+    "noise": ("noise", "Is the recording clean or noisy? Answer with one word."),
+    "sound": ("sound", "What kind of sound is this: a tone, beep, chirp, clicks, noise, hum, chord or silence? "
+                       "Answer with one or two words."),
+}
+# attribute -> label -> words (after normalize_words) that name the label in an answer
+LABEL_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "gender": {"Male": ("male", "man", "men", "masculine", "he"), "Female": ("female", "woman", "women", "feminine", "she")},
+    "pitch": {"Low": ("low", "deep", "lower"), "Normal": ("normal", "medium", "average", "moderate"),
+              "High": ("high", "higher", "squeaky")},
+    "speed": {"Slow": ("slow", "slowly", "slower"), "Normal": ("normal", "moderate", "medium", "average"),
+              "Fast": ("fast", "quick", "quickly", "rapid", "rapidly", "faster")},
+    "volume": {"Quiet": ("quiet", "quietly", "soft", "softly", "whisper", "whispering"),
+               "Normal": ("normal", "moderate", "medium", "average"), "Loud": ("loud", "loudly", "shouting")},
+    "noise": {"Clean": ("clean", "clear"), "Noisy": ("noisy", "noise", "background")},
+    "sound": {"tone": ("tone",), "beep": ("beep", "beeping", "beeps"), "chirp": ("chirp", "chirping", "sweep"),
+              "clicks": ("click", "clicks", "clicking"), "white noise": ("white",), "pink noise": ("pink",),
+              "brown noise": ("brown",), "hum": ("hum", "humming", "buzz"), "chord": ("chord", "chords"),
+              "silence": ("silence", "silent", "nothing")},
+}
+NOISY_LABELS = ("Slightly noisy", "Noisy", "Very noisy")  # corpus noise labels scored as "Noisy"
+# fixed text-only conversations for the language-preservation check
+TEXT_CONVERSATIONS: list[list[dict[str, str]]] = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+    [{"role": "system", "content": ASSISTANT_SYSTEM}, {"role": "user", "content": "How many days are in a week?"}],
+    [{"role": "user", "content": "Give me two tips for sleeping well."}],
+]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    corpus_dir: Path  # a corpus from `desta-edge corpus` (metadata.jsonl, audio/, spoken_qa.jsonl)
+    split: str = "test"  # held-out split to evaluate
+    limit: int | None = None  # at most this many clips (and spoken questions)
+    batch_size: int = 8  # conversations per generate call
+    label_max_new_tokens: int = 12  # answers to the one-word questions
+    qa_max_new_tokens: int = 48  # answers to spoken / text questions
+    text_max_new_tokens: int = 32  # language-preservation generations
+    progress: bool = False  # show progress bars
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+def expected_label(attribute: str, value: str) -> str:
+    """The label a clip's metadata value is scored against (noise levels -> Clean / Noisy)."""
+    if attribute == "noise":
+        return "Noisy" if value in NOISY_LABELS else "Clean"
+    return value
+
+
+def score_answer(attribute: str, answer: str) -> str | None:
+    """The label named first in `answer`, or None if it names none."""
+    words = normalize_words(answer)
+    for w in words:
+        for label, keys in LABEL_WORDS[attribute].items():
+            if w in keys:
+                return label
+    return None
+
+
+def answer_correct(expected: str, answer: str) -> bool:
+    """True if the expected answer's words appear in `answer`, contiguous and in order."""
+    want, got = normalize_words(expected), normalize_words(answer)
+    if not want:
+        raise ValueError(f"expected answer {expected!r} has no words")
+    return any(got[i : i + len(want)] == want for i in range(len(got) - len(want) + 1))
+
+
+# ---------------------------------------------------------------------- running the model
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@contextmanager
+def transcript_only(model) -> Iterator[None]:
+    """The transcript-only ablation of the same backbones, for the duration of the block."""
+    saved = model.audio_features
+    model.audio_features = False
+    try:
+        yield
+    finally:
+        model.audio_features = saved
+
+
+def transcribe(model, paths: list[str], options: EvalOptions) -> list[str]:
+    """Each clip's transcript by the runtime's own path (VAD, then one-pass ASR)."""
+    out: list[str] = []
+    with transcript_only(model):
+        for chunk in tqdm(list(_batches(paths, options.batch_size)), desc="asr", disable=not options.progress):
+            convs = [[{"role": "user", "content": model.config.audio_locator, "audios": [{"audio": p}]}] for p in chunk]
+            out += [text for _, text in model.generate(convs, max_new_tokens=1).audios]
+    return out
+
+
+def _ask(model, items: list[tuple[str, str, str]], max_new_tokens: int, options: EvalOptions, desc: str) -> list[str]:
+    """items: (audio path, transcript, question) -> answers."""
+    loc = model.config.audio_locator
+    answers: list[str] = []
+    for chunk in tqdm(list(_batches(items, options.batch_size)), desc=desc, disable=not options.progress):
+        convs = [[{"role": "user", "content": f"{loc}\n{q}", "audios": [{"audio": p, "text": t}]}] for p, t, q in chunk]
+        answers += model.generate(convs, max_new_tokens=max_new_tokens).text
+    return answers
+
+
+def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, str], options: EvalOptions,
+                   root: Path) -> dict[str, Any]:
+    """Accuracy per attribute for the model and its transcript-only ablation."""
+    variants = ["model", "transcript_only"] if model.audio_features and model.connector is not None else ["transcript_only"]
+    result: dict[str, Any] = {"attributes": {}, "variants": variants}
+    for attr, (key, question) in QUESTIONS.items():
+        rows = [c for c in clips if c.get(key) and (attr == "sound") == (c.get("kind") == "sound")]
+        if not rows:
+            continue
+        expected = [expected_label(attr, c[key]) for c in rows]
+        items = [(str(root / c["audio"]), transcripts[c["id"]], question) for c in rows]
+        entry: dict[str, Any] = {"n": len(rows), "majority": Counter(expected).most_common(1)[0][1] / len(rows),
+                                 "examples": []}
+        for variant in variants:
+            ctx = transcript_only(model) if variant == "transcript_only" else _no_context()
+            with ctx:
+                answers = _ask(model, items, options.label_max_new_tokens, options, f"{attr} ({variant})")
+            predicted = [score_answer(attr, a) for a in answers]
+            entry[variant] = sum(p == e for p, e in zip(predicted, expected)) / len(rows)
+            entry["examples"].append({"variant": variant, "id": rows[0]["id"], "expected": expected[0],
+                                      "answer": answers[0], "predicted": predicted[0]})
+        result["attributes"][attr] = entry
+    for variant in variants + ["majority"]:
+        accs = [e[variant] for e in result["attributes"].values()]
+        result[f"average_{variant}"] = sum(accs) / len(accs) if accs else None
+    return result
+
+
+@contextmanager
+def _no_context() -> Iterator[None]:
+    yield
+
+
+def language_preservation(model, options: EvalOptions) -> dict[str, Any]:
+    """Text-only conversations: the model's greedy ids vs the backbone's own `generate`."""
+    llm, tok = model.backend.llm_model, model.tokenizer
+    ours = model.generate(TEXT_CONVERSATIONS, max_new_tokens=options.text_max_new_tokens).generated_ids
+    same = 0
+    for conv, got in zip(TEXT_CONVERSATIONS, ours):
+        ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt").to(model.device)
+        with torch.inference_mode():
+            gen = llm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                               max_new_tokens=options.text_max_new_tokens, pad_token_id=model.pad_id)
+        ref = [t for t in gen[0, ids.shape[1]:].tolist()]
+        cut = next((i for i, t in enumerate(ref) if t in model.eos_ids), len(ref))
+        same += ref[:cut] == got
+    return {"n": len(TEXT_CONVERSATIONS), "identical": same, "rate": same / len(TEXT_CONVERSATIONS)}
+
+
+def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], options: EvalOptions,
+              root: Path) -> dict[str, Any]:
+    """Held-out questions by voice vs the same questions in text to the backbone."""
+    if not rows:
+        return {"n": 0}
+    loc = model.config.audio_locator
+    voice_convs = [[{"role": "system", "content": ASSISTANT_SYSTEM},
+                    {"role": "user", "content": f"{loc}\n{ASSISTANT_PROMPT}",
+                     "audios": [{"audio": str(root / r["audio"]), "text": transcripts.get(r["id"])}]}] for r in rows]
+    text_convs = [[{"role": "system", "content": ASSISTANT_SYSTEM}, {"role": "user", "content": r["question"]}]
+                  for r in rows]
+    voice, text = [], []
+    for chunk in tqdm(list(_batches(voice_convs, options.batch_size)), desc="spoken qa", disable=not options.progress):
+        voice += model.generate(chunk, max_new_tokens=options.qa_max_new_tokens).text
+    for chunk in _batches(text_convs, options.batch_size):
+        text += model.generate(chunk, max_new_tokens=options.qa_max_new_tokens).text
+    v_ok = [answer_correct(r["answer"], a) for r, a in zip(rows, voice)]
+    t_ok = [answer_correct(r["answer"], a) for r, a in zip(rows, text)]
+    kept = sum(v and t for v, t in zip(v_ok, t_ok))
+    return {"n": len(rows), "voice": sum(v_ok) / len(rows), "text": sum(t_ok) / len(rows),
+            "voice_given_text_correct": kept / sum(t_ok) if any(t_ok) else None,
+            "examples": [{"question": rows[0]["question"], "answer": rows[0]["answer"], "voice": voice[0], "text": text[0]}]}
+
+
+def evaluate(model, options: EvalOptions) -> dict[str, Any]:
+    """All four evaluations on `options.split` of the corpus; returns a JSON-ready dict."""
+    t0 = time.perf_counter()
+    root = Path(options.corpus_dir)
+    clips = [c for c in read_metadata(root) if c["split"] == options.split]
+    if options.limit is not None:
+        clips = clips[: options.limit]
+    if not clips:
+        raise ValueError(f"{root}: no clips in split {options.split!r}")
+    qa_path = root / SPOKEN_QA
+    qa_rows = [json.loads(x) for x in qa_path.read_text().splitlines() if x.strip()] if qa_path.exists() else []
+    if options.limit is not None:
+        qa_rows = qa_rows[: options.limit]
+    ids = [c["id"] for c in clips] + [r["id"] for r in qa_rows if r["id"] not in {c["id"] for c in clips}]
+    paths = {c["id"]: c["audio"] for c in clips} | {r["id"]: r["audio"] for r in qa_rows}
+    transcripts = dict(zip(ids, transcribe(model, [str(root / paths[i]) for i in ids], options)))
+    speech = [c for c in clips if c.get("transcript")]
+    wer = word_error_rate([(c["transcript"], transcripts[c["id"]]) for c in speech]) if speech else None
+    result = {
+        "model": model.name, "split": options.split, "clips": len(clips), "options": _jsonable(asdict(options)),
+        "paralinguistic": paralinguistic(model, clips, transcripts, options, root),
+        "language_preservation": language_preservation(model, options),
+        "spoken_qa": spoken_qa(model, qa_rows, transcripts, options, root),
+        "wer": {"n": len(speech), "wer": wer},
+    }
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------- report
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The results as markdown: paralinguistic accuracy side by side, then the other checks."""
+    para = result["paralinguistic"]
+    variants = para["variants"]
+    head = ["attribute", "n", *[v.replace("_", "-") + " %" for v in variants], "majority %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for attr, e in para["attributes"].items():
+        lines.append("| " + " | ".join([attr, str(e["n"]), *[_pct(e[v]) for v in variants], _pct(e["majority"])]) + " |")
+    lines.append("| **average** | | " + " | ".join(f"**{_pct(para[f'average_{v}'])}**" for v in variants)
+                 + f" | {_pct(para['average_majority'])} |")
+    lp, qa, wer = result["language_preservation"], result["spoken_qa"], result["wer"]
+    lines += ["", "| check | value |", "|---|---|",
+              f"| language preservation (text-only ids identical to the backbone) | {lp['identical']}/{lp['n']} |"]
+    if qa.get("n"):
+        lines += [f"| spoken QA accuracy, by voice (n={qa['n']}) | {_pct(qa['voice'])} % |",
+                  f"| spoken QA accuracy, same questions in text to the backbone | {_pct(qa['text'])} % |",
+                  f"| by voice, of those the backbone answers in text | {_pct(qa['voice_given_text_correct'])} % |"]
+    lines.append(f"| transcript WER (n={wer['n']}) | {_pct(wer['wer'])} % |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j, m = out_dir / "eval.json", out_dir / "eval.md"
+    j.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    m.write_text(markdown_table(result))
+    return j, m

@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         variants[name] = run_variant(model, wav, truth, reference=reference, endpoint=endpoint,
                                      realtime=not args.fast, max_new_tokens=args.max_new_tokens)
     if args.onnx:
-        print("running desta-edge (onnx encoder) ...", file=sys.stderr)
+        print("running desta-edge (onnx) ...", file=sys.stderr)
         fast = DestaModel.from_pretrained(args.onnx, backend="onnx", device=args.device)
         fast.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)
-        variants["desta-edge (onnx encoder)"] = run_variant(fast, wav, truth, reference=False, endpoint=endpoint,
+        variants["desta-edge (onnx)"] = run_variant(fast, wav, truth, reference=False, endpoint=endpoint,
                                                             realtime=not args.fast, max_new_tokens=args.max_new_tokens)
     ours, ref = variants["desta-edge"]["latency_ms"]["p50"], variants["reference-style"]["latency_ms"]["p50"]
     result = {

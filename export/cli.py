@@ -13,9 +13,10 @@ EXIT_BAD_INPUT = 2
 def register_cli(sub) -> None:
     p = sub.add_parser("export", help="export the model for a faster backend")
     targets = p.add_subparsers(dest="target", required=True)
-    onnx = targets.add_parser("onnx", help="encoder + connector as an ONNX graph (decoder and LLM: PyTorch for now)")
+    onnx = targets.add_parser("onnx", help="encoder+connector, Whisper decoder and LLM as ONNX graphs")
     onnx.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
     onnx.add_argument("--out", required=True, help="export directory (replaced if it exists)")
+    onnx.add_argument("--quantize", choices=("int8",), default=None, help="int8 weights (CPU; measured accuracy cost)")
     onnx.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     onnx.set_defaults(func=_cmd_onnx)
 
@@ -28,7 +29,7 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         model = DestaModel.from_pretrained(args.model, device="cpu", progress=not args.json)
-        manifest = export_onnx(model, args.model, args.out)
+        manifest = export_onnx(model, args.model, args.out, quantize=args.quantize)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -80,8 +80,18 @@ def _parity(module: nn.Module, args: tuple, path: Path, inputs: list[str]) -> di
     return diffs
 
 
-def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = OPSET) -> dict:
-    """Export `model` (a float32 CPU PyTorch DestaModel loaded from `source`) into `out_dir`."""
+QUANTIZATIONS = ("int8",)
+
+
+def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = OPSET, quantize: str | None = None) -> dict:
+    """Export `model` (a float32 CPU PyTorch DestaModel loaded from `source`) into `out_dir`.
+
+    quantize="int8": after the fp32 graphs pass the parity check, their MatMul/Gemm weights are
+    quantized to int8 (ONNX Runtime dynamic quantization; activations stay float). Its accuracy
+    cost is measured, not bounded here: see the README and `desta-edge eval`.
+    """
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
     from safetensors.torch import save_file
 
     if model.device.type != "cpu" or getattr(model.backend, "dtype", None) != torch.float32:
@@ -137,6 +147,9 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
                 opset)
         parity["llm"] = _parity(llm_step, llm_args, tmp / LLM_FILE, llm_in)
 
+        if quantize == "int8":
+            _quantize_int8(tmp, (ENCODER_FILE, DECODER_FILE, LLM_FILE))
+
         # everything else the runtime needs: embeddings, tokenizers, configs
         save_file({"weight": llm.get_input_embeddings().weight.detach().float().contiguous()}, str(tmp / EMBEDDINGS_FILE))
         model.tokenizer.save_pretrained(tmp / LLM_TOKENIZER_DIR)
@@ -152,7 +165,8 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
             "decoder_cache": dec_cache,
             "llm_cache": llm_cache,
             "eos_token_ids": sorted(model.eos_ids),
-            "parity_max_abs": parity,
+            "parity_max_abs": parity,  # of the fp32 graphs, before any quantization
+            "quantization": quantize,
             "torch_version": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -163,3 +177,21 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _quantize_int8(directory: Path, files: tuple[str, ...]) -> None:
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:  # pragma: no cover - onnxruntime ships it
+        raise RuntimeError("int8 quantization needs onnxruntime's quantization tools: pip install onnxruntime") from e
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # quantize_dynamic logs a pre-processing hint on the root logger
+    try:
+        for name in files:
+            src, dst = directory / name, directory / (name + ".int8")
+            logger.info("quantizing %s to int8 weights", name)
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            os.replace(dst, src)
+    finally:
+        root.setLevel(level)

@@ -110,3 +110,19 @@ def test_tiny_preset_export_gives_the_same_transcripts_and_answers(tmp_path):
                 {"role": "user", "content": "<|AUDIO|>\nReply to the speaker.", "audios": [{"audio": str(path), "text": None}]}]
         a, b = tiny.generate(conv, max_new_tokens=24), fast.generate(conv, max_new_tokens=24)
         assert a.audios == b.audios and a.generated_ids == b.generated_ids, (a, b)
+
+
+def test_int8_export_is_smaller_and_runs(checkpoint, exported, tmp_path):
+    from desta_edge.export.onnx import export_onnx
+
+    _, fp32_dir, _ = exported
+    manifest = export_onnx(DestaModel.from_pretrained(checkpoint, device="cpu"), str(checkpoint), tmp_path / "q",
+                           quantize="int8")
+    assert manifest["quantization"] == "int8"
+    assert (tmp_path / "q" / "llm.onnx").stat().st_size < (fp32_dir / "llm.onnx").stat().st_size
+    model = DestaModel.from_pretrained(tmp_path / "q", backend="onnx", device="cpu")
+    out = model.generate([{"role": "user", "content": "<|AUDIO|> hi", "audios": [{"audio": (speechlike(0), 16000), "text": "x"}]}],
+                         max_new_tokens=4)
+    assert len(out.generated_ids[0]) <= 4
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export_onnx(model, "x", tmp_path / "bad", quantize="int3")

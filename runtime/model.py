@@ -145,8 +145,7 @@ class DestaModel:
         t0 = time.perf_counter()
         name = os.fspath(name_or_path)
         if Backend.parse(backend) is Backend.ONNX:
-            return _from_onnx_export(cls, name, device=device, dtype=dtype, audio_features=audio_features,
-                                     progress=progress, t0=t0)
+            return _from_onnx_export(cls, name, device=device, dtype=dtype, audio_features=audio_features, t0=t0)
         if is_onnx_export(name):
             raise ValueError(f"{name} is an ONNX export: load it with backend='onnx'")
         config, weights, base_dir = _resolve(name)
@@ -400,7 +399,7 @@ def _single_token_id(tokenizer, token: str) -> int:
     return ids[0]
 
 
-def _from_onnx_export(cls, path: str, *, device, dtype, audio_features, progress, t0: float) -> "DestaModel":
+def _from_onnx_export(cls, path: str, *, device, dtype, audio_features, t0: float) -> "DestaModel":
     """Load a self-contained export directory into the ONNX Runtime backend."""
     from transformers import AutoTokenizer
 

@@ -53,7 +53,6 @@ class Stats:
     speculative_used: int = 0  # commits that reused a speculative start
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
     discarded_short: int = 0  # too-short "utterances" (clicks)
-    first_token_ms: list[float] = field(default_factory=list)  # end of speech -> first token
 
 
 @dataclass
@@ -240,7 +239,6 @@ class Assistant:
             "total": _ms(end_wall - job.speech_end_wall),
         }
         self.stats.answers += 1
-        self.stats.first_token_ms.append(timings["first_token"])
         self._emit("answer", job.utterance, text=stream.text, transcript=transcript, timings_ms=timings,
                    speculative=job.speculative)
 

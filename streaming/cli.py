@@ -107,7 +107,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         stats = assistant.stats
     except (AudioError, RuntimeError) as e:
         return _fail(str(e), 1)
-    summary = {k: v for k, v in vars(stats).items() if k != "first_token_ms"}
+    summary = vars(stats)
     if args.json:
         print(json.dumps({"type": "summary", **summary}))
     else:

@@ -252,3 +252,32 @@ def test_aqa5m_reader_errors_name_the_line(tmp_path, bad, message):
     path.write_text(json.dumps(aqa_line(0)) + "\n" + bad + "\n")
     with pytest.raises(ValueError, match=r"aqa.jsonl:2: .*" + re.escape(message)):
         list(iter_aqa5m(path))
+
+
+def test_answers_contradicting_the_labels_are_set_aside_and_not_redone(tmp_path):
+    """Every answer claims a male, slow, quiet speaker: wrong for the Female/Fast/Loud clips."""
+    opts = options(tmp_path, limit=None)
+    llm = lambda convs: ["A man speaking slowly and quietly." for _ in convs]  # noqa: E731
+    result = dg.run_datagen(opts, llm)
+    kept, rejected = read(result.path), read(dg.rejected_path(result.path))
+    assert result.written == len(kept) and result.rejected == len(rejected) and len(kept) + len(rejected) == 9
+    clips = {c["id"]: c for c in read_metadata(opts.corpus_dir)}
+    for r in rejected:
+        clip, category = clips[r["id"]], r["category"]
+        assert (category, clip[category]) in {("gender", "Female"), ("speed", "Fast"), ("volume", "Loud")}
+    for r in kept:  # kept answers either name no label of their category or the right one
+        clip, category = clips[r["id"]], r["category"]
+        assert not ((category, clip.get(category)) in {("gender", "Female"), ("speed", "Fast"), ("volume", "Loud")})
+    again = dg.run_datagen(opts, FakeLLM())  # resuming regenerates nothing: set-asides count as done
+    assert again.written == again.rejected == 0 and again.existing == 9
+    unfiltered = dg.run_datagen(options(tmp_path / "u", filter_contradictions=False), llm)
+    assert unfiltered.rejected == 0 and unfiltered.written == 9
+
+
+def test_contradiction_rule():
+    item = dg._Item("x", SPEECH, "desc", "pitch", "How high is the voice?")
+    assert dg.contradicts_labels(item, "The voice is low.")
+    assert not dg.contradicts_labels(item, "A high, bright voice.")
+    assert not dg.contradicts_labels(item, "I cannot tell.")  # names no label: kept
+    describe = dg._Item("y", SPEECH, "desc", "describe", "Describe the audio.")
+    assert not dg.contradicts_labels(describe, "A low voice.")  # only attribute questions are checked

@@ -50,7 +50,7 @@ USER_TEMPLATE = "Audio: {description}\nQuestion: {prompt}\nAnswer in one or two 
 BACKENDS = ("transformers", "vllm")
 # settings that change the content of records: resuming with any of them changed is an error
 CONTENT_SETTINGS = ("model", "backend", "seed", "max_new_tokens", "prompts_per_clip", "system_prompt",
-                    "user_template", "dataset")
+                    "user_template", "dataset", "filter_contradictions")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class DatagenOptions:
     dataset: str = DATASET_NAME  # the records' `dataset` field
     system_prompt: str | None = SYSTEM_PROMPT  # framing: system message (None = no system message)
     user_template: str = USER_TEMPLATE  # framing: user message with {description} and {prompt}
+    filter_contradictions: bool = True  # set aside answers naming a label other than the clip's
     progress: bool = False  # show a progress bar
 
 
@@ -76,7 +77,8 @@ class DatagenOptions:
 class DatagenResult:
     path: Path  # the JSONL file
     written: int  # records added by this run
-    existing: int  # records already there (resumed)
+    existing: int  # records already there (resumed), kept or set aside
+    rejected: int  # answers of this run set aside because they contradict the clip's labels
     total: int  # records the options ask for
     settings: dict[str, Any] = field(default_factory=dict)  # what the sidecar holds
 
@@ -92,6 +94,26 @@ class _Item:
 
 def settings_path(out_file: Path) -> Path:
     return out_file.with_name(out_file.stem + ".settings.json")
+
+
+def rejected_path(out_file: Path) -> Path:
+    """Where answers that contradict their clip's labels go (kept for inspection, not for training)."""
+    return out_file.with_name(out_file.stem + ".rejected.jsonl")
+
+
+def contradicts_labels(item: "_Item", response: str) -> bool:
+    """True if an attribute question's answer names a label other than the clip's own.
+
+    A small backbone often answers from the wrong field of the description ("Is the voice high?"
+    with Pitch: Normal -> "The voice is high-pitched."). Answers that name no label pass.
+    """
+    from .evaluate import LABEL_WORDS, expected_label, score_answer
+
+    attr = item.category
+    if attr not in LABEL_WORDS or not item.clip.get(attr):
+        return False
+    named = score_answer(attr, response)
+    return named is not None and named != expected_label(attr, item.clip[attr])
 
 
 def _items(options: DatagenOptions) -> list[_Item]:
@@ -189,27 +211,36 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
     settings = _settings(options)
     _check_settings(settings_path(out), settings)
     items = _items(options)
-    done = set(existing_ids(out))
+    rejects = rejected_path(out)
+    done = set(existing_ids(out)) | set(existing_ids(rejects))
     todo = [it for it in items if it.id not in done]
     existing = len(items) - len(todo)
     if todo and generate is None:
         generate = make_generator(options)
     bar = tqdm(total=len(items), initial=existing, desc="datagen", unit="rec", disable=not options.progress)
-    written = 0
-    with open(out, "a", encoding="utf-8") as f:
+    written = rejected = 0
+    with open(out, "a", encoding="utf-8") as f, open(rejects, "a", encoding="utf-8") as r:
         for batch in _batches(todo, options.batch_size):
             answers = generate([conversation(it.description, it.prompt, options) for it in batch])
             if len(answers) != len(batch):
                 raise RuntimeError(f"generator returned {len(answers)} answers for {len(batch)} conversations")
-            f.write("".join(json.dumps(make_record(it, a.strip(), options.dataset), ensure_ascii=False) + "\n"
-                            for it, a in zip(batch, answers)))
-            f.flush()
-            os.fsync(f.fileno())
-            written += len(batch)
+            keep, drop = [], []
+            for it, a in zip(batch, answers):
+                record = json.dumps(make_record(it, a.strip(), options.dataset), ensure_ascii=False) + "\n"
+                bad = options.filter_contradictions and contradicts_labels(it, a)
+                (drop if bad else keep).append(record)
+            for handle, lines in ((r, drop), (f, keep)):  # a resumed run redoes only ids in neither file
+                handle.write("".join(lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+            written, rejected = written + len(keep), rejected + len(drop)
             bar.update(len(batch))
     bar.close()
-    logger.info("datagen: %d new records, %d already present, in %s", written, existing, out)
-    return DatagenResult(out, written, existing, len(items), settings)
+    if not rejects.stat().st_size:
+        rejects.unlink()
+    logger.info("datagen: %d new records, %d set aside as contradicting their labels, %d already present, in %s",
+                written, rejected, existing, out)
+    return DatagenResult(out, written=written, existing=existing, rejected=rejected, total=len(items), settings=settings)
 
 
 # ------------------------------------------------------------------ backends

@@ -46,8 +46,6 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-OFFICIAL_HUB_ID = "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"
-
 
 def resolve_backbone(model_id: str, *, base_dir: Path | None = None, progress: bool = True) -> str:
     """A backbone id -> something `from_pretrained` loads: a local dir or a hub id."""

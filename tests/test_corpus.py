@@ -143,6 +143,9 @@ def test_plan_is_deterministic_and_splits_are_disjoint_by_sentence_and_voice():
             assert not by_split[a][0] & by_split[b][0], f"sentences shared by {a} and {b}"
             assert not by_split[a][1] & by_split[b][1], f"voices shared by {a} and {b}"
     assert {p.voice.engine for p in plans if p.kind == SPEECH and p.split == TRAIN} == {"espeak-ng", "flite"}
+    for engine in ("espeak-ng", "flite"):  # both genders in training for every engine: gender is not the engine
+        genders = [p.voice.gender for p in plans if p.kind == SPEECH and p.split == TRAIN and p.voice.engine == engine]
+        assert 0.4 < genders.count("Female") / len(genders) < 0.6, engine
     assert len(by_split["train"][0]) > 1500  # thousands of clips use many distinct sentences
     assert any(p.kind == SOUND for p in plans)
 

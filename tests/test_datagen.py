@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 from desta_edge.training import datagen as dg
 from desta_edge.training.aqa5m import iter_aqa5m
 from desta_edge.training.corpus import read_metadata
 from desta_edge.training.cli import register_cli
 from desta_edge.training.descriptions import seed_description
-from desta_edge.training.instructions import POOL, SOUND_CATEGORIES, all_prompts, categories_for, sample_prompt
+from desta_edge.training.instructions import (
+    CLOSED, POOL, SOUND_CATEGORIES, all_prompts, categories_for, sample_prompt,
+)
 
 from conftest import build_tiny_model
 
@@ -62,10 +65,16 @@ def test_prompts_fit_the_clip():
     rng = random.Random(0)
     for _ in range(200):
         category, prompt = sample_prompt(SOUND, rng)
-        assert category in SOUND_CATEGORIES and prompt in POOL[category]
+        assert category in SOUND_CATEGORIES and prompt in all_prompts()
+        assert prompt in POOL[category] or any(prompt.startswith(q) for q in CLOSED[category])
     assert sample_prompt(SPEECH, random.Random("0:x")) == sample_prompt(SPEECH, random.Random("0:x"))
-    seen = {sample_prompt(SPEECH, random.Random(i))[0] for i in range(300)}
-    assert seen == set(categories_for(SPEECH))
+    drawn = [sample_prompt(SPEECH, random.Random(i)) for i in range(600)]
+    seen = {c for c, _ in drawn}
+    assert seen == set(categories_for(SPEECH)) and "assistant" in seen
+    counts = {c: sum(d == c for d, _ in drawn) for c in seen}
+    assert counts["gender"] > 1.5 * counts["transcribe"]  # attributes are asked about more often than the words
+    gender = [p for c, p in drawn if c == "gender"]
+    assert any(p in POOL["gender"] for p in gender) and any(p.startswith(tuple(CLOSED["gender"])) for p in gender)
 
 
 # ------------------------------------------------------------------ datagen
@@ -116,12 +125,17 @@ def test_records_follow_the_aqa5m_schema(tmp_path):
     for r in recs:
         assert set(r) >= {"id", "dataset", "seed_description", "prompt", "response", "messages"}
         assert r["dataset"] == "desta-edge-synth" and r["seed_description"] == seed_description(clips[r["id"]])
-        user, assistant = r["messages"]
+        *system, user, assistant = r["messages"]
         assert user == {"role": "user", "content": "<|AUDIO|>\n" + r["prompt"],
                         "audios": [{"audio": f"audio/train/{r['id']}.wav", "text": clips[r["id"]]["transcript"] or " "}]}
         assert assistant == {"role": "assistant", "content": r["response"]}
-        asked = dg.conversation(r["seed_description"], r["prompt"], opts)[-1]["content"]
-        assert r["seed_description"] in asked and r["prompt"] in asked
+        item = dg.Item(r["id"], clips[r["id"]], r["seed_description"], r["category"], r["prompt"])
+        asked = dg.conversation(item, opts)[-1]["content"]
+        if r["category"] == "assistant":  # the runtime's spoken-question turn: the backbone answered the words
+            assert system == [{"role": "system", "content": ASSISTANT_SYSTEM}] and r["prompt"] == ASSISTANT_PROMPT
+            assert asked == clips[r["id"]]["transcript"]
+        else:
+            assert not system and r["seed_description"] in asked and r["prompt"] in asked
         assert r["response"] == f"answer to: {asked}"  # stripped; the LLM saw description and prompt
     sound = [r for r in recs if "(Sound: beep" in r["seed_description"]]
     assert sound and all(r["messages"][0]["audios"][0]["text"] == " " for r in sound)
@@ -183,7 +197,9 @@ def test_generation_with_a_tiny_random_model(tmp_path):
 
     opts = options(tmp_path, limit=4, batch_size=4)
     recs = read(dg.run_datagen(opts, generate).path)
-    one_by_one = [generate([dg.conversation(r["seed_description"], r["prompt"], opts)])[0].strip() for r in recs]
+    clips = {c["id"]: c for c in read_metadata(opts.corpus_dir)}
+    items = [dg.Item(r["id"], clips[r["id"]], r["seed_description"], r["category"], r["prompt"]) for r in recs]
+    one_by_one = [generate([dg.conversation(it, opts)])[0].strip() for it in items]
     assert [r["response"] for r in recs] == one_by_one  # batched (left-padded) == one at a time
 
 
@@ -209,9 +225,11 @@ def test_datagen_cli_bad_input(tmp_path, capsys):
 @pytest.mark.slow
 def test_datagen_with_the_real_tiny_backbone(tmp_path):
     opts = options(tmp_path, limit=4, batch_size=4, max_new_tokens=16)
-    recs = read(dg.run_datagen(opts).path)
-    assert len(recs) == 4
-    assert all(r["response"] and "<|im_end|>" not in r["response"] for r in recs)
+    result = dg.run_datagen(opts)
+    recs = read(result.path)
+    rejected = read(dg.rejected_path(result.path)) if result.rejected else []
+    assert len(recs) == result.written and len(rejected) == result.rejected and result.written + result.rejected == 4
+    assert all(r["response"] and "<|im_end|>" not in r["response"] for r in recs + rejected)
 
 
 # ------------------------------------------------------------------ AQA5M reader
@@ -275,9 +293,9 @@ def test_answers_contradicting_the_labels_are_set_aside_and_not_redone(tmp_path)
 
 
 def test_contradiction_rule():
-    item = dg._Item("x", SPEECH, "desc", "pitch", "How high is the voice?")
+    item = dg.Item("x", SPEECH, "desc", "pitch", "How high is the voice?")
     assert dg.contradicts_labels(item, "The voice is low.")
     assert not dg.contradicts_labels(item, "A high, bright voice.")
     assert not dg.contradicts_labels(item, "I cannot tell.")  # names no label: kept
-    describe = dg._Item("y", SPEECH, "desc", "describe", "Describe the audio.")
+    describe = dg.Item("y", SPEECH, "desc", "describe", "Describe the audio.")
     assert not dg.contradicts_labels(describe, "A low voice.")  # only attribute questions are checked

@@ -170,11 +170,14 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
 
 
 def _pick_voice(voices: list[Voice], rng: np.random.Generator) -> Voice:
-    """An engine by ENGINE_WEIGHTS (among those with voices here), then one of its voices."""
+    """An engine by ENGINE_WEIGHTS (among those with voices here), then a gender (uniform among the
+    engine's), then one of its voices: genders stay balanced however few voices of one an engine has."""
     engines = sorted({v.engine for v in voices}, key=list(ENGINE_WEIGHTS).index)
     weights = np.asarray([ENGINE_WEIGHTS[e] for e in engines])
     engine = engines[int(rng.choice(len(engines), p=weights / weights.sum()))]
-    own = [v for v in voices if v.engine == engine]
+    genders = sorted({v.gender for v in voices if v.engine == engine})
+    gender = genders[int(rng.integers(len(genders)))]
+    own = [v for v in voices if v.engine == engine and v.gender == gender]
     return own[int(rng.integers(len(own)))]
 
 

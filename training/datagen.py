@@ -14,6 +14,9 @@ Design choices:
   "Audio: ..." and the prompt as the question, asking for one or two sentences. In a trial on
   10 clips this gave on-topic short answers, where a longer system + user framing made the
   135M model echo the description or ramble to the token limit (and cost 5x the time).
+- The `assistant` category (instructions.py) is framed as the runtime frames a spoken question:
+  the backbone answers the transcript in text under `ASSISTANT_SYSTEM`, and the record asks
+  `ASSISTANT_PROMPT` about the audio under the same system message.
 - Deterministic and resumable: the prompt of a record comes from an RNG seeded by (seed, id),
   so it does not depend on batch order or on where a previous run stopped. On start, existing
   ids are read and skipped; a truncated last line (a crash mid-write) is cut off; each batch is
@@ -35,7 +38,9 @@ from tqdm.auto import tqdm
 
 from .corpus import read_metadata
 from .descriptions import seed_description
-from .instructions import sample_prompt
+from desta_edge.runtime.prompt import ASSISTANT_SYSTEM
+
+from .instructions import ASSISTANT, sample_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +89,17 @@ class DatagenResult:
 
 
 @dataclass(frozen=True)
-class _Item:
+class Item:
     id: str
     clip: dict[str, Any]
     description: str
     category: str
     prompt: str
+
+    @property
+    def system(self) -> str | None:
+        """The record's system message (only the runtime's spoken-question turn has one)."""
+        return ASSISTANT_SYSTEM if self.category == ASSISTANT else None
 
 
 def settings_path(out_file: Path) -> Path:
@@ -101,7 +111,7 @@ def rejected_path(out_file: Path) -> Path:
     return out_file.with_name(out_file.stem + ".rejected.jsonl")
 
 
-def contradicts_labels(item: "_Item", response: str) -> bool:
+def contradicts_labels(item: "Item", response: str) -> bool:
     """True if an attribute question's answer names a label other than the clip's own.
 
     A small backbone often answers from the wrong field of the description ("Is the voice high?"
@@ -116,7 +126,7 @@ def contradicts_labels(item: "_Item", response: str) -> bool:
     return named is not None and named != expected_label(attr, item.clip[attr])
 
 
-def _items(options: DatagenOptions) -> list[_Item]:
+def _items(options: DatagenOptions) -> list[Item]:
     items = []
     for clip in read_metadata(options.corpus_dir):
         if clip["split"] not in options.splits:
@@ -125,25 +135,28 @@ def _items(options: DatagenOptions) -> list[_Item]:
         for k in range(options.prompts_per_clip):
             rid = clip["id"] if options.prompts_per_clip == 1 else f"{clip['id']}-p{k}"
             category, prompt = sample_prompt(clip, random.Random(f"{options.seed}:{rid}"))
-            items.append(_Item(rid, clip, description, category, prompt))
+            items.append(Item(rid, clip, description, category, prompt))
             if options.limit is not None and len(items) >= options.limit:
                 return items
     return items
 
 
-def conversation(description: str, prompt: str, options: DatagenOptions) -> Conversation:
+def conversation(item: Item, options: DatagenOptions) -> Conversation:
     """The text-only conversation the LLM answers for one record."""
-    user = {"role": "user", "content": options.user_template.format(description=description, prompt=prompt)}
+    if item.category == ASSISTANT:  # the spoken question, asked in text as the runtime's turn would
+        return [{"role": "system", "content": ASSISTANT_SYSTEM}, {"role": "user", "content": item.clip["transcript"]}]
+    content = options.user_template.format(description=item.description, prompt=item.prompt)
+    user = {"role": "user", "content": content}
     return [{"role": "system", "content": options.system_prompt}, user] if options.system_prompt else [user]
 
 
-def make_record(item: _Item, response: str, dataset: str) -> dict[str, Any]:
+def make_record(item: Item, response: str, dataset: str) -> dict[str, Any]:
     """One DeSTA-AQA5M record."""
     text = item.clip["transcript"] if item.clip.get("transcript") is not None else NO_SPEECH_TEXT
     return {
         "id": item.id, "dataset": dataset, "seed_description": item.description, "prompt": item.prompt,
         "response": response,
-        "messages": [
+        "messages": ([{"role": "system", "content": item.system}] if item.system else []) + [
             {"role": "user", "content": f"{AUDIO_LOCATOR}\n{item.prompt}",
              "audios": [{"audio": item.clip["audio"], "text": text}]},
             {"role": "assistant", "content": response},
@@ -193,7 +206,7 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _batches(items: Sequence[_Item], size: int) -> Iterator[Sequence[_Item]]:
+def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -221,7 +234,7 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
     written = rejected = 0
     with open(out, "a", encoding="utf-8") as f, open(rejects, "a", encoding="utf-8") as r:
         for batch in _batches(todo, options.batch_size):
-            answers = generate([conversation(it.description, it.prompt, options) for it in batch])
+            answers = generate([conversation(it, options) for it in batch])
             if len(answers) != len(batch):
                 raise RuntimeError(f"generator returned {len(answers)} answers for {len(batch)} conversations")
             keep, drop = [], []

@@ -7,13 +7,25 @@ Design choices:
 - Sampling is a seeded `random.Random` per clip (`sample_prompt(record, rng)`), so datagen is
   deterministic and resumable: the prompt of a clip does not depend on batch order.
 - Phrasing varies a lot on purpose (questions, imperatives, casual and formal) so the
-  connector learns the attribute, not one wording.
+  connector learns the attribute, not one wording. Attribute questions come open ("Describe the
+  pitch of the voice.") and closed, naming the choices, with or without a brevity request
+  ("Low, normal or high voice? One word only."): a user asks both ways, and the closed form
+  gives short, label-bearing targets.
+- Categories are weighted (`CATEGORY_WEIGHTS`): the attributes the connector must carry from
+  the audio (voice, pace, loudness, noise, sound) are asked about more often than the transcript,
+  which the LLM already receives as text.
+- The `assistant` category is the runtime's own spoken-question turn (`ASSISTANT_SYSTEM` +
+  `ASSISTANT_PROMPT`, what `desta-edge ask` sends): its target is the backbone's answer to the
+  transcript asked in text, so the connector learns to leave spoken question answering as good
+  as the text backbone's.
 """
 
 from __future__ import annotations
 
 import random
 from typing import Any, Mapping
+
+from desta_edge.runtime.prompt import ASSISTANT_PROMPT
 
 DESCRIBE = [
     "Describe the audio.", "What do you hear in this recording?", "Describe this clip in detail.",
@@ -128,20 +140,52 @@ REASONING = [
     "Is there anything unusual about how this was said?", "Write a reply the speaker would find helpful.",
 ]
 
+# closed forms of the attribute questions: the choices are named in the question
+CLOSED: dict[str, list[str]] = {
+    "gender": ["Male or female?", "Is the voice a man's or a woman's?", "Which is it: a male or a female speaker?",
+               "Say whether the speaker is male or female.", "Speaker gender (male/female)?",
+               "Was that said by a man or by a woman?"],
+    "pitch": ["Low, normal or high voice?", "Is the pitch of the voice low, normal or high?",
+              "Which best fits the voice's pitch: low, normal, or high?", "Pitch of the voice (low/normal/high)?",
+              "Say whether the voice sounds low, normal or high.", "Would you call the voice deep, average or high?"],
+    "speed": ["Slow, normal or fast speech?", "Is the speaking pace slow, normal or fast?",
+              "Which fits the speaking rate: slow, normal, or fast?", "Speech rate (slow/normal/fast)?",
+              "Say whether the person talks slowly, at a normal pace, or quickly.", "Is the talking quick, average or slow?"],
+    "volume": ["Quiet, normal or loud?", "Is the voice quiet, normal or loud?",
+               "Which fits the loudness: quiet, normal, or loud?", "Volume of the speech (quiet/normal/loud)?",
+               "Say whether the speech is soft, normal or loud.", "Is it loud, quiet, or in between?"],
+    "noise": ["Clean or noisy?", "Is the audio clean or noisy?", "Recording quality (clean/noisy)?",
+              "Say whether the recording is clean or noisy.", "Is there noise, or is it clean?",
+              "Noisy recording or clean recording?"],
+    "sound": ["Which sound is it: a tone, beep, chirp, clicks, noise, hum, chord or silence?",
+              "Tone, beep, chirp, clicks, noise, hum, chord or silence: which one?",
+              "Name the sound type (tone, beep, chirp, clicks, noise, hum, chord, silence).",
+              "Is it a tone, a beep, a chirp, clicks, noise, a hum, a chord, or silence?",
+              "Pick the sound: tone, beep, chirp, clicks, noise, hum, chord or silence.",
+              "What is this: tone, beep, chirp, clicks, noise, hum, chord, or silence?"],
+}
+BREVITY = ["", "", "One word only.", "Answer with one word.", "Reply in a single word.", "Just the answer, please.",
+           "Be brief.", "Keep it short."]  # appended to closed questions ("" = nothing)
+CLOSED_FRACTION = 0.5  # share of attribute questions asked in closed form
+
 POOL: dict[str, list[str]] = {
     "describe": DESCRIBE, "transcribe": TRANSCRIBE, "speaker": SPEAKER, "gender": GENDER, "pitch": PITCH,
     "speed": SPEED, "volume": VOLUME, "noise": NOISE, "sound": SOUND, "summarize": SUMMARIZE,
     "answer": ANSWER, "reasoning": REASONING,
 }
+ASSISTANT = "assistant"  # the runtime's spoken-question turn (ASSISTANT_PROMPT); see the module notes
 SPEECH_CATEGORIES = ("describe", "transcribe", "speaker", "gender", "pitch", "speed", "volume", "noise",
                      "summarize", "reasoning")
 SOUND_CATEGORIES = ("describe", "sound", "summarize")
-QUESTION_EXTRA = ("answer", "answer")  # spoken questions get the answer category twice as often
+QUESTION_CATEGORIES = ("answer", ASSISTANT)  # added for spoken questions
+CATEGORY_WEIGHTS = {"gender": 2.0, "pitch": 2.0, "speed": 2.0, "volume": 2.0, "noise": 2.0, "sound": 3.0,
+                    "speaker": 1.5, "describe": 1.5, ASSISTANT: 3.0}  # others weigh 1
 LABEL_OF = {"gender": "gender", "pitch": "pitch", "speed": "speed", "volume": "volume"}  # needs that label
 
 
 def all_prompts() -> list[str]:
-    return [p for prompts in POOL.values() for p in prompts]
+    closed = [f"{q} {b}".strip() for qs in CLOSED.values() for q in qs for b in set(BREVITY)]
+    return [p for prompts in POOL.values() for p in prompts] + closed + [ASSISTANT_PROMPT]
 
 
 def categories_for(record: Mapping[str, Any]) -> list[str]:
@@ -150,11 +194,16 @@ def categories_for(record: Mapping[str, Any]) -> list[str]:
         return list(SOUND_CATEGORIES)
     cats = [c for c in SPEECH_CATEGORIES if c not in LABEL_OF or record.get(LABEL_OF[c])]
     if record.get("sentence_type") == "question":
-        cats += QUESTION_EXTRA
+        cats += QUESTION_CATEGORIES
     return cats
 
 
 def sample_prompt(record: Mapping[str, Any], rng: random.Random) -> tuple[str, str]:
     """(category, prompt) for one clip."""
-    category = rng.choice(categories_for(record))
+    cats = categories_for(record)
+    category = rng.choices(cats, weights=[CATEGORY_WEIGHTS.get(c, 1.0) for c in cats])[0]
+    if category == ASSISTANT:
+        return category, ASSISTANT_PROMPT
+    if category in CLOSED and rng.random() < CLOSED_FRACTION:
+        return category, f"{rng.choice(CLOSED[category])} {rng.choice(BREVITY)}".strip()
     return category, rng.choice(POOL[category])

@@ -4,7 +4,7 @@ Design choices:
 - A `Voice` is one speaker identity (engine + voice name + variant) with its *nominal* gender
   and the split it belongs to. Splits are fixed per voice here, so validation and test voices
   are never heard in training: whole accents, whole espeak variants, and whole synthesizers
-  (festival's kal/ked/slt-hts voices, flite's rms/slt) are held out.
+  (festival's kal/ked/slt-hts voices, flite's rms) are held out.
 - `synthesize` returns 16 kHz mono float32 samples. Each engine varies rate and pitch with its
   own controls (espeak `-s`/`-p`, flite `duration_stretch`/`int_f0_target_mean`, festival
   `Duration_Stretch`); the corpus measures the result instead of trusting these settings.
@@ -44,8 +44,10 @@ ESPEAK_VARIANTS = {  # variant -> nominal gender
 }
 ESPEAK_TEST = ({"en-029"}, {"m4", "f4", "steph"})  # (accents, variants) heard only in test
 ESPEAK_VALIDATION = ({"en-us-nyc"}, {"m6", "f2"})  # (accents, variants) heard only in validation
+# flite's only female voice trains (else every flite voice in training is male and "flite" would
+# mean "man"); the same speaker's festival HTS voice, a different synthesis method, stays in test
 FLITE_VOICES = {"kal": (MALE, TRAIN), "kal16": (MALE, TRAIN), "awb": (MALE, TRAIN), "rms": (MALE, VALIDATION),
-                "slt": (FEMALE, TEST)}
+                "slt": (FEMALE, TRAIN)}
 FESTIVAL_VOICES = {"kal_diphone": (MALE, VALIDATION), "ked_diphone": (MALE, TEST),
                    "cmu_us_slt_arctic_hts": (FEMALE, TEST)}
 

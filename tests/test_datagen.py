@@ -16,6 +16,7 @@ from desta_edge.training.aqa5m import iter_aqa5m
 from desta_edge.training.corpus import read_metadata
 from desta_edge.training.cli import register_cli
 from desta_edge.training.descriptions import seed_description
+from desta_edge.training.evaluate import LABEL_WORDS
 from desta_edge.training.instructions import (
     CLOSED, POOL, SOUND_CATEGORIES, all_prompts, categories_for, sample_prompt,
 )
@@ -272,30 +273,33 @@ def test_aqa5m_reader_errors_name_the_line(tmp_path, bad, message):
         list(iter_aqa5m(path))
 
 
-def test_answers_contradicting_the_labels_are_set_aside_and_not_redone(tmp_path):
+def test_attribute_answers_missing_the_label_are_set_aside_and_not_redone(tmp_path):
     """Every answer claims a male, slow, quiet speaker: wrong for the Female/Fast/Loud clips."""
     opts = options(tmp_path, limit=None)
     llm = lambda convs: ["A man speaking slowly and quietly." for _ in convs]  # noqa: E731
     result = dg.run_datagen(opts, llm)
     kept, rejected = read(result.path), read(dg.rejected_path(result.path))
     assert result.written == len(kept) and result.rejected == len(rejected) and len(kept) + len(rejected) == 9
+    assert rejected
     clips = {c["id"]: c for c in read_metadata(opts.corpus_dir)}
-    for r in rejected:
-        clip, category = clips[r["id"]], r["category"]
-        assert (category, clip[category]) in {("gender", "Female"), ("speed", "Fast"), ("volume", "Loud")}
-    for r in kept:  # kept answers either name no label of their category or the right one
-        clip, category = clips[r["id"]], r["category"]
-        assert not ((category, clip.get(category)) in {("gender", "Female"), ("speed", "Fast"), ("volume", "Loud")})
+    for r in rejected:  # the corpus's clips are Female / Fast / Loud / Clean / beep: every attribute answer misses
+        assert r["category"] in LABEL_WORDS and clips[r["id"]].get(r["category"])
+    for r in kept:
+        assert r["category"] not in LABEL_WORDS or not clips[r["id"]].get(r["category"])
     again = dg.run_datagen(opts, FakeLLM())  # resuming regenerates nothing: set-asides count as done
     assert again.written == again.rejected == 0 and again.existing == 9
-    unfiltered = dg.run_datagen(options(tmp_path / "u", filter_contradictions=False), llm)
+    unfiltered = dg.run_datagen(options(tmp_path / "u", filter_labels=False), llm)
     assert unfiltered.rejected == 0 and unfiltered.written == 9
 
 
-def test_contradiction_rule():
-    item = dg.Item("x", SPEECH, "desc", "pitch", "How high is the voice?")
-    assert dg.contradicts_labels(item, "The voice is low.")
-    assert not dg.contradicts_labels(item, "A high, bright voice.")
-    assert not dg.contradicts_labels(item, "I cannot tell.")  # names no label: kept
+def test_label_rule():
+    item = dg.Item("x", SPEECH, "desc", "pitch", "How high is the voice?")  # SPEECH's pitch is High
+    assert dg.off_label(item, "The voice is low.")
+    assert not dg.off_label(item, "A high, bright voice.")
+    assert dg.off_label(item, "I cannot tell.")  # names no label: not trained on
+    assert dg.off_label(item, "It is normal, not high.")  # the first label named counts
     describe = dg.Item("y", SPEECH, "desc", "describe", "Describe the audio.")
-    assert not dg.contradicts_labels(describe, "A low voice.")  # only attribute questions are checked
+    assert not dg.off_label(describe, "A low voice.")  # only attribute questions are checked
+    noisy = dg.Item("z", NOISY, "desc", "noise", "Is there noise?")
+    assert not dg.off_label(noisy, "Yes, the background is noisy.") and dg.off_label(noisy, "It is clean.")
+

@@ -55,7 +55,7 @@ USER_TEMPLATE = "Audio: {description}\nQuestion: {prompt}\nAnswer in one or two 
 BACKENDS = ("transformers", "vllm")
 # settings that change the content of records: resuming with any of them changed is an error
 CONTENT_SETTINGS = ("model", "backend", "seed", "max_new_tokens", "prompts_per_clip", "system_prompt",
-                    "user_template", "dataset", "filter_contradictions")
+                    "user_template", "dataset", "filter_labels")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class DatagenOptions:
     dataset: str = DATASET_NAME  # the records' `dataset` field
     system_prompt: str | None = SYSTEM_PROMPT  # framing: system message (None = no system message)
     user_template: str = USER_TEMPLATE  # framing: user message with {description} and {prompt}
-    filter_contradictions: bool = True  # set aside answers naming a label other than the clip's
+    filter_labels: bool = True  # set aside attribute answers that do not name the clip's label
     progress: bool = False  # show a progress bar
 
 
@@ -107,23 +107,26 @@ def settings_path(out_file: Path) -> Path:
 
 
 def rejected_path(out_file: Path) -> Path:
-    """Where answers that contradict their clip's labels go (kept for inspection, not for training)."""
+    """Where attribute answers that miss their clip's label go (kept for inspection, not for training)."""
     return out_file.with_name(out_file.stem + ".rejected.jsonl")
 
 
-def contradicts_labels(item: "Item", response: str) -> bool:
-    """True if an attribute question's answer names a label other than the clip's own.
+def off_label(item: "Item", response: str) -> bool:
+    """True if the answer to an attribute question does not name the clip's own label first.
 
-    A small backbone often answers from the wrong field of the description ("Is the voice high?"
-    with Pitch: Normal -> "The voice is high-pitched."). Answers that name no label pass.
+    The small backbone often answers from the wrong field of the description ("Is the voice
+    high?" with Pitch: Normal -> "The voice is high-pitched.") or not at all ("Sounds like a
+    snake."); in a 64-record trial a quarter of the attribute answers named a wrong label and
+    many more named none. Only answers that state the right label are trained on: the self-
+    generated answer is kept when the metadata confirms it (rejection sampling on the labels).
+    Other categories pass.
     """
     from .evaluate import LABEL_WORDS, expected_label, score_answer
 
     attr = item.category
     if attr not in LABEL_WORDS or not item.clip.get(attr):
         return False
-    named = score_answer(attr, response)
-    return named is not None and named != expected_label(attr, item.clip[attr])
+    return score_answer(attr, response) != expected_label(attr, item.clip[attr])
 
 
 def _items(options: DatagenOptions) -> list[Item]:
@@ -240,7 +243,7 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
             keep, drop = [], []
             for it, a in zip(batch, answers):
                 record = json.dumps(make_record(it, a.strip(), options.dataset), ensure_ascii=False) + "\n"
-                bad = options.filter_contradictions and contradicts_labels(it, a)
+                bad = options.filter_labels and off_label(it, a)
                 (drop if bad else keep).append(record)
             for handle, lines in ((r, drop), (f, keep)):  # a resumed run redoes only ids in neither file
                 handle.write("".join(lines))

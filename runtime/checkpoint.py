@@ -79,14 +79,23 @@ def save_checkpoint(
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write `config.json` + `model.safetensors` (only the connector) atomically."""
+    return save_weights(out_dir, config, connector_state(connector), dtype=dtype, extra_files=extra_files)
+
+
+def save_weights(
+    out_dir: str | os.PathLike,
+    config: DestaConfig,
+    weights: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write official-layout weights (names already prefixed) + `config.json` atomically."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
-        for k, v in connector_state(connector).items()
-    }
+    state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in weights.items()}
     _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
     text = json.dumps(config.to_dict(), indent=2) + "\n"
     _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text))

@@ -18,7 +18,7 @@ EXIT_BAD_INPUT = 2
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add the `corpus`, `datagen`, `train` and `eval` subcommands to an argparse subparsers object."""
+    """Add the `corpus`, `datagen`, `train`, `eval` and `ship` subcommands to an argparse subparsers object."""
     c = subparsers.add_parser("corpus", help="synthesize the labelled speech/sound corpus")
     c.add_argument("--out", required=True, help="output directory (audio/ + metadata.jsonl)")
     c.add_argument("--size", type=int, required=True, help="number of clips")
@@ -79,6 +79,16 @@ def register_cli(subparsers: Any) -> None:
     e.add_argument("--json", action="store_true", help="print the JSON result instead of the markdown table")
     e.set_defaults(func=_cmd_eval)
 
+    s = subparsers.add_parser("ship", help="fp16 adapter + MODEL_CARD.md from a train run and its eval")
+    s.add_argument("--run", required=True, help="train output directory (adapter, train.json, metrics.jsonl)")
+    s.add_argument("--eval", required=True, help="eval output directory (eval.json)")
+    s.add_argument("--data", required=True, help="the datagen JSONL the run trained on")
+    s.add_argument("--corpus", required=True, help="the corpus directory")
+    s.add_argument("--out", required=True, help="where to write the shipped adapter (e.g. models/desta-edge-tiny)")
+    s.add_argument("--notes", default=None, help="a markdown file appended to the card as its Notes section")
+    s.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    s.set_defaults(func=_cmd_ship)
+
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
     from .corpus import CorpusOptions, build_corpus, read_metadata
@@ -128,7 +138,7 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{result.written} new records, {result.rejected} set aside as contradicting their labels "
+        print(f"{result.written} new records, {result.rejected} attribute answers set aside (label not named) "
               f"({result.existing} already there, {result.total} asked) in {seconds:.1f} s -> {result.path}")
     return 0
 
@@ -183,6 +193,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         write_report(result, Path(args.out))
     print(json.dumps(result) if args.json else markdown_table(result), end="" if not args.json else "\n")
+    return 0
+
+
+def _cmd_ship(args: argparse.Namespace) -> int:
+    from .modelcard import CARD_NAME, ship_adapter
+
+    try:
+        notes = Path(args.notes).read_text() if args.notes else ""
+        out = ship_adapter(Path(args.run), Path(args.eval), Path(args.data), Path(args.corpus), Path(args.out), notes)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    print(json.dumps({"out": str(out), "card": str(out / CARD_NAME)}) if args.json else f"shipped -> {out}")
     return 0
 
 

@@ -70,6 +70,7 @@ WARMUP_FRACTION = 0.05  # default warm-up share of the total steps when --warmup
 STATE_NAME = "trainer_state.pt"
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
+RUN_NAME = "train.json"  # the run's options and totals, for the model card
 CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR_FORMAT = "step-{:07d}"
 # settings a resumed run must share with the run it continues (they fix the data order and schedule)
@@ -391,15 +392,19 @@ def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> T
             on_step(row)
     bar.close()
     plot = None
+    mean = sum(step_times) / len(step_times) if step_times else None
     if d.main:
         save_checkpoint(out, model.config, connector)
         if options.loss_plot and metrics_path.exists():
             plot = plot_losses(metrics_path, out / PLOT_NAME)
+        run = {"options": options_dict(options), "steps": step, "world_size": d.world, "records": len(dataset),
+               "trained_parameters": sum(p.numel() for p in params), "warmup_steps": warmup,
+               "seconds_per_step_this_call": mean, "device": str(d.device)}
+        (out / RUN_NAME).write_text(json.dumps(run, indent=2) + "\n")
         logger.info("trained to step %d; adapter in %s", step, out)
     if d.world > 1:
         dist.barrier()
     connector.eval().to(dtype=model.backend.dtype)  # ready for inference with the backbones' dtype
-    mean = sum(step_times) / len(step_times) if step_times else None
     return TrainResult(out, step, last_loss, metrics_path, plot, time.perf_counter() - t_start, mean)
 
 

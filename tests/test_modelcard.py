@@ -1,0 +1,64 @@
+"""`ship`: the fp16 adapter and a model card whose numbers come from the run's own files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from desta_edge.runtime.checkpoint import read_weights
+from desta_edge.training import datagen as dg
+from desta_edge.training.cli import register_cli
+from desta_edge.training.corpus import CorpusOptions, build_corpus
+from desta_edge.training.evaluate import EvalOptions, evaluate, write_report
+from desta_edge.training.trainer import TrainOptions, train
+
+from conftest import build_tiny_model
+
+
+def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    build_corpus(CorpusOptions(out_dir=corpus, size=6, seed=3, workers=1, sound_fraction=0.3,
+                               split_fractions=(0.0, 0.0, 1.0), noisy_fraction=0.5))
+    data = tmp_path / "aqa.jsonl"
+    answers = dg.run_datagen(dg.DatagenOptions(corpus_dir=corpus, out_file=data, splits=("test",), batch_size=4),
+                             lambda convs: ["A quiet man speaking slowly, a beep." for _ in convs])
+    model = build_tiny_model()
+    run = tmp_path / "run"
+    train(TrainOptions(data=data, data_root=corpus, out_dir=run, steps=3, batch_size=2, lr=1e-3, warmup_steps=1,
+                       loss_plot=False), model)
+    result = evaluate(model, EvalOptions(corpus_dir=corpus, batch_size=8, label_max_new_tokens=3,
+                                         qa_max_new_tokens=4, text_max_new_tokens=6))
+    write_report(result, tmp_path / "eval")
+    notes = tmp_path / "notes.md"
+    notes.write_text("Synthetic voices only.")
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    out = tmp_path / "shipped"
+    args = parser.parse_args(["ship", "--run", str(run), "--eval", str(tmp_path / "eval"), "--data", str(data),
+                              "--corpus", str(corpus), "--out", str(out), "--notes", str(notes), "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out)
+
+    trained, shipped = read_weights(run / "model.safetensors"), read_weights(out / "model.safetensors")
+    assert set(shipped) == set(trained) and all(v.dtype == torch.float16 for v in shipped.values())
+    assert all(torch.allclose(shipped[k].float(), trained[k].float(), atol=1e-3, rtol=1e-3) for k in trained)
+    assert json.loads((out / "config.json").read_text()) == json.loads((run / "config.json").read_text())
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"{answers.written} records kept, {answers.rejected} attribute answers set aside" in card
+    assert "`desta-edge train --steps 3 --batch-size 2" in card and "| **average** |" in card
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert f"{sum(losses) / len(losses):.3f}" in card  # 3 steps: first and last windows are all of them
+    assert card.rstrip().endswith("Synthetic voices only.")
+    assert json.loads((out / "eval.json").read_text()) == result
+
+
+def test_ship_names_what_is_missing(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["ship", "--run", str(tmp_path / "run"), "--eval", str(tmp_path), "--data", "x.jsonl",
+                              "--corpus", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert args.func(args) == 2
+    assert "run/config.json not found" in capsys.readouterr().err

@@ -62,3 +62,16 @@ def test_listen_reports_a_bad_file():
     r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_display_shows_latency_only_when_audio_is_live(capsys):
+    from desta_edge.streaming.cli import _Display
+
+    answer = {"type": "answer", "utterance": 0, "audio_s": 2.0, "wall_s": 0.1, "text": "Paris.", "transcript": "Hi",
+              "timings_ms": {"endpoint_wait": 500.0, "features": 5.0, "encoder": 240.0, "asr": 110.0,
+                             "prefill": 90.0, "first_token": 620.0, "total": 900.0}}
+    _Display(live=True)(answer)
+    assert "first token 620 ms after you stopped; endpoint wait 500 ms" in capsys.readouterr().err
+    _Display(live=False)(answer)  # --fast: the file runs ahead of the clock
+    err = capsys.readouterr().err
+    assert "compute: encoder 240 ms, ASR 110 ms, prefill 90 ms" in err and "after you stopped" not in err

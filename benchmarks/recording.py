@@ -67,3 +67,24 @@ def build(out: Path, *, gap_s: tuple[float, float] = (1.2, 2.0), snr_db: float =
     noise *= np.sqrt(speech_power / np.mean(noise**2) / 10 ** (snr_db / 10))
     sf.write(str(out), audio + noise, RATE)
     return truth
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    text: str  # what is said
+    voice: str
+
+
+def question_clips(out_dir: Path, *, limit: int | None = None, lead_s: float = 0.3, tail_s: float = 0.5) -> list[Clip]:
+    """The same spoken questions as separate clean 16 kHz WAVs (a little silence around each)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clips: list[Clip] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (text, engine, voice) in enumerate(QUESTIONS[:limit]):
+            speech = _synth(text, engine, voice, Path(tmp) / f"{i}.wav")
+            pad = lambda s: np.zeros(int(s * RATE), dtype=np.float32)  # noqa: E731
+            path = out_dir / f"q{i}.wav"
+            sf.write(str(path), np.concatenate([pad(lead_s), speech, pad(tail_s)]), RATE)
+            clips.append(Clip(path, text, f"{engine}:{voice}"))
+    return clips

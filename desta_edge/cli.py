@@ -44,8 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default="tiny", help="preset name, checkpoint directory or hub id (default: tiny)")
     ask.add_argument("--max-new-tokens", type=int, default=256, help="cap on answer tokens (default: 256)")
     ask.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ask.add_argument("--backend", default="torch", choices=("torch", "onnx"),
-                     help="torch (default) or onnx (--model is then an export directory)")
+    ask.add_argument("--backend", default="torch", choices=("torch", "onnx", "trtllm", "auto"),
+                     help="torch (default), onnx (--model is then an export directory), trtllm (an export with "
+                          "TensorRT-LLM engines; not yet run on hardware), or auto: "
+                          "the fastest that can run --model here")
+    ask.add_argument("--ort-provider", default=None, choices=("cpu", "cuda", "tensorrt"),
+                     help="onnx backend: ONNX Runtime execution provider (default: cuda on a GPU, else cpu)")
     ask.add_argument("--transcript-only", action="store_true", help="ablation: no audio embeddings, transcript only")
     ask.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     ask.set_defaults(func=_cmd_ask)
@@ -79,12 +83,15 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         model = DestaModel.from_pretrained(
             args.model, backend=args.backend, device=args.device,
             audio_features=False if args.transcript_only else None, progress=not args.json,
+            ort_provider=args.ort_provider,
         )
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:
         return _fail(str(e), 1)
     load_ms = (time.perf_counter() - t0) * 1000
+    if args.backend == "auto" and not args.json:
+        print(f"backend: {model.backend_name} ({model.backend_detail}); {model.backend_reason}", file=sys.stderr)
     messages = [
         {"role": "system", "content": args.system},
         {"role": "user", "content": f"{model.config.audio_locator}\n{args.prompt}", "audios": [{"audio": clip, "text": None}]},
@@ -101,7 +108,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             print(piece, end="", flush=True)
     timings = {"load": round(load_ms, 2), **stream.timings_ms}
     if args.json:
-        print(json.dumps({"transcript": transcript, "answer": stream.text, "timings_ms": timings}, ensure_ascii=False))
+        print(json.dumps({"transcript": transcript, "answer": stream.text, "timings_ms": timings,
+                          "backend": model.backend_name, "backend_detail": model.backend_detail}, ensure_ascii=False))
     else:
         print()
         summary = ", ".join(f"{k} {v:.0f}" for k, v in timings.items())

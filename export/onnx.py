@@ -30,7 +30,7 @@ from torch import nn
 from desta_edge.runtime.audio import N_FRAMES
 from desta_edge.runtime.onnx_backend import (
     DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, FORMAT_VERSION, LLM_FILE, LLM_TOKENIZER_DIR, MANIFEST, WHISPER_DIR,
-    open_session,
+    graph_signature, open_session,
 )
 
 from .graphs import LlamaStep, WhisperCrossKV, WhisperDecoderStep
@@ -166,6 +166,9 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
             "llm_cache": llm_cache,
             "eos_token_ids": sorted(model.eos_ids),
             "parity_max_abs": parity,  # of the fp32 graphs, before any quantization
+            # input dims per graph (names for dynamic axes): TensorRT profiles are built from these
+            "signatures": {g: graph_signature(tmp / f) for g, f in
+                           (("encoder", ENCODER_FILE), ("decoder", DECODER_FILE), ("llm", LLM_FILE))},
             "quantization": quantize,
             "torch_version": torch.__version__,
         }

@@ -2,8 +2,8 @@
 
 `DestaModel` owns everything that is not number crunching (audio loading, the speech check,
 prompt assembly, timing, streaming text); a backend owns the tensors. Backends are chosen by
-`Backend` name: `torch`, or `onnx` (an export directory; so far the encoder + connector run in
-ONNX Runtime and the decoder and LLM in PyTorch).
+`Backend` name: `torch`, `onnx` (an export directory, every stage in ONNX Runtime), or `auto`
+(the fastest of these that can run the given source on the given device).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from .generation import SamplingOptions, StepTimes
 class Backend(str, enum.Enum):
     TORCH = "torch"  # PyTorch eager, CPU or CUDA
     ONNX = "onnx"  # ONNX Runtime for the exported graphs (`desta-edge export onnx`)
+    TRTLLM = "trtllm"  # TensorRT-LLM engine (+ TensorRT encoder) in an ONNX export dir; not yet run on hardware
+    AUTO = "auto"  # resolved at load time to the fastest backend for the source and device (model.choose_backend)
 
     @classmethod
     def parse(cls, name: "str | Backend") -> "Backend":

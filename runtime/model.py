@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,9 @@ from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
 from .generation import SamplingOptions, StepTimes
 from .hf import dtype_kwarg
-from .onnx_backend import LLM_TOKENIZER_DIR, WHISPER_DIR, OnnxBackend, is_onnx_export, read_manifest
+from .onnx_backend import (
+    LLM_TOKENIZER_DIR, WHISPER_DIR, OnnxBackend, OrtOptions, OrtProvider, is_onnx_export, read_manifest,
+)
 from .presets import PRESETS, resolve_backbone
 from .prompt import AudioRef, build_batch, collect_audios, normalize_batch, splice
 from .torch_backend import TorchBackend
@@ -116,6 +118,7 @@ class DestaModel:
         self.audio_features = audio_features
         self.name = name
         self.load_ms = load_ms
+        self.backend_reason: str | None = None  # why backend="auto" chose this backend
         self.features = LogMel(backend.n_mels)
         self.placeholder_id = _single_token_id(tokenizer, config.placeholder_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -136,18 +139,39 @@ class DestaModel:
         dtype: torch.dtype | None = None,
         audio_features: bool | None = None,
         progress: bool = True,
+        ort_provider: str | OrtProvider | None = None,
+        ort_options: OrtOptions | None = None,
     ) -> "DestaModel":
         """Load a preset name ("tiny"), a checkpoint directory, or a hub id.
 
+        backend: "torch", "onnx" (an export directory), or "auto": the fastest one that can run
+        `name_or_path` here (`choose_backend`); `model.backend_name` says which was chosen.
         audio_features: None = use the connector when the model has a trained one; False =
         the transcript-only ablation (the LLM sees the transcript, no audio embeddings).
+        ort_provider: onnx backend only: "cpu", "cuda" or "tensorrt" (default: by device);
+        ort_options: the rest of its ONNX Runtime settings (`OrtOptions`).
         """
         t0 = time.perf_counter()
         name = os.fspath(name_or_path)
-        if Backend.parse(backend) is Backend.ONNX:
-            return _from_onnx_export(cls, name, device=device, dtype=dtype, audio_features=audio_features, t0=t0)
+        chosen, reason = Backend.parse(backend), None
+        if chosen is Backend.AUTO:
+            chosen, device, reason = choose_backend(name, device, ort_provider)
+            logger.info("backend auto: %s (%s)", chosen.value, reason)
+        if chosen is Backend.TRTLLM:
+            from .trtllm_backend import from_export
+
+            return from_export(cls, name, device=device, dtype=dtype, audio_features=audio_features, t0=t0)
+        if chosen is Backend.ONNX:
+            if ort_provider is not None:
+                ort_options = replace(ort_options or OrtOptions(), provider=ort_provider)
+            model = _from_onnx_export(cls, name, device=device, dtype=dtype, audio_features=audio_features, t0=t0,
+                                      options=ort_options)
+            model.backend_reason = reason
+            return model
+        if ort_provider is not None or ort_options is not None:
+            raise ValueError("ort_provider / ort_options apply to the onnx backend (an export directory)")
         if is_onnx_export(name):
-            raise ValueError(f"{name} is an ONNX export: load it with backend='onnx'")
+            raise ValueError(f"{name} is an ONNX export: load it with backend='onnx' (or 'auto')")
         config, weights, base_dir = _resolve(name)
         if config.use_lora:
             raise ValueError(f"{name}: LoRA checkpoints (use_lora=true) are not supported yet")
@@ -171,6 +195,7 @@ class DestaModel:
         )
         model.to(dev, dt)
         model.load_ms = (time.perf_counter() - t0) * 1000
+        model.backend_reason = reason
         return model
 
     @classmethod
@@ -217,6 +242,23 @@ class DestaModel:
     @property
     def device(self) -> torch.device:
         return self.backend.device
+
+    @property
+    def backend_name(self) -> str:
+        """The engine that runs the model: "torch" or "onnx" (what backend="auto" picked)."""
+        if isinstance(self.backend, OnnxBackend):
+            return Backend.ONNX.value
+        if isinstance(self.backend, TorchBackend):
+            return Backend.TORCH.value
+        return getattr(self.backend, "backend_name", type(self.backend).__name__)
+
+    @property
+    def backend_detail(self) -> str:
+        """Where it runs: the torch device and dtype, or ONNX Runtime's execution providers."""
+        if isinstance(self.backend, OnnxBackend):
+            return ", ".join(self.backend.providers) + (" + IOBinding" if self.backend.io_binding else "")
+        dtype = getattr(self.backend, "dtype", None)
+        return f"{self.device}" + (f" {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
 
     @property
     def connector(self) -> QFormerConnector | None:
@@ -346,6 +388,9 @@ class DestaModel:
         audios = [(clip.source, text or "") for clip, text in zip(clips, transcripts)]
         if not refs:
             return _Prepared(len(conversations), batch.attention_mask, batch.input_ids, None, None, audios, timings, t0)
+        if hasattr(self.backend, "prompt_inputs"):  # TensorRT-LLM: ids + a prompt table, not input embeddings
+            table = self.backend.prompt_inputs(batch, audio_embeds, text_ids)
+            return _Prepared(len(conversations), batch.attention_mask, None, table, None, audios, timings, t0)
         embeds = self.backend.embed(batch.input_ids)
         text_embeds = [self.backend.embed(torch.tensor(ids, dtype=torch.long)) for ids in text_ids]
         embeds = splice(embeds, batch.splices, audio_embeds, text_embeds)
@@ -399,7 +444,39 @@ def _single_token_id(tokenizer, token: str) -> int:
     return ids[0]
 
 
-def _from_onnx_export(cls, path: str, *, device, dtype, audio_features, t0: float) -> "DestaModel":
+def choose_backend(name: str, device: str | torch.device | None,
+                   ort_provider: str | OrtProvider | None = None) -> tuple[Backend, torch.device, str]:
+    """`backend="auto"`: the fastest backend that can run `name` on this machine, its device, and why.
+
+    - An ONNX export directory runs on ONNX Runtime: it is the only engine that reads one, and
+      on the CPU the faster one (README: fp32 1.1-1.9x PyTorch eager on the 2-core CPU). Its
+      provider is CUDA when there is a GPU and onnxruntime has the CUDA provider, else the CPU.
+      TensorRT is never picked on its own: its first load builds engines for minutes.
+    - Anything else (a preset, checkpoint or hub id) runs on PyTorch, on CUDA when available.
+      ONNX Runtime would be faster on the CPU but needs an export (`desta-edge export onnx`).
+    """
+    if is_onnx_export(name):
+        if device is not None:
+            dev = torch.device(device)
+        else:
+            from .onnx_backend import _onnxruntime
+
+            has_cuda_ep = OrtProvider.CUDA.ep_name in _onnxruntime().get_available_providers()
+            dev = torch.device("cuda" if torch.cuda.is_available() and has_cuda_ep else "cpu")
+        if ort_provider is not None:
+            where = f"provider {OrtProvider.parse(ort_provider).value} as asked"
+        else:
+            where = "CUDA provider" if dev.type == "cuda" else "CPU provider"
+        return Backend.ONNX, dev, f"ONNX export directory: ONNX Runtime, {where}"
+    if ort_provider is not None:
+        raise ValueError(f"ort_provider needs an ONNX export directory; {name} is not one")
+    dev = torch.device(device) if device is not None else default_device()
+    hint = "" if dev.type == "cuda" else "; an ONNX export of it (desta-edge export onnx) runs faster on the CPU"
+    return Backend.TORCH, dev, f"not an ONNX export: PyTorch on {dev.type}{hint}"
+
+
+def _from_onnx_export(cls, path: str, *, device, dtype, audio_features, t0: float,
+                      options: OrtOptions | None = None) -> "DestaModel":
     """Load a self-contained export directory into the ONNX Runtime backend."""
     from transformers import AutoTokenizer
 
@@ -413,7 +490,7 @@ def _from_onnx_export(cls, path: str, *, device, dtype, audio_features, t0: floa
     if audio_features and not manifest["has_connector"]:
         raise ValueError(f"{path} was exported without a connector (no trained adapter); audio_features=True needs one")
     dev = torch.device(device) if device is not None else default_device()
-    backend = OnnxBackend(path, manifest, dev, AutoTokenizer.from_pretrained(Path(path) / WHISPER_DIR))
+    backend = OnnxBackend(path, manifest, dev, AutoTokenizer.from_pretrained(Path(path) / WHISPER_DIR), options)
     config = DestaConfig.from_json(Path(path) / "config.json")
     use_audio = manifest["has_connector"] if audio_features is None else bool(audio_features)
     model = cls(backend, config, AutoTokenizer.from_pretrained(Path(path) / LLM_TOKENIZER_DIR),

@@ -32,8 +32,12 @@ def register_cli(sub) -> None:
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
     p.add_argument("--model-device", default=None, help="cpu, cuda ... for the model (default: cuda if available)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
-                   help="torch (default) or onnx (--model is then an export directory)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "trtllm", "auto"),
+                   help="torch (default), onnx (--model is then an export directory), trtllm (TensorRT-LLM "
+                        "engines in an export; not yet run on hardware), or auto: "
+                        "the fastest that can run --model here")
+    p.add_argument("--ort-provider", default=None, choices=("cpu", "cuda", "tensorrt"),
+                   help="onnx backend: ONNX Runtime execution provider (default: cuda on a GPU, else cpu)")
     p.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction after each utterance")
     p.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="cap per answer (default 128)")
@@ -94,9 +98,13 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
     try:
         model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.model_device,
-                                           progress=not args.json)
+                                           progress=not args.json, ort_provider=args.ort_provider)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:
+        return _fail(str(e), 1)
+    if args.backend == "auto":  # stderr, so that --json keeps stdout to events
+        print(f"backend: {model.backend_name} ({model.backend_detail}); {model.backend_reason}", file=sys.stderr)
     show = _json_line if args.json else _Display(live=args.source in ("mic", "-") or args.realtime is not False)
     assistant = Assistant(model, opts, endpoint, emit=show)
     if not args.json:

@@ -101,6 +101,34 @@ def tiny_model() -> DestaModel:
     return build_tiny_model()
 
 
+def save_tiny_checkpoint(d: Path) -> Path:
+    """A checkpoint directory with the tiny random backbones beside it (loadable by from_pretrained)."""
+    from desta_edge.runtime.checkpoint import save_checkpoint
+
+    whisper, wtok = tiny_whisper()
+    llm, ltok = tiny_llm()
+    whisper.save_pretrained(d / "whisper"); wtok.save_pretrained(d / "whisper")
+    llm.save_pretrained(d / "llm"); ltok.save_pretrained(d / "llm")
+    save_checkpoint(d, tiny_config(llm_model_id="llm", encoder_model_id="whisper"), build_tiny_model().connector)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_export(tiny_checkpoint, tmp_path_factory) -> Path:
+    """An ONNX export of `tiny_checkpoint` (fp32). Copy it before changing anything in it."""
+    pytest.importorskip("onnxruntime", reason="pip install onnx onnxruntime (part of the test extra)")
+    from desta_edge.export.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-onnx") / "export"
+    export_onnx(DestaModel.from_pretrained(tiny_checkpoint, device="cpu"), str(tiny_checkpoint), out)
+    return out
+
+
 def tone(seconds: float, rate: int = 16000, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)

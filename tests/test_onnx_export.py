@@ -7,22 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny_model, tiny_config, tiny_llm, tiny_whisper
 from desta_edge import DestaModel
-from desta_edge.runtime.checkpoint import save_checkpoint
 
 pytest.importorskip("onnxruntime", reason="pip install onnx onnxruntime (part of the test extra)")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    whisper, wtok = tiny_whisper()
-    llm, ltok = tiny_llm()
-    whisper.save_pretrained(d / "whisper"); wtok.save_pretrained(d / "whisper")
-    llm.save_pretrained(d / "llm"); ltok.save_pretrained(d / "llm")
-    save_checkpoint(d, tiny_config(llm_model_id="llm", encoder_model_id="whisper"), build_tiny_model().connector)
-    return d
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,77 @@
+"""benchmarks/backends.py end to end on the tiny random model and its ONNX export (2 clips)."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "backends.py"
+
+
+def load_bench():
+    """benchmarks/ is not a package: import the script by path (registered, as dataclasses need)."""
+    if "bench_backends" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_backends", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_backends"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bench_backends"]
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")
+def test_backend_benchmark_runs_every_variant_and_reports_sane_numbers(tiny_checkpoint, tiny_onnx_export, tmp_path):
+    bench = load_bench()
+    out = tmp_path / "results"
+    assert bench.main(["--model", str(tiny_checkpoint), "--onnx", str(tiny_onnx_export), "--onnx", str(tmp_path / "nope"),
+                       "--limit", "2", "--max-new-tokens", "4", "--out", str(out), "--json"]) == 0
+    (result_file,) = out.glob("backends-*.json")
+    result = json.loads(result_file.read_text())
+    assert (out / result_file.name.replace(".json", ".md")).is_file()
+    assert result["clips"] == 2 and len(list((out / "backend_clips").glob("*.wav"))) == 2
+
+    assert list(result["variants"]) == ["torch (cpu)", "onnx fp32 (cpu)"]
+    skipped = {s["variant"]: s["reason"] for s in result["skipped"]}
+    assert "not an ONNX export directory" in skipped["onnx nope (cpu)"]  # a bad --onnx is listed, not fatal
+    assert "trtllm" in skipped and all(skipped.values())
+    for label, r in result["variants"].items():
+        assert "error" not in r, r
+        s = r["summary"]
+        m = s["median_ms"]
+        assert all(m[k] > 0 for k in ("encoder", "asr", "prefill", "first_token")), m
+        assert m["first_token"] >= m["encoder"] and m["total"] >= m["first_token"]
+        assert s["load_s"] > 0 and 50 < s["peak_rss_mb"] < 20_000 and s["cuda_max_allocated_mb"] is None
+        assert 1 <= s["answer_tokens"] <= 2 * 4
+        assert all(c["transcript"] is not None and len(c["answer_ids"]) <= 4 for c in r["clips"])
+        assert r["identical_to_torch"] == "2/2"  # the fp32 export gives PyTorch's greedy outputs
+        assert r["speedup_vs_torch"]["against"] == "torch (cpu)"
+    assert result["variants"]["torch (cpu)"]["speedup_vs_torch"]["total"] == 1.0
+    assert result["variants"]["onnx fp32 (cpu)"]["backend_detail"] == "CPUExecutionProvider"
+    table = (out / result_file.name.replace(".json", ".md")).read_text()
+    assert "| onnx fp32 (cpu) |" in table and "skipped trtllm" in table
+
+
+def test_speedups_are_computed_against_torch_on_the_same_device():
+    bench = load_bench()
+    summary = lambda ms, tps: {"median_ms": {k: ms for k in bench.STAGES}, "decode_tokens_per_s": tps,  # noqa: E731
+                               "load_s": 2.0}
+    clips = [{"transcript": "a", "answer_ids": [1, 2]}]
+    results = {
+        "torch (cpu)": {"summary": summary(100.0, 10.0), "clips": clips},
+        "torch (cuda)": {"summary": summary(20.0, 50.0), "clips": [{"transcript": "a", "answer_ids": [1, 3]}]},
+        "onnx fp32 (cpu)": {"summary": summary(50.0, 20.0), "clips": clips},
+        "onnx fp32 (cuda)": {"summary": summary(10.0, 100.0), "clips": clips},
+        "onnx int8 (cpu)": {"error": "boom"},
+    }
+    variants = {k: bench.Variant(k, k.split()[0], "x", k.split("(")[1].rstrip(")")) for k in results}
+    bench.compare(results, variants)
+    assert results["onnx fp32 (cpu)"]["speedup_vs_torch"]["total"] == 2.0
+    assert results["onnx fp32 (cpu)"]["speedup_vs_torch"]["decode_tokens_per_s"] == 2.0
+    assert results["onnx fp32 (cuda)"]["speedup_vs_torch"] == {
+        "against": "torch (cuda)", **{k: 2.0 for k in bench.STAGES}, "decode_tokens_per_s": 2.0, "load": 1.0}
+    assert results["torch (cuda)"]["identical_to_torch"] == "0/1" and results["onnx fp32 (cuda)"]["identical_to_torch"] == "1/1"
+    assert "speedup_vs_torch" not in results["onnx int8 (cpu)"]
+    assert "failed: boom" in bench.markdown({"variants": {"onnx int8 (cpu)": results["onnx int8 (cpu)"]}, "skipped": [],
+                                             "clips": 1, "max_new_tokens": 4, "machine": "m"})

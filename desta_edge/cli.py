@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 
+from desta_edge.runtime.backends import add_backend_arguments
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 EXIT_BAD_INPUT = 2
@@ -44,12 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default="tiny", help="preset name, checkpoint directory or hub id (default: tiny)")
     ask.add_argument("--max-new-tokens", type=int, default=256, help="cap on answer tokens (default: 256)")
     ask.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ask.add_argument("--backend", default="torch", choices=("torch", "onnx", "trtllm", "auto"),
-                     help="torch (default), onnx (--model is then an export directory), trtllm (an export with "
-                          "TensorRT-LLM engines; not yet run on hardware), or auto: "
-                          "the fastest that can run --model here")
-    ask.add_argument("--ort-provider", default=None, choices=("cpu", "cuda", "tensorrt"),
-                     help="onnx backend: ONNX Runtime execution provider (default: cuda on a GPU, else cpu)")
+    add_backend_arguments(ask)
     ask.add_argument("--transcript-only", action="store_true", help="ablation: no audio embeddings, transcript only")
     ask.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     ask.set_defaults(func=_cmd_ask)

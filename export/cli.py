@@ -54,29 +54,6 @@ def register_cli(sub) -> None:
     llm.set_defaults(func=_cmd_trtllm)
 
 
-def _cmd_onnx(args: argparse.Namespace) -> int:
-    from desta_edge import DestaModel
-
-    from .onnx import export_onnx
-
-    t0 = time.perf_counter()
-    try:
-        model = DestaModel.from_pretrained(args.model, device="cpu", progress=not args.json)
-        manifest = export_onnx(model, args.model, args.out, quantize=args.quantize)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    manifest["seconds"] = round(time.perf_counter() - t0, 1)
-    if args.json:
-        print(json.dumps(manifest))
-    else:
-        print(f"wrote {args.out} in {manifest['seconds']} s; max |ONNX - PyTorch|: {manifest['parity_max_abs']}")
-    return 0
-
-
 def _run(build, args: argparse.Namespace, summary) -> int:
     """Shared error handling and output: 2 for bad input, 1 for a missing library or failed build."""
     t0 = time.perf_counter()
@@ -91,6 +68,19 @@ def _run(build, args: argparse.Namespace, summary) -> int:
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(manifest) if args.json else summary(manifest))
     return 0
+
+
+def _cmd_onnx(args: argparse.Namespace) -> int:
+    from desta_edge import DestaModel
+
+    from .onnx import export_onnx
+
+    def build() -> dict:
+        model = DestaModel.from_pretrained(args.model, device="cpu", progress=not args.json)
+        return export_onnx(model, args.model, args.out, quantize=args.quantize)
+
+    return _run(build, args,
+                lambda m: f"wrote {args.out} in {m['seconds']} s; max |ONNX - PyTorch|: {m['parity_max_abs']}")
 
 
 def _cmd_tensorrt(args: argparse.Namespace) -> int:

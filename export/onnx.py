@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from desta_edge.runtime.onnx_backend import (
 )
 
 from .graphs import LlamaStep, WhisperCrossKV, WhisperDecoderStep
+from .staging import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +104,7 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
     llm_step = LlamaStep(llm).eval()
     llm_cache = {"layers": lcfg.num_hidden_layers, "kv_heads": lcfg.num_key_value_heads, "head_dim": llm_step.dh}
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         parity: dict[str, dict[str, float]] = {}
         # encoder (+ connector): batch is dynamic
         enc = EncoderGraph(front, connector).eval()
@@ -173,12 +169,6 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
             "torch_version": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -32,14 +32,14 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from desta_edge.runtime.onnx_backend import ENCODER_FILE as ONNX_ENCODER
 from desta_edge.runtime.onnx_backend import MANIFEST as ONNX_MANIFEST
 from desta_edge.runtime.trtllm_backend import ENGINE_FILE, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST, tensorrt_module
+
+from .staging import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -228,16 +228,7 @@ def build_engine(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max
 
     manifest = engine_manifest(model, onnx_dir=onnx_dir, max_batch=max_batch, opt_batch=opt_batch, fp16=fp16,
                                fp32_layers=fp32_layers, tensorrt_version=str(trt.__version__), workspace_gb=workspace_gb)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         (tmp / ENGINE_FILE).write_bytes(bytes(memoryview(serialized)))
         (tmp / ENGINE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -41,13 +41,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 from desta_edge.runtime.trtllm_backend import (
     TENSORRT_LLM_HINT, TRTLLM_ENGINE_DIR, TRTLLM_FORMAT_VERSION, TRTLLM_MANIFEST, TRTLLM_TOKENIZER_DIR,
 )
+
+from .staging import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +178,7 @@ def export_trtllm(name: str, out_dir: str | os.PathLike, *, max_batch: int = 1, 
     check_llama(hf_config, llm)
     api = tensorrt_llm_api()  # after the cheap checks: bad arguments fail without TensorRT-LLM too
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         if plan is None:
             model = api.LLaMAForCausalLM.from_hugging_face(llm, dtype=dtype)
         else:
@@ -201,10 +198,4 @@ def export_trtllm(name: str, out_dir: str | os.PathLike, *, max_batch: int = 1, 
                                    settings=settings, quantize=quantize, dtype=dtype,
                                    eos_token_ids=_eos_ids(llm, tokenizer), tensorrt_llm_version=api.version)
         (tmp / TRTLLM_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

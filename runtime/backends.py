@@ -33,6 +33,18 @@ class Backend(str, enum.Enum):
             raise ValueError(f"unknown backend {name!r}; available: {known}") from None
 
 
+def add_backend_arguments(parser) -> None:
+    """`--backend` and `--ort-provider`, shared by `ask` and `listen` (argparse parser)."""
+    from .onnx_backend import OrtProvider
+
+    parser.add_argument("--backend", default=Backend.TORCH.value, choices=[b.value for b in Backend],
+                        help="torch (default), onnx (--model is then an export directory), trtllm (TensorRT-LLM "
+                             "engines in an export; not yet run on hardware), or auto: the fastest that can run "
+                             "--model here")
+    parser.add_argument("--ort-provider", default=None, choices=[p.value for p in OrtProvider],
+                        help="onnx backend: ONNX Runtime execution provider (default: cuda on a GPU, else cpu)")
+
+
 @dataclass
 class EncodedAudio:
     """One encoder pass over a batch of clips."""

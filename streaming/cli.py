@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from desta_edge.runtime.backends import add_backend_arguments
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
@@ -32,12 +33,7 @@ def register_cli(sub) -> None:
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
     p.add_argument("--model-device", default=None, help="cpu, cuda ... for the model (default: cuda if available)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx", "trtllm", "auto"),
-                   help="torch (default), onnx (--model is then an export directory), trtllm (TensorRT-LLM "
-                        "engines in an export; not yet run on hardware), or auto: "
-                        "the fastest that can run --model here")
-    p.add_argument("--ort-provider", default=None, choices=("cpu", "cuda", "tensorrt"),
-                   help="onnx backend: ONNX Runtime execution provider (default: cuda on a GPU, else cpu)")
+    add_backend_arguments(p)
     p.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction after each utterance")
     p.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="cap per answer (default 128)")

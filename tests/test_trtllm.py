@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROMPT_SIZE, build_tiny_model, tiny_config, tiny_llm, tiny_whisper
+from conftest import PROMPT_SIZE, build_tiny_model, save_tiny_checkpoint, tiny_config, tiny_llm
 from desta_edge.cli import main
 from desta_edge.runtime import model as model_module
-from desta_edge.runtime.checkpoint import save_checkpoint
 from desta_edge.runtime.generation import SamplingOptions, generate_stream
 from desta_edge.runtime.prompt import normalize_batch
 from desta_edge.runtime.prompt_table import PromptTableInputs, lookup, prompt_table_inputs
@@ -297,13 +296,7 @@ def test_stream_tokens_feeds_the_runner_ids_and_the_table():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    whisper, wtok = tiny_whisper()
-    llm, ltok = tiny_llm()
-    whisper.save_pretrained(d / "whisper"); wtok.save_pretrained(d / "whisper")
-    llm.save_pretrained(d / "llm"); ltok.save_pretrained(d / "llm")
-    save_checkpoint(d, tiny_config(llm_model_id="llm", encoder_model_id="whisper"), build_tiny_model().connector)
-    return d
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_build_settings_and_quantization_choices():

@@ -131,4 +131,4 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         lines += [f"Average paralinguistic accuracy: {gain:+.1f} points over the transcript-only ablation.", ""]
     if notes.strip():
         lines += ["## Notes", "", notes.strip(), ""]
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    return "\n".join(lines) + "\n"

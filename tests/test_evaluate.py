@@ -71,11 +71,14 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
         key = QUESTIONS[attr][0]
         assert entry["n"] == sum(1 for c in clips if c.get(key) and (attr == "sound") == (c["kind"] == "sound"))
         assert all(0 <= entry[v] <= 1 for v in ("model", "transcript_only", "majority"))
+        for v in ("model", "transcript_only"):  # the predicted-label histogram covers every clip
+            assert sum(entry["predicted"][v].values()) == entry["n"]
     assert "sound" in para["attributes"] and "gender" in para["attributes"]
     lp = result["language_preservation"]
     assert lp["identical"] == lp["n"] == 4  # text-only conversations are exactly the backbone's
     qa = result["spoken_qa"]
     assert qa["n"] == len((corpus / "spoken_qa.jsonl").read_text().splitlines()) > 0
+    assert 0 <= qa["voice_transcript_only"] <= 1  # the same spoken questions without the audio embeddings
     assert result["wer"]["n"] == sum(1 for c in clips if c["transcript"]) and result["wer"]["wer"] >= 0
     table = markdown_table(result)
     assert "| **average** |" in table and "transcript-only %" in table and "spoken QA" in table
@@ -88,6 +91,7 @@ def test_ablation_switch_and_model_without_connector(corpus):
     assert model.connector is None
     result = evaluate(model, FAST(corpus, limit=2))
     assert result["paralinguistic"]["variants"] == ["transcript_only"] and result["clips"] == 2
+    assert "voice_transcript_only" not in result["spoken_qa"]  # the voice column already is the ablation
     with_connector = build_tiny_model()
     with transcript_only(with_connector):
         assert not with_connector.audio_features

@@ -176,6 +176,7 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
                 answers = _ask(model, items, options.label_max_new_tokens, options, f"{attr} ({variant})")
             predicted = [score_answer(attr, a) for a in answers]
             entry[variant] = sum(p == e for p, e in zip(predicted, expected)) / len(rows)
+            entry.setdefault("predicted", {})[variant] = dict(Counter(str(p) for p in predicted).most_common())
             entry["examples"].append({"variant": variant, "id": rows[0]["id"], "expected": expected[0],
                                       "answer": answers[0], "predicted": predicted[0]})
         result["attributes"][attr] = entry
@@ -217,17 +218,28 @@ def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], op
                      "audios": [{"audio": str(root / r["audio"]), "text": transcripts.get(r["id"])}]}] for r in rows]
     text_convs = [[{"role": "system", "content": ASSISTANT_SYSTEM}, {"role": "user", "content": r["question"]}]
                   for r in rows]
-    voice, text = [], []
-    for chunk in tqdm(list(_batches(voice_convs, options.batch_size)), desc="spoken qa", disable=not options.progress):
-        voice += model.generate(chunk, max_new_tokens=options.qa_max_new_tokens).text
-    for chunk in _batches(text_convs, options.batch_size):
-        text += model.generate(chunk, max_new_tokens=options.qa_max_new_tokens).text
-    v_ok = [answer_correct(r["answer"], a) for r, a in zip(rows, voice)]
-    t_ok = [answer_correct(r["answer"], a) for r, a in zip(rows, text)]
+
+    def answers(convs: list, desc: str) -> list[str]:
+        out: list[str] = []
+        for chunk in tqdm(list(_batches(convs, options.batch_size)), desc=desc, disable=not options.progress):
+            out += model.generate(chunk, max_new_tokens=options.qa_max_new_tokens).text
+        return out
+
+    def correct(got: list[str]) -> list[bool]:
+        return [answer_correct(r["answer"], a) for r, a in zip(rows, got)]
+
+    voice, text = answers(voice_convs, "spoken qa"), answers(text_convs, "text qa")
+    v_ok, t_ok = correct(voice), correct(text)
     kept = sum(v and t for v, t in zip(v_ok, t_ok))
-    return {"n": len(rows), "voice": sum(v_ok) / len(rows), "text": sum(t_ok) / len(rows),
-            "voice_given_text_correct": kept / sum(t_ok) if any(t_ok) else None,
-            "examples": [{"question": rows[0]["question"], "answer": rows[0]["answer"], "voice": voice[0], "text": text[0]}]}
+    result = {"n": len(rows), "voice": sum(v_ok) / len(rows), "text": sum(t_ok) / len(rows),
+              "voice_given_text_correct": kept / sum(t_ok) if any(t_ok) else None,
+              "examples": [{"question": rows[0]["question"], "answer": rows[0]["answer"], "voice": voice[0],
+                            "text": text[0]}]}
+    if model.audio_features and model.connector is not None:
+        # the same spoken questions without the audio embeddings: separates ASR errors from the adapter's effect
+        with transcript_only(model):
+            result["voice_transcript_only"] = sum(correct(answers(voice_convs, "spoken qa (transcript-only)"))) / len(rows)
+    return result
 
 
 def evaluate(model, options: EvalOptions) -> dict[str, Any]:
@@ -287,6 +299,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += [f"| spoken QA accuracy, by voice (n={qa['n']}) | {_pct(qa['voice'])} % |",
                   f"| spoken QA accuracy, same questions in text to the backbone | {_pct(qa['text'])} % |",
                   f"| by voice, of those the backbone answers in text | {_pct(qa['voice_given_text_correct'])} % |"]
+        if "voice_transcript_only" in qa:
+            lines.append(f"| spoken QA accuracy, by voice, transcript-only ablation | {_pct(qa['voice_transcript_only'])} % |")
     lines.append(f"| transcript WER (n={wer['n']}) | {_pct(wer['wer'])} % |")
     return "\n".join(lines) + "\n"
 

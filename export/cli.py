@@ -21,7 +21,8 @@ def register_cli(sub) -> None:
     onnx = targets.add_parser("onnx", help="encoder+connector, Whisper decoder and LLM as ONNX graphs")
     onnx.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
     onnx.add_argument("--out", required=True, help="export directory (replaced if it exists)")
-    onnx.add_argument("--quantize", choices=("int8",), default=None, help="int8 weights (CPU; measured accuracy cost)")
+    onnx.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                      help="int8 (dynamic) or int4 (block-wise MatMulNBits) weights for CPU; measured accuracy cost")
     onnx.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     onnx.set_defaults(func=_cmd_onnx)
 

@@ -79,15 +79,19 @@ def _parity(module: nn.Module, args: tuple, path: Path, inputs: list[str]) -> di
     return diffs
 
 
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "int4")
+NBITS_BLOCK_SIZE = 32  # weights per quantization block (one scale and zero point each) for int4
+NBITS_ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (the fastest CPU kernels)
 
 
 def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = OPSET, quantize: str | None = None) -> dict:
     """Export `model` (a float32 CPU PyTorch DestaModel loaded from `source`) into `out_dir`.
 
     quantize="int8": after the fp32 graphs pass the parity check, their MatMul/Gemm weights are
-    quantized to int8 (ONNX Runtime dynamic quantization; activations stay float). Its accuracy
-    cost is measured, not bounded here: see the README and `desta-edge eval`.
+    quantized to int8 (ONNX Runtime dynamic quantization; activations stay float).
+    quantize="int4": their MatMul weights become 4-bit blocks of `NBITS_BLOCK_SIZE` with a scale and
+    zero point each (ONNX Runtime's MatMulNBits). The accuracy cost of either is measured, not
+    bounded here: see the README and `desta-edge eval`.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
@@ -145,6 +149,8 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
 
         if quantize == "int8":
             _quantize_int8(tmp, (ENCODER_FILE, DECODER_FILE, LLM_FILE))
+        elif quantize == "int4":
+            _quantize_int4(tmp, (ENCODER_FILE, DECODER_FILE, LLM_FILE))
 
         # everything else the runtime needs: embeddings, tokenizers, configs
         save_file({"weight": llm.get_input_embeddings().weight.detach().float().contiguous()}, str(tmp / EMBEDDINGS_FILE))
@@ -188,3 +194,21 @@ def _quantize_int8(directory: Path, files: tuple[str, ...]) -> None:
             os.replace(dst, src)
     finally:
         root.setLevel(level)
+
+
+def _quantize_int4(directory: Path, files: tuple[str, ...]) -> None:
+    """Block-wise 4-bit weights for every MatMul with a constant weight (ONNX Runtime's MatMulNBits)."""
+    try:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as e:
+        raise RuntimeError("int4 quantization needs onnxruntime's MatMulNBits quantizer and onnx-ir: "
+                           "pip install 'onnxruntime>=1.20' onnx-ir") from e
+    for name in files:
+        path = directory / name
+        logger.info("quantizing %s to int4 weights (blocks of %d)", name, NBITS_BLOCK_SIZE)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=4, block_size=NBITS_BLOCK_SIZE,
+                                         is_symmetric=False, accuracy_level=NBITS_ACCURACY_LEVEL)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(path) + ".int4", use_external_data_format=False)
+        os.replace(str(path) + ".int4", path)

@@ -104,14 +104,24 @@ def test_tiny_preset_export_gives_the_same_transcripts_and_answers(tmp_path):
         assert a.audios == b.audios and a.generated_ids == b.generated_ids, (a, b)
 
 
-def test_int8_export_is_smaller_and_runs(checkpoint, exported, tmp_path):
+@pytest.mark.parametrize("quantize, max_size_ratio, op", [("int8", 0.75, "MatMulInteger"), ("int4", 0.5, "MatMulNBits")])
+def test_quantized_export_is_smaller_and_runs(checkpoint, exported, tmp_path, quantize, max_size_ratio, op):
+    import onnx
+
     from desta_edge.export.onnx import export_onnx
 
     _, fp32_dir, _ = exported
     manifest = export_onnx(DestaModel.from_pretrained(checkpoint, device="cpu"), str(checkpoint), tmp_path / "q",
-                           quantize="int8")
-    assert manifest["quantization"] == "int8"
-    assert (tmp_path / "q" / "llm.onnx").stat().st_size < (fp32_dir / "llm.onnx").stat().st_size
+                           quantize=quantize)
+    assert manifest["quantization"] == quantize
+    for name in ("encoder.onnx", "decoder.onnx", "llm.onnx"):
+        graph = onnx.load(str(tmp_path / "q" / name), load_external_data=False).graph
+        quantized = [n for n in graph.node if n.op_type == op]
+        assert quantized, name  # the weights really went through the quantizer
+        if op == "MatMulNBits":
+            assert {a.i for n in quantized for a in n.attribute if a.name == "bits"} == {4}
+    size = lambda d: (d / "llm.onnx").stat().st_size  # noqa: E731  (the tiny test LLM: graph overhead included)
+    assert size(tmp_path / "q") < max_size_ratio * size(fp32_dir)
     model = DestaModel.from_pretrained(tmp_path / "q", backend="onnx", device="cpu")
     out = model.generate([{"role": "user", "content": "<|AUDIO|> hi", "audios": [{"audio": (speechlike(0), 16000), "text": "x"}]}],
                          max_new_tokens=4)

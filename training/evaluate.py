@@ -19,6 +19,10 @@ Design choices:
 - Spoken QA: the corpus's `spoken_qa.jsonl` questions asked by voice (the assistant's default turn,
   `ASSISTANT_SYSTEM` + `ASSISTANT_PROMPT`, as `desta-edge ask`) and the same questions asked in text
   to the backbone; an answer is correct if the expected answer's words appear in it, in order.
+  A model with a connector also answers the spoken questions without its audio embeddings
+  (`voice_transcript_only`), which separates what ASR errors cost from what the adapter changes.
+- Each attribute also records how often each label was predicted per variant (`predicted`): an
+  adapter that answers the same label for every clip shows up there at once.
 - WER of the model's transcripts on the held-out speech clips (`metrics.word_error_rate`).
 """
 

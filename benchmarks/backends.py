@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recording import question_clips  # noqa: E402
+from report import write_results  # noqa: E402
 
 STAGES = ("encoder", "asr", "prefill", "first_token", "total")  # a subset of the runtime's timings_ms
 REFERENCE = "torch (cpu)"
@@ -260,11 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": results,
         "skipped": skipped,
     }
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"backends-{stamp}.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (out / f"backends-{stamp}.md").write_text(table + "\n")
-    print(json.dumps(result, indent=2) if args.json else table)
+    write_results(out, "backends", result, markdown(result), as_json=args.json)
     return 0
 
 

@@ -14,7 +14,6 @@ writes JSON + markdown under --out. Not a pass/fail test: the numbers depend on 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recording import Utterance, build  # noqa: E402
+from report import write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
 from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
@@ -201,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "p50_speedup": round(ref / ours, 2) if ours and ref else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"latency-{stamp}.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (out / f"latency-{stamp}.md").write_text(table + "\n")
-    print(json.dumps(result, indent=2) if args.json else table)
+    write_results(out, "latency", result, markdown(result), as_json=args.json)
     return 0
 
 

@@ -207,3 +207,11 @@ def test_train_cli_reports_bad_input(tmp_path, capsys):
     args = parser.parse_args(["train", "--data", "x.jsonl", "--out", str(tmp_path / "o"), "--json"])
     assert args.func(args) == 2
     assert "--steps or --epochs" in capsys.readouterr().err
+
+
+def test_unknown_precision_is_refused_before_any_work(tmp_path):
+    options = TrainOptions(data=tmp_path / "missing.jsonl", out_dir=tmp_path / "out", steps=1, precision="fp16",
+                           loss_plot=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train(options)
+    assert not (tmp_path / "out").exists()

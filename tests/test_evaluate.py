@@ -114,3 +114,15 @@ def test_eval_with_the_real_tiny_preset(corpus):
     result = evaluate(model, EvalOptions(corpus_dir=corpus, limit=3))
     assert result["language_preservation"]["identical"] == 4
     assert result["wer"]["wer"] < 0.5  # Whisper tiny.en on clean-ish synthetic speech
+
+
+def test_evaluate_an_onnx_export_against_its_pytorch_source(corpus, tiny_onnx_export):
+    from desta_edge import DestaModel
+
+    model = DestaModel.from_pretrained(tiny_onnx_export, backend="onnx")
+    result = evaluate(model, FAST(corpus, limit=2))
+    assert result["backend"] == model.backend_name and "onnx" in result["backend"]
+    lp = result["language_preservation"]  # compared with the torch model the export came from
+    assert lp["identical"] == lp["n"] == 4  # fp32 export: the same greedy tokens
+    assert "transcript_only" in result["paralinguistic"]["variants"] and result["wer"]["n"] >= 0
+    assert f"| model, backend, split | {tiny_onnx_export}, {model.backend_name}, test |" in markdown_table(result)

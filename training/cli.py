@@ -77,6 +77,8 @@ def register_cli(subparsers: Any) -> None:
     e.add_argument("--limit", type=int, default=None, help="at most N clips and N spoken questions")
     e.add_argument("--batch-size", type=int, default=8, help="conversations per generate call (default: 8)")
     e.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    e.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch",
+                   help="torch, or onnx for a directory from `desta-edge export onnx` (default: torch)")
     e.add_argument("--out", default=None, help="directory for eval.json and eval.md")
     e.add_argument("--json", action="store_true", help="print the JSON result instead of the markdown table")
     e.set_defaults(func=_cmd_eval)
@@ -187,7 +189,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, progress=not args.json)
         if not (options.corpus_dir / "metadata.jsonl").is_file():
             raise FileNotFoundError(f"{options.corpus_dir}/metadata.jsonl not found: build the corpus first")
-        model = DestaModel.from_pretrained(args.model, device=args.device, progress=not args.json)
+        model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.device,
+                                           progress=not args.json)
         result = evaluate(model, options)
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)

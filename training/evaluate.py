@@ -195,13 +195,34 @@ def _no_context() -> Iterator[None]:
     yield
 
 
+def reference_llm(model):
+    """The PyTorch backbone that text-only answers are compared with.
+
+    A torch model is its own reference. An ONNX export has no torch LLM: its reference is the
+    PyTorch model it was exported from (the manifest's `source`), so the comparison also measures
+    what export and quantization change in text-only answers.
+    """
+    llm = getattr(model.backend, "llm_model", None)
+    if llm is not None:
+        return llm
+    source = getattr(model.backend, "manifest", {}).get("source")
+    if not source:
+        raise ValueError(f"{model.name}: no PyTorch LLM and no export source to compare text-only answers with")
+    from desta_edge.runtime.model import DestaModel
+
+    logger.info("loading %s (PyTorch) as the language-preservation reference", source)
+    return DestaModel.from_pretrained(source, device="cpu", dtype=torch.float32, audio_features=False,
+                                      progress=False).backend.llm_model
+
+
 def language_preservation(model, options: EvalOptions) -> dict[str, Any]:
-    """Text-only conversations: the model's greedy ids vs the backbone's own `generate`."""
-    llm, tok = model.backend.llm_model, model.tokenizer
+    """Text-only conversations: the model's greedy ids vs the PyTorch backbone's own `generate`."""
+    llm, tok = reference_llm(model), model.tokenizer
+    device = next(llm.parameters()).device
     ours = model.generate(TEXT_CONVERSATIONS, max_new_tokens=options.text_max_new_tokens).generated_ids
     same = 0
     for conv, got in zip(TEXT_CONVERSATIONS, ours):
-        ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt").to(model.device)
+        ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt").to(device)
         with torch.inference_mode():
             gen = llm.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                max_new_tokens=options.text_max_new_tokens, pad_token_id=model.pad_id)
@@ -265,7 +286,8 @@ def evaluate(model, options: EvalOptions) -> dict[str, Any]:
     speech = [c for c in clips if c.get("transcript")]
     wer = word_error_rate([(c["transcript"], transcripts[c["id"]]) for c in speech]) if speech else None
     result = {
-        "model": model.name, "split": options.split, "clips": len(clips), "options": _jsonable(asdict(options)),
+        "model": model.name, "backend": model.backend_name, "split": options.split, "clips": len(clips),
+        "options": _jsonable(asdict(options)),
         "paralinguistic": paralinguistic(model, clips, transcripts, options, root),
         "language_preservation": language_preservation(model, options),
         "spoken_qa": spoken_qa(model, qa_rows, transcripts, options, root),
@@ -298,6 +320,7 @@ def markdown_table(result: dict[str, Any]) -> str:
                  + f" | {_pct(para['average_majority'])} |")
     lp, qa, wer = result["language_preservation"], result["spoken_qa"], result["wer"]
     lines += ["", "| check | value |", "|---|---|",
+              f"| model, backend, split | {result['model']}, {result.get('backend', 'torch')}, {result['split']} |",
               f"| language preservation (text-only ids identical to the backbone) | {lp['identical']}/{lp['n']} |"]
     if qa.get("n"):
         lines += [f"| spoken QA accuracy, by voice (n={qa['n']}) | {_pct(qa['voice'])} % |",

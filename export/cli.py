@@ -23,6 +23,9 @@ def register_cli(sub) -> None:
     onnx.add_argument("--out", required=True, help="export directory (replaced if it exists)")
     onnx.add_argument("--quantize", choices=("int8", "int4"), default=None,
                       help="int8 (dynamic) or int4 (block-wise MatMulNBits) weights for CPU; measured accuracy cost")
+    onnx.add_argument("--quantize-graphs", default="encoder,decoder,llm",
+                      help="comma-separated graphs --quantize applies to (default: encoder,decoder,llm); "
+                           "'llm' keeps the speech graphs, and so the transcripts, exactly fp32")
     onnx.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     onnx.set_defaults(func=_cmd_onnx)
 
@@ -78,7 +81,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
 
     def build() -> dict:
         model = DestaModel.from_pretrained(args.model, device="cpu", progress=not args.json)
-        return export_onnx(model, args.model, args.out, quantize=args.quantize)
+        graphs = tuple(g.strip() for g in args.quantize_graphs.split(",") if g.strip())
+        return export_onnx(model, args.model, args.out, quantize=args.quantize, quantize_graphs=graphs)
 
     return _run(build, args,
                 lambda m: f"wrote {args.out} in {m['seconds']} s; max |ONNX - PyTorch|: {m['parity_max_abs']}")

@@ -80,11 +80,13 @@ def _parity(module: nn.Module, args: tuple, path: Path, inputs: list[str]) -> di
 
 
 QUANTIZATIONS = ("int8", "int4")
+GRAPHS = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "llm": LLM_FILE}  # graph name -> file
 NBITS_BLOCK_SIZE = 32  # weights per quantization block (one scale and zero point each) for int4
 NBITS_ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (the fastest CPU kernels)
 
 
-def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = OPSET, quantize: str | None = None) -> dict:
+def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = OPSET, quantize: str | None = None,
+                quantize_graphs: tuple[str, ...] = tuple(GRAPHS)) -> dict:
     """Export `model` (a float32 CPU PyTorch DestaModel loaded from `source`) into `out_dir`.
 
     quantize="int8": after the fp32 graphs pass the parity check, their MatMul/Gemm weights are
@@ -92,9 +94,14 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
     quantize="int4": their MatMul weights become 4-bit blocks of `NBITS_BLOCK_SIZE` with a scale and
     zero point each (ONNX Runtime's MatMulNBits). The accuracy cost of either is measured, not
     bounded here: see the README and `desta-edge eval`.
+    quantize_graphs: which graphs `quantize` applies to (default all three). ("llm",) keeps the
+    speech graphs in fp32, so transcripts stay exactly PyTorch's while the LLM step gets faster.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
+    unknown = [g for g in quantize_graphs if g not in GRAPHS]
+    if unknown or not quantize_graphs:
+        raise ValueError(f"quantize_graphs must name some of {tuple(GRAPHS)}, got {quantize_graphs!r}")
     from safetensors.torch import save_file
 
     if model.device.type != "cpu" or getattr(model.backend, "dtype", None) != torch.float32:
@@ -147,10 +154,11 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
                 opset)
         parity["llm"] = _parity(llm_step, llm_args, tmp / LLM_FILE, llm_in)
 
+        files = tuple(GRAPHS[g] for g in GRAPHS if g in quantize_graphs)  # in a fixed order
         if quantize == "int8":
-            _quantize_int8(tmp, (ENCODER_FILE, DECODER_FILE, LLM_FILE))
+            _quantize_int8(tmp, files)
         elif quantize == "int4":
-            _quantize_int4(tmp, (ENCODER_FILE, DECODER_FILE, LLM_FILE))
+            _quantize_int4(tmp, files)
 
         # everything else the runtime needs: embeddings, tokenizers, configs
         save_file({"weight": llm.get_input_embeddings().weight.detach().float().contiguous()}, str(tmp / EMBEDDINGS_FILE))
@@ -172,6 +180,7 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
             "signatures": {g: graph_signature(tmp / f) for g, f in
                            (("encoder", ENCODER_FILE), ("decoder", DECODER_FILE), ("llm", LLM_FILE))},
             "quantization": quantize,
+            "quantized_graphs": [g for g in GRAPHS if g in quantize_graphs] if quantize else [],
             "torch_version": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -128,3 +128,25 @@ def test_quantized_export_is_smaller_and_runs(checkpoint, exported, tmp_path, qu
     assert len(out.generated_ids[0]) <= 4
     with pytest.raises(ValueError, match="quantize must be one of"):
         export_onnx(model, "x", tmp_path / "bad", quantize="int3")
+
+
+def test_quantizing_only_the_llm_keeps_the_transcripts_exact(checkpoint, exported, tmp_path):
+    import onnx
+
+    from desta_edge.export.onnx import export_onnx
+
+    _, fp32_dir, _ = exported
+    manifest = export_onnx(DestaModel.from_pretrained(checkpoint, device="cpu"), str(checkpoint), tmp_path / "q",
+                           quantize="int8", quantize_graphs=("llm",))
+    assert manifest["quantization"] == "int8" and manifest["quantized_graphs"] == ["llm"]
+    ops = {name: {n.op_type for n in onnx.load(str(tmp_path / "q" / name), load_external_data=False).graph.node}
+           for name in ("encoder.onnx", "decoder.onnx", "llm.onnx")}
+    assert "MatMulInteger" in ops["llm.onnx"]
+    assert "MatMulInteger" not in ops["encoder.onnx"] and "MatMulInteger" not in ops["decoder.onnx"]
+    conv = [[{"role": "user", "content": "<|AUDIO|> hi", "audios": [{"audio": (speechlike(s), 16000)}]}] for s in (0, 1)]
+    fp32 = DestaModel.from_pretrained(fp32_dir, backend="onnx", device="cpu").generate(conv, max_new_tokens=4)
+    mixed = DestaModel.from_pretrained(tmp_path / "q", backend="onnx", device="cpu").generate(conv, max_new_tokens=4)
+    assert mixed.audios == fp32.audios  # the speech graphs are the fp32 ones: the same transcripts
+    with pytest.raises(ValueError, match="quantize_graphs must name"):
+        export_onnx(DestaModel.from_pretrained(checkpoint, device="cpu"), "x", tmp_path / "bad", quantize="int8",
+                    quantize_graphs=("llm", "vocoder"))

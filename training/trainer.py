@@ -76,8 +76,8 @@ PLOT_NAME = "loss.png"
 RUN_NAME = "train.json"  # the run's options and totals, for the model card
 CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR_FORMAT = "step-{:07d}"
-# settings a resumed run must share with the run it continues (they fix the data order and schedule)
 PRECISIONS = ("tf32", "bf16")  # see TrainOptions.precision
+# settings a resumed run must share with the run it continues (they fix the data order and schedule)
 RESUME_SETTINGS = ("batch_size", "grad_accum", "seed", "world_size", "total_steps", "warmup_steps")
 
 

@@ -154,11 +154,11 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
                 opset)
         parity["llm"] = _parity(llm_step, llm_args, tmp / LLM_FILE, llm_in)
 
-        files = tuple(GRAPHS[g] for g in GRAPHS if g in quantize_graphs)  # in a fixed order
+        quantized = [g for g in GRAPHS if g in quantize_graphs] if quantize else []  # in a fixed order
         if quantize == "int8":
-            _quantize_int8(tmp, files)
+            _quantize_int8(tmp, tuple(GRAPHS[g] for g in quantized))
         elif quantize == "int4":
-            _quantize_int4(tmp, files)
+            _quantize_int4(tmp, tuple(GRAPHS[g] for g in quantized))
 
         # everything else the runtime needs: embeddings, tokenizers, configs
         save_file({"weight": llm.get_input_embeddings().weight.detach().float().contiguous()}, str(tmp / EMBEDDINGS_FILE))
@@ -177,10 +177,9 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
             "eos_token_ids": sorted(model.eos_ids),
             "parity_max_abs": parity,  # of the fp32 graphs, before any quantization
             # input dims per graph (names for dynamic axes): TensorRT profiles are built from these
-            "signatures": {g: graph_signature(tmp / f) for g, f in
-                           (("encoder", ENCODER_FILE), ("decoder", DECODER_FILE), ("llm", LLM_FILE))},
+            "signatures": {g: graph_signature(tmp / f) for g, f in GRAPHS.items()},
             "quantization": quantize,
-            "quantized_graphs": [g for g in GRAPHS if g in quantize_graphs] if quantize else [],
+            "quantized_graphs": quantized,
             "torch_version": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

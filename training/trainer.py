@@ -205,8 +205,6 @@ def load_training_model(name: str, device: torch.device, precision: str = "tf32"
     from desta_edge.runtime.model import DestaModel, _load_llm, _load_whisper
     from desta_edge.runtime.presets import PRESETS, resolve_backbone
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dtype = torch.bfloat16 if device.type == "cuda" and precision == "bf16" else torch.float32
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -107,7 +107,9 @@ class FakeLLM:
 
 
 def options(tmp_path: Path, **kw) -> dg.DatagenOptions:
-    base = dict(corpus_dir=write_corpus(tmp_path / "corpus"), out_file=tmp_path / "out" / "aqa.jsonl", batch_size=3)
+    # FakeLLM echoes the description, which names every label: the label filter is tested on its own
+    base = dict(corpus_dir=write_corpus(tmp_path / "corpus"), out_file=tmp_path / "out" / "aqa.jsonl", batch_size=3,
+                filter_labels=False)
     base.update(kw)
     return dg.DatagenOptions(**base)
 
@@ -141,7 +143,7 @@ def test_records_follow_the_aqa5m_schema(tmp_path):
     sound = [r for r in recs if "(Sound: beep" in r["seed_description"]]
     assert sound and all(r["messages"][0]["audios"][0]["text"] == " " for r in sound)
     settings = json.loads(dg.settings_path(result.path).read_text())
-    assert settings["seed"] == 0 and settings["do_sample"] is False and settings["model"] == "tiny"
+    assert settings["seed"] == 0 and settings["retries"] == 0 and settings["model"] == "tiny"
     parsed = list(iter_aqa5m(result.path, data_root=opts.corpus_dir))
     assert [p.id for p in parsed] == [r["id"] for r in recs]
     assert parsed[0].audios[0].path == opts.corpus_dir / recs[0]["messages"][0]["audios"][0]["audio"]
@@ -275,7 +277,7 @@ def test_aqa5m_reader_errors_name_the_line(tmp_path, bad, message):
 
 def test_attribute_answers_missing_the_label_are_set_aside_and_not_redone(tmp_path):
     """Every answer claims a male, slow, quiet speaker: wrong for the Female/Fast/Loud clips."""
-    opts = options(tmp_path, limit=None)
+    opts = options(tmp_path, limit=None, filter_labels=True)
     llm = lambda convs: ["A man speaking slowly and quietly." for _ in convs]  # noqa: E731
     result = dg.run_datagen(opts, llm)
     kept, rejected = read(result.path), read(dg.rejected_path(result.path))
@@ -297,9 +299,34 @@ def test_label_rule():
     assert dg.off_label(item, "The voice is low.")
     assert not dg.off_label(item, "A high, bright voice.")
     assert dg.off_label(item, "I cannot tell.")  # names no label: not trained on
-    assert dg.off_label(item, "It is normal, not high.")  # the first label named counts
+    assert dg.off_label(item, "It is normal, not high.")  # names Normal; the negated High does not count
+    assert dg.off_label(item, "The voice is low, normal or high.")  # echoes the options
     describe = dg.Item("y", SPEECH, "desc", "describe", "Describe the audio.")
     assert not dg.off_label(describe, "A low voice.")  # only attribute questions are checked
     noisy = dg.Item("z", NOISY, "desc", "noise", "Is there noise?")
     assert not dg.off_label(noisy, "Yes, the background is noisy.") and dg.off_label(noisy, "It is clean.")
 
+
+
+def test_retries_resample_off_label_answers_before_setting_them_aside(tmp_path):
+    """Greedy says "a man ..." for every clip; sampled tries say "a woman ..." (right for some clips)."""
+    calls = []
+    resampled = "A woman speaking fast and loud, a beep, clean."
+
+    def llm(convs, seed=None):
+        calls.append((len(convs), seed))
+        return [resampled if seed is not None else "A man speaking slowly and quietly." for _ in convs]
+
+    result = dg.run_datagen(options(tmp_path, limit=None, filter_labels=True, retries=2), llm)
+    kept, rejected = read(result.path), read(dg.rejected_path(result.path))
+    fixed = [r for r in kept if r["response"] == resampled]
+    assert fixed and all(r["category"] in LABEL_WORDS for r in fixed)  # rescued attribute answers
+    assert rejected and all(r["response"] == resampled for r in rejected)  # set aside after both tries
+    # a rescued answer took one sampled try, a set-aside one both; nothing else was re-asked
+    assert sum(n for n, seed in calls if seed is not None) == len(fixed) + 2 * len(rejected)
+    sampled = [seed for _, seed in calls if seed is not None]
+    assert len(set(sampled)) == len(sampled)  # each retry batch has its own seed
+    without = dg.run_datagen(options(tmp_path / "plain", limit=None, filter_labels=True), llm)
+    assert without.rejected == len(fixed) + len(rejected)  # the default (no retries) keeps greedy only
+    with pytest.raises(ValueError, match="retries"):
+        dg.run_datagen(options(tmp_path / "neg", retries=-1), llm)

@@ -11,7 +11,7 @@ import pytest
 from desta_edge.training.cli import register_cli
 from desta_edge.training.corpus import CorpusOptions, build_corpus, read_metadata
 from desta_edge.training.evaluate import (
-    QUESTIONS, EvalOptions, answer_correct, evaluate, expected_label, markdown_table, score_answer,
+    AMBIGUOUS, QUESTIONS, EvalOptions, answer_correct, evaluate, expected_label, markdown_table, score_answer,
     transcript_only, write_report,
 )
 
@@ -21,7 +21,11 @@ from conftest import build_tiny_model
 @pytest.mark.parametrize("attribute, answer, label", [
     ("gender", "Female.", "Female"),  # "female" contains "male": words, not substrings, are matched
     ("gender", "The speaker is a man.", "Male"),
-    ("gender", "It sounds like a woman, not a man.", "Female"),  # the first label named wins
+    ("gender", "It sounds like a woman, not a man.", "Female"),  # negated labels are not named
+    ("gender", "A man or a woman.", AMBIGUOUS),  # echoing the options is not an answer
+    ("pitch", "The voice is low, normal in pitch.", AMBIGUOUS),
+    ("noise", "The recording is clean, with no background noise.", "Clean"),
+    ("volume", "It isn't loud, it is quiet.", "Quiet"),
     ("gender", "I cannot tell from the audio.", None),
     ("pitch", "The voice is high-pitched.", "High"),
     ("pitch", "A deep voice.", "Low"),

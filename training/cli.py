@@ -40,6 +40,8 @@ def register_cli(subparsers: Any) -> None:
     d.add_argument("--max-new-tokens", type=int, default=64, help="cap on each answer (default: 64)")
     d.add_argument("--no-filter", action="store_true",
                    help="keep attribute answers that do not name the clip's label (default: set them aside)")
+    d.add_argument("--retries", type=int, default=0,
+                   help="sampled re-asks of an attribute answer that misses its clip's label (default: 0)")
     d.add_argument("--prompts-per-clip", type=int, default=1, help="records per clip (default: 1)")
     d.add_argument("--splits", default="train,validation", help="corpus splits to cover (default: train,validation)")
     d.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
@@ -129,7 +131,7 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
             seed=args.seed, model=args.model, backend=args.backend, device=args.device,
             max_new_tokens=args.max_new_tokens, prompts_per_clip=args.prompts_per_clip,
             splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), progress=not args.json,
-            filter_labels=not args.no_filter,
+            filter_labels=not args.no_filter, retries=args.retries,
         )
         result = run_datagen(options)
     except (ValueError, FileNotFoundError) as e:

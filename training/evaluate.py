@@ -4,8 +4,10 @@ Design choices:
 - Paralinguistic QA: one fixed closed question per attribute, asked of every held-out clip that has
   that label (speech attributes of speech clips, the sound type of non-speech clips) ("Is the speaker male or female? Answer with one word." ...). Scoring (`score_answer`):
   the answer is normalized (lower case, punctuation removed, `metrics.normalize_words`), and the
-  predicted label is the one whose keyword (`LABEL_WORDS`) appears *first*; an answer naming no label
-  word is wrong. Noise levels are scored as clean vs noisy (any added noise). Accuracy per attribute,
+  predicted label is the one label whose keywords (`LABEL_WORDS`) it names, not counting negated
+  words ("not a man", "no background noise"). An answer naming no label is wrong, and so is one
+  naming several: "low, normal or high" echoes the question's options (a first trained model did
+  exactly that, and first-named scoring counted it as "Low" for every clip). Noise levels are scored as clean vs noisy (any added noise). Accuracy per attribute,
   the average over attributes, and the majority-label rate (what always answering the most common
   label would score) for reference.
 - Both columns use the same loaded backbones: the model, then the transcript-only ablation (the
@@ -72,6 +74,12 @@ LABEL_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
               "brown noise": ("brown",), "hum": ("hum", "humming", "buzz"), "chord": ("chord", "chords"),
               "silence": ("silence", "silent", "nothing")},
 }
+# an answer naming several labels ("low, normal or high") echoes the question and is scored wrong
+AMBIGUOUS = "several"
+# a label word with one of these among the NEGATION_REACH words before it is not counted
+NEGATIONS = frozenset({"no", "not", "without", "never", "neither", "nor", "isn't", "aren't", "wasn't", "doesn't",
+                       "don't", "hardly"})
+NEGATION_REACH = 2
 NOISY_LABELS = ("Slightly noisy", "Noisy", "Very noisy")  # corpus noise labels scored as "Noisy"
 # fixed text-only conversations for the language-preservation check
 TEXT_CONVERSATIONS: list[list[dict[str, str]]] = [
@@ -104,14 +112,25 @@ def expected_label(attribute: str, value: str) -> str:
     return value
 
 
-def score_answer(attribute: str, answer: str) -> str | None:
-    """The label named first in `answer`, or None if it names none."""
+def named_labels(attribute: str, answer: str) -> list[str]:
+    """The distinct labels `answer` names, in order, skipping negated words ("not a man", "no noise")."""
     words = normalize_words(answer)
-    for w in words:
+    named: list[str] = []
+    for i, w in enumerate(words):
+        if NEGATIONS.intersection(words[max(0, i - NEGATION_REACH):i]):
+            continue
         for label, keys in LABEL_WORDS[attribute].items():
-            if w in keys:
-                return label
-    return None
+            if w in keys and label not in named:
+                named.append(label)
+    return named
+
+
+def score_answer(attribute: str, answer: str) -> str | None:
+    """The one label `answer` names; None if it names none, AMBIGUOUS if it names several."""
+    named = named_labels(attribute, answer)
+    if len(named) > 1:
+        return AMBIGUOUS
+    return named[0] if named else None
 
 
 def answer_correct(expected: str, answer: str) -> bool:

@@ -275,8 +275,8 @@ def test_aqa5m_reader_errors_name_the_line(tmp_path, bad, message):
         list(iter_aqa5m(path))
 
 
-def test_attribute_answers_missing_the_label_are_set_aside_and_not_redone(tmp_path):
-    """Every answer claims a male, slow, quiet speaker: wrong for the Female/Fast/Loud clips."""
+def test_answers_contradicting_the_labels_are_set_aside_and_not_redone(tmp_path):
+    """Every answer claims a male, slow, quiet speaker."""
     opts = options(tmp_path, limit=None, filter_labels=True)
     llm = lambda convs: ["A man speaking slowly and quietly." for _ in convs]  # noqa: E731
     result = dg.run_datagen(opts, llm)
@@ -284,10 +284,12 @@ def test_attribute_answers_missing_the_label_are_set_aside_and_not_redone(tmp_pa
     assert result.written == len(kept) and result.rejected == len(rejected) and len(kept) + len(rejected) == 9
     assert rejected
     clips = {c["id"]: c for c in read_metadata(opts.corpus_dir)}
-    for r in rejected:  # the corpus's clips are Female / Fast / Loud / Clean / beep: every attribute answer misses
-        assert r["category"] in LABEL_WORDS and clips[r["id"]].get(r["category"])
+    # the speech clips are Female / Fast / Loud: the answer contradicts them whatever was asked; it
+    # names no label of a sound clip (a beep), so only the sound-type question about those misses
+    for r in rejected:
+        assert clips[r["id"]]["kind"] == "speech" or r["category"] == "sound"
     for r in kept:
-        assert r["category"] not in LABEL_WORDS or not clips[r["id"]].get(r["category"])
+        assert clips[r["id"]]["kind"] == "sound" and r["category"] != "sound"
     again = dg.run_datagen(opts, FakeLLM())  # resuming regenerates nothing: set-asides count as done
     assert again.written == again.rejected == 0 and again.existing == 9
     unfiltered = dg.run_datagen(options(tmp_path / "u", filter_labels=False), llm)
@@ -302,7 +304,13 @@ def test_label_rule():
     assert dg.off_label(item, "It is normal, not high.")  # names Normal; the negated High does not count
     assert dg.off_label(item, "The voice is low, normal or high.")  # echoes the options
     describe = dg.Item("y", SPEECH, "desc", "describe", "Describe the audio.")
-    assert not dg.off_label(describe, "A low voice.")  # only attribute questions are checked
+    assert not dg.off_label(describe, "Someone asks about France.")  # free-form answers need not name labels
+    assert not dg.off_label(describe, "A woman asks, in a high voice, about France.")
+    assert dg.off_label(describe, "A man asks about France.")  # ... but must not contradict them
+    assert dg.off_label(describe, "A conversation between a female speaker and a male host.")
+    sound = dg.Item("s", SOUND, "desc", "describe", "Describe the audio.")
+    assert not dg.off_label(sound, "A steady, noisy beep.")  # a sound clip's "noise" is its sound, not a label
+    assert dg.off_label(sound, "A beep over white noise.")  # two sound types: one contradicts the clip
     noisy = dg.Item("z", NOISY, "desc", "noise", "Is there noise?")
     assert not dg.off_label(noisy, "Yes, the background is noisy.") and dg.off_label(noisy, "It is clean.")
 

@@ -115,28 +115,35 @@ def settings_path(out_file: Path) -> Path:
 
 
 def rejected_path(out_file: Path) -> Path:
-    """Where attribute answers that miss their clip's label go (kept for inspection, not for training)."""
+    """Where answers that contradict their clip's labels go (kept for inspection, not for training)."""
     return out_file.with_name(out_file.stem + ".rejected.jsonl")
 
 
 def off_label(item: "Item", response: str) -> bool:
-    """True if the answer to an attribute question does not name the clip's own label first.
+    """True if the answer contradicts its clip's labels, or an attribute answer misses its label.
 
     The small backbone often answers from the wrong field of the description ("Is the voice
     high?" with Pitch: Normal -> "The voice is high-pitched.") or not at all ("Sounds like a
     snake."); in a 64-record trial a quarter of the attribute answers named a wrong label and
-    many more named none. Only answers that state the right label, and no other, are trained on:
-    the self-generated answer is kept when the metadata confirms it (rejection sampling on the
-    labels). Answers naming several labels are option echoes ("A man or a woman is speaking."):
-    859 of the 3,446 attribute answers a 16,000-prompt run kept under a first-label-named rule were
-    such echoes, and the adapter trained on them learned to echo. Other categories pass.
+    many more named none. The self-generated answer is kept only when the metadata confirms it
+    (rejection sampling on the labels):
+    - an answer to an attribute question must name that attribute's label and no other. Answers
+      naming several are option echoes ("A man or a woman is speaking."): 859 of the 3,446
+      attribute answers a 16,000-prompt run kept under a first-label-named rule were echoes, and
+      the adapter trained on them learned to echo;
+    - any answer (descriptions, summaries, ...) that names a label of the clip's attributes must
+      name the right one: the same run kept about 2,000 free-form answers like "a conversation
+      between a female speaker and a male host" for a clip of one man, teaching the lean again.
     """
-    from .evaluate import LABEL_WORDS, expected_label, score_answer
+    from .evaluate import LABEL_WORDS, expected_label, labelled, named_labels
 
-    attr = item.category
-    if attr not in LABEL_WORDS or not item.clip.get(attr):
-        return False
-    return score_answer(attr, response) != expected_label(attr, item.clip[attr])
+    for attr in LABEL_WORDS:
+        if not labelled(attr, item.clip):
+            continue  # not the clip's kind of label (a sound clip's gender, or its "noise": white noise)
+        named, want = named_labels(attr, response), expected_label(attr, item.clip[attr])
+        if named != [want] and (named or attr == item.category):
+            return True
+    return False
 
 
 def _items(options: DatagenOptions) -> list[Item]:

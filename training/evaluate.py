@@ -112,6 +112,11 @@ def expected_label(attribute: str, value: str) -> str:
     return value
 
 
+def labelled(attribute: str, clip: dict[str, Any]) -> bool:
+    """Whether `clip` is asked about `attribute`: the sound type of sound clips, the rest of speech clips."""
+    return bool(clip.get(QUESTIONS[attribute][0])) and (attribute == "sound") == (clip.get("kind") == "sound")
+
+
 def named_labels(attribute: str, answer: str) -> list[str]:
     """The distinct labels `answer` names, in order, skipping negated words ("not a man", "no noise")."""
     words = normalize_words(answer)
@@ -186,7 +191,7 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
     variants = ["model", "transcript_only"] if model.audio_features and model.connector is not None else ["transcript_only"]
     result: dict[str, Any] = {"attributes": {}, "variants": variants}
     for attr, (key, question) in QUESTIONS.items():
-        rows = [c for c in clips if c.get(key) and (attr == "sound") == (c.get("kind") == "sound")]
+        rows = [c for c in clips if labelled(attr, c)]
         if not rows:
             continue
         expected = [expected_label(attr, c[key]) for c in rows]

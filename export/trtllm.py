@@ -172,6 +172,9 @@ def export_trtllm(name: str, out_dir: str | os.PathLike, *, max_batch: int = 1, 
         raise ValueError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
     plan = quant_plan(quantize)
     config, llm = resolve_llm(name, progress=progress)
+    if config.use_lora:
+        raise ValueError(f"{name} has a LoRA (use_lora): TensorRT-LLM export of LoRA adapters is not supported yet; "
+                         "run it with the torch backend")
     settings = build_settings(prompt_size=config.prompt_size, max_batch=max_batch, max_input_len=max_input_len,
                               max_output_len=max_output_len)
     hf_config = _hf_config(llm)

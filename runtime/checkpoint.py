@@ -1,9 +1,11 @@
 """Adapter checkpoints in the official DeSTA2.5-Audio layout, both ways.
 
 A checkpoint directory holds `config.json` (the official fields, see `DestaConfig`) and
-`model.safetensors` with only the trained weights, named `perception.connector.*`. Loading is
-strict: a missing, unexpected or mis-shaped connector tensor is an error that names it (the
-reference loads with `strict=False`, so a wrong file silently leaves random weights).
+`model.safetensors` with only the trained weights: the connector, named `perception.connector.*`,
+and with `use_lora` the LLM's LoRA, named as the reference's peft model saves it
+(`llm_model.model.layers.{i}.self_attn.{q,k,v}_proj.lora_{A,B}.default.weight`). Loading is
+strict: a missing, unexpected or mis-shaped tensor is an error that names it (the reference
+loads with `strict=False`, so a wrong file silently leaves random weights).
 """
 
 from __future__ import annotations
@@ -49,25 +51,37 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {path}: {e}") from e
 
 
-def load_connector(connector: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strictly load official-layout weights into `connector` (errors name each bad key)."""
-    expected = connector_state(connector)
+def adapter_state(connector: nn.Module, lora=None) -> dict[str, torch.Tensor]:
+    """Every trained weight under its official name: the connector, plus the LoRA if any."""
+    return {**connector_state(connector), **(lora.state() if lora is not None else {})}
+
+
+def load_adapter(connector: nn.Module, weights: dict[str, torch.Tensor], source: str = "checkpoint",
+                 lora=None) -> None:
+    """Strictly load official-layout weights into `connector` (and `lora`); errors name each bad key."""
+    expected = adapter_state(connector, lora)
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     problems = []
     if missing:
-        problems.append(f"missing connector keys: {', '.join(missing)}")
+        what = "connector" if lora is None else "adapter"
+        problems.append(f"missing {what} keys: {', '.join(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        lora_keys = any(".lora_" in k for k in unexpected)
+        hint = " (LoRA weights: the config must say use_lora)" if lora is None and lora_keys else ""
+        problems.append(f"unexpected keys{hint}: {', '.join(unexpected)}")
     for k in sorted(set(expected) & set(weights)):
         if tuple(expected[k].shape) != tuple(weights[k].shape):
             problems.append(f"{k}: expected shape {tuple(expected[k].shape)}, found {tuple(weights[k].shape)}")
     if problems:
-        raise CheckpointError(f"{source} does not match the connector: " + "; ".join(problems))
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
     device = next(connector.parameters()).device
     dtype = next(connector.parameters()).dtype
-    state = {k[len(CONNECTOR_PREFIX) :]: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+    state = {k[len(CONNECTOR_PREFIX) :]: v.to(device=device, dtype=dtype)
+             for k, v in weights.items() if k.startswith(CONNECTOR_PREFIX)}
     connector.load_state_dict(state, strict=True)
+    if lora is not None:
+        lora.load(weights)
 
 
 def save_checkpoint(
@@ -75,11 +89,14 @@ def save_checkpoint(
     config: DestaConfig,
     connector: nn.Module,
     *,
+    lora=None,
     dtype: torch.dtype | None = None,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write `config.json` + `model.safetensors` (only the connector) atomically."""
-    return save_weights(out_dir, config, connector_state(connector), dtype=dtype, extra_files=extra_files)
+    """Write `config.json` + `model.safetensors` (the connector, and the LoRA if given) atomically."""
+    if (lora is not None) != config.use_lora:
+        raise ValueError(f"config.use_lora={config.use_lora} but LoRA weights {'given' if lora is not None else 'missing'}")
+    return save_weights(out_dir, config, adapter_state(connector, lora), dtype=dtype, extra_files=extra_files)
 
 
 def save_weights(

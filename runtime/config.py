@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 CONNECTOR_MODES = ("qformer_1",)
+LORA_SCOPES = ("all", "audio")
 
 # Tapped encoder layers (0-based raw layer outputs) used by the reference for its encoders.
 OFFICIAL_TAPS: dict[str, tuple[int, ...]] = {
@@ -46,7 +47,10 @@ class DestaConfig:
     connector_mode: str = "qformer_1"  # only Q-Former connectors exist in DeSTA2.5
     qformer_num_hidden_layers: int = 2  # DeSTA2.5-Audio itself uses 6
     prompt_size: int = 64  # learned queries per tapped layer = audio embeddings per clip
-    use_lora: bool = False  # LoRA r=16 on the LLM's q/k/v projections
+    use_lora: bool = False  # LoRA r=16 on the LLM's q/k/v projections (runtime/lora.py)
+    # Where LoRA applies (desta-edge's field; written only with use_lora): "all" tokens, as the
+    # reference, or "audio": only from a conversation's first audio position on.
+    lora_scope: str = "all"
     audio_locator: str = "<|AUDIO|>"  # marks where each clip goes in a message
     placeholder_token: str = "<|reserved_special_token_87|>"  # one token of the LLM vocab
     # Optional: the 0-based encoder layers to tap; None = the official/even-spacing rule.
@@ -59,6 +63,8 @@ class DestaConfig:
                 f"connector_mode {self.connector_mode!r} is not supported; expected one of "
                 f"{CONNECTOR_MODES}"
             )
+        if self.lora_scope not in LORA_SCOPES:
+            raise ValueError(f"lora_scope must be one of {LORA_SCOPES}, got {self.lora_scope!r}")
         if self.prompt_size < 1 or self.qformer_num_hidden_layers < 1:
             raise ValueError("prompt_size and qformer_num_hidden_layers must be >= 1")
         if self.target_layer_ids is not None:
@@ -98,4 +104,6 @@ class DestaConfig:
             del data["target_layer_ids"]
         else:
             data["target_layer_ids"] = list(data["target_layer_ids"])
+        if not data["use_lora"]:
+            del data["lora_scope"]
         return {"model_type": "desta25", **data}

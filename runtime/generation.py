@@ -110,24 +110,26 @@ def generate_stream(
 class PrefixCache:
     """Key/value cache of a fixed prompt prefix (system prompt and template up to the audio).
 
-    Computed once per distinct prefix and copied for each request (generation appends to it).
+    Computed once per distinct prefix (and `tag`: a variant of the LLM, such as LoRA on) and
+    copied for each request (generation appends to it).
     """
 
     def __init__(self) -> None:
-        self._ids: tuple[int, ...] | None = None
+        self._key: tuple | None = None
         self._cache = None
 
-    def get(self, llm: torch.nn.Module, prefix_ids: torch.Tensor):
+    def get(self, llm: torch.nn.Module, prefix_ids: torch.Tensor, tag: str | None = None):
         """A fresh copy of the cache for `prefix_ids` [1, P], computing it on a miss."""
-        key = tuple(prefix_ids[0].tolist())
-        if key != self._ids:
+        key = (tag, tuple(prefix_ids[0].tolist()))
+        if key != self._key:
+            pos = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)[None]
             with torch.inference_mode():
-                out = llm(input_ids=prefix_ids, use_cache=True)
-            self._ids, self._cache = key, out.past_key_values
+                out = llm(input_ids=prefix_ids, position_ids=pos, use_cache=True)
+            self._key, self._cache = key, out.past_key_values
         return copy.deepcopy(self._cache)
 
     def reset(self) -> None:
-        self._ids = self._cache = None
+        self._key = self._cache = None
 
 
 def stream_with_prefix(
@@ -142,12 +144,13 @@ def stream_with_prefix(
     times: StepTimes,
     cancelled: Callable[[], bool] | None = None,
     prefix_ids: torch.Tensor | None = None,
+    prefix_tag: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """`generate_stream`, reusing the cached key/values of `prefix_ids` [1, P] when given."""
     past = None
     if prefix_ids is not None:
         t0 = time.perf_counter()
-        past = prefix.get(llm, prefix_ids)
+        past = prefix.get(llm, prefix_ids, prefix_tag)
         times.prefix_ms = (time.perf_counter() - t0) * 1000
         p = prefix_ids.shape[1]
         input_ids = None if input_ids is None else input_ids[:, p:]

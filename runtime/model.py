@@ -24,11 +24,12 @@ import torch
 
 from .audio import Audio, AudioError, LogMel, has_speech, load_audio, prepare_audio
 from .backends import Backend, EncodedAudio
-from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_connector, read_weights, save_checkpoint
+from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_adapter, read_weights, save_checkpoint
 from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
 from .generation import SamplingOptions, StepTimes
 from .hf import dtype_kwarg
+from .lora import LoRA, audio_positions
 from .onnx_backend import (
     LLM_TOKENIZER_DIR, WHISPER_DIR, OnnxBackend, OrtOptions, OrtProvider, is_onnx_export, read_manifest,
 )
@@ -84,6 +85,7 @@ class _Prepared:
     input_ids: torch.Tensor | None  # text-only batches go in as ids (exactly the backbone's path)
     inputs_embeds: torch.Tensor | None
     prefix_ids: torch.Tensor | None  # [1, P] tokens before the first clip, when the prefix cache applies
+    lora_start: torch.Tensor | None  # [B] position id where LoRA begins per row; None: LoRA off
     audios: list[tuple[str, str]]
     timings_ms: dict[str, float]
     t0: float
@@ -173,8 +175,6 @@ class DestaModel:
         if is_onnx_export(name):
             raise ValueError(f"{name} is an ONNX export: load it with backend='onnx' (or 'auto')")
         config, weights, base_dir = _resolve(name)
-        if config.use_lora:
-            raise ValueError(f"{name}: LoRA checkpoints (use_lora=true) are not supported yet")
         if weights is None:
             if audio_features:
                 raise ValueError(f"{name} has no trained adapter; pass audio_features=False")
@@ -213,10 +213,11 @@ class DestaModel:
     ) -> "DestaModel":
         """Assemble from loaded backbones (tests and training build models this way).
 
-        With `audio_features` and no weights, the connector is freshly initialized (training).
+        With `audio_features` and no weights, the connector (and the LoRA of a `use_lora`
+        config) is freshly initialized (training).
         """
         front = WhisperFrontEnd(whisper, whisper_tokenizer, config.taps(whisper.config.encoder_layers))
-        connector = None
+        connector = lora = None
         if audio_features or connector_weights is not None:
             shape = ConnectorShape(
                 d_encoder=front.d_model,
@@ -227,13 +228,26 @@ class DestaModel:
                 n_layers=config.qformer_num_hidden_layers,
             )
             connector = QFormerConnector(shape)
+            lora = LoRA(llm, scope=config.lora_scope) if config.use_lora else None
             if connector_weights is not None:
-                load_connector(connector, connector_weights, source=name)
+                load_adapter(connector, connector_weights, source=name, lora=lora)
         for module in (whisper, llm):
             module.eval().requires_grad_(False)
-        if connector is not None:
-            connector.eval()
-        return cls(TorchBackend(front, connector, llm), config, llm_tokenizer, audio_features=audio_features, name=name)
+        for module in (connector, lora):
+            if module is not None:
+                module.eval()
+        backend = TorchBackend(front, connector, llm, lora)
+        return cls(backend, config, llm_tokenizer, audio_features=audio_features, name=name)
+
+    def attach_lora(self, scope: str) -> LoRA:
+        """Give a model without LoRA a fresh one (a no-op until trained): training adds it this way."""
+        if not isinstance(self.backend, TorchBackend):
+            raise ValueError(f"LoRA needs the torch backend, not {self.backend_name}")
+        if self.backend.lora is not None:
+            raise ValueError(f"{self.name} already has a LoRA (scope {self.backend.lora.scope!r})")
+        self.config = replace(self.config, use_lora=True, lora_scope=scope)
+        self.backend.lora = LoRA(self.backend.llm_model, scope=scope)
+        return self.backend.lora
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "DestaModel":
         self.backend.to(device=device, dtype=dtype)
@@ -264,11 +278,15 @@ class DestaModel:
     def connector(self) -> QFormerConnector | None:
         return getattr(self.backend, "connector", None)
 
+    @property
+    def lora(self) -> LoRA | None:
+        return getattr(self.backend, "lora", None)
+
     def save_pretrained(self, out_dir: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
-        """Write the official layout: config.json + model.safetensors (connector only)."""
+        """Write the official layout: config.json + model.safetensors (connector, and LoRA if any)."""
         if self.connector is None:
             raise ValueError("this model has no connector to save")
-        return save_checkpoint(out_dir, self.config, self.connector, dtype=dtype)
+        return save_checkpoint(out_dir, self.config, self.connector, lora=self.lora, dtype=dtype)
 
     def connector_state_dict(self) -> dict[str, torch.Tensor]:
         if self.connector is None:
@@ -386,20 +404,26 @@ class DestaModel:
             spans=[(n_audio, len(ids)) for ids in text_ids],
         )
         audios = [(clip.source, text or "") for clip, text in zip(clips, transcripts)]
+        lora_start = None
+        if self.lora is not None and self.audio_features:  # the ablation runs the plain backbone
+            lora_start = self.lora.starts(len(conversations), audio_positions(batch.attention_mask, batch.splices))
         if not refs:
-            return _Prepared(len(conversations), batch.attention_mask, batch.input_ids, None, None, audios, timings, t0)
+            return _Prepared(len(conversations), batch.attention_mask, batch.input_ids, None, None, lora_start,
+                             audios, timings, t0)
         if hasattr(self.backend, "prompt_inputs"):  # TensorRT-LLM: ids + a prompt table, not input embeddings
             table = self.backend.prompt_inputs(batch, audio_embeds, text_ids)
-            return _Prepared(len(conversations), batch.attention_mask, None, table, None, audios, timings, t0)
+            return _Prepared(len(conversations), batch.attention_mask, None, table, None, None, audios, timings, t0)
         embeds = self.backend.embed(batch.input_ids)
         text_embeds = [self.backend.embed(torch.tensor(ids, dtype=torch.long)) for ids in text_ids]
         embeds = splice(embeds, batch.splices, audio_embeds, text_embeds)
         prefix = None
         if self.use_prefix_cache and len(conversations) == 1 and batch.splices[0].start > 0:
             prefix = batch.input_ids[:, : batch.splices[0].start]
-        return _Prepared(len(conversations), batch.attention_mask, None, embeds, prefix, audios, timings, t0)
+        return _Prepared(len(conversations), batch.attention_mask, None, embeds, prefix, lora_start, audios, timings,
+                         t0)
 
     def _tokens(self, prep: _Prepared, opts: SamplingOptions, times: StepTimes, cancelled=None) -> Iterator[torch.Tensor]:
+        lora = {} if prep.lora_start is None else {"lora_start": prep.lora_start}  # only the torch backend has LoRA
         return self.backend.stream_tokens(
             attention_mask=prep.attention_mask,
             input_ids=prep.input_ids,
@@ -409,6 +433,7 @@ class DestaModel:
             times=times,
             cancelled=cancelled,
             prefix_ids=prep.prefix_ids,
+            **lora,
         )
 
     def _finish_timings(self, prep: _Prepared, times: StepTimes) -> dict[str, float]:

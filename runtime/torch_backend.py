@@ -2,7 +2,9 @@
 
 Module names follow the official checkpoint: `perception.whisper` (frozen Whisper),
 `perception.connector` (the trained Q-Former), `llm_model` (the frozen LLM), so
-`connector_state(self.perception.connector)` is exactly what a checkpoint holds.
+`connector_state(self.perception.connector)` is exactly what a checkpoint holds. An optional
+`lora` (runtime/lora.py) adds low-rank updates to the LLM's attention through hooks, only while
+a call passes `lora_start`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 
 from .backends import EncodedAudio
 from .connector import QFormerConnector
+from .lora import LoRA
 from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, stream_with_prefix
 from .whisper import WhisperFrontEnd
 
@@ -26,10 +29,12 @@ class Perception(nn.Module):
 
 
 class TorchBackend(nn.Module):
-    def __init__(self, whisper: WhisperFrontEnd, connector: QFormerConnector | None, llm: nn.Module) -> None:
+    def __init__(self, whisper: WhisperFrontEnd, connector: QFormerConnector | None, llm: nn.Module,
+                 lora: LoRA | None = None) -> None:
         super().__init__()
         self.perception = Perception(whisper, connector)
         self.llm_model = llm
+        self.lora = lora
         self.n_mels = whisper.n_mels
         self._prefix = PrefixCache()
 
@@ -79,19 +84,36 @@ class TorchBackend(nn.Module):
         times: StepTimes,
         cancelled: Callable[[], bool] | None = None,
         prefix_ids: torch.Tensor | None = None,
+        lora_start: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
-        return stream_with_prefix(
-            self.llm_model,
-            self._prefix,
-            attention_mask=attention_mask.to(self.device),
-            input_ids=None if input_ids is None else input_ids.to(self.device),
-            inputs_embeds=inputs_embeds,
-            eos_ids=eos_ids,
-            opts=opts,
-            times=times,
-            cancelled=cancelled,
-            prefix_ids=None if prefix_ids is None else prefix_ids.to(self.device),
-        )
+        """`lora_start` [B]: LoRA from that position id on in each row (see `LoRA.active`)."""
+        if lora_start is not None and self.lora is None:
+            raise ValueError("lora_start given, but this model has no LoRA")
+
+        def run() -> Iterator[torch.Tensor]:
+            # the prefix cache is shared by calls with and without LoRA only where LoRA
+            # cannot reach the prefix (scope "audio" starts after it)
+            tag = "lora" if lora_start is not None and int(lora_start.min()) < prefix_len else None
+            return stream_with_prefix(
+                self.llm_model,
+                self._prefix,
+                attention_mask=attention_mask.to(self.device),
+                input_ids=None if input_ids is None else input_ids.to(self.device),
+                inputs_embeds=inputs_embeds,
+                eos_ids=eos_ids,
+                opts=opts,
+                times=times,
+                cancelled=cancelled,
+                prefix_ids=None if prefix_ids is None else prefix_ids.to(self.device),
+                prefix_tag=tag,
+            )
+
+        prefix_len = 0 if prefix_ids is None else prefix_ids.shape[1]
+        if lora_start is None:
+            return run()
+        with self.lora.active(lora_start):  # the prefix and the prefill run in this call
+            tokens = run()
+        return self.lora.over(tokens, lora_start)
 
     def reset(self) -> None:
         """Forget cached state (the prompt-prefix key/value cache)."""

@@ -179,21 +179,27 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str) -> None:
         with torch.no_grad():
             for p in model.connector.parameters():
                 p.add_(1.0)
+    # with a LoRA, which each rank initializes from its own RNG: DDP must broadcast it too
     opts = TrainOptions(data=Path(tmp) / "data" / "data.jsonl", out_dir=Path(tmp) / "out", steps=3, batch_size=1,
-                        grad_accum=2, lr=1e-3, warmup_steps=1, save_every=2, loss_plot=False, device="cpu")
+                        grad_accum=2, lr=1e-3, warmup_steps=1, save_every=2, loss_plot=False, device="cpu",
+                        lora="audio")
     train(opts, model)
-    torch.save(connector_state(model), Path(tmp) / f"rank{rank}.pt")
+    lora = {k: v.detach().clone() for k, v in model.lora.state().items()}
+    torch.save((connector_state(model), lora), Path(tmp) / f"rank{rank}.pt")
 
 
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     write_data(tmp_path / "data")
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    (a, lora_a), (b, lora_b) = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
     start = connector_state(build_tiny_model())
     assert any(not torch.equal(a[k], start[k]) for k in a)  # it trained
+    assert any(v.any() for k, v in lora_a.items() if "lora_B" in k)  # the LoRA too (B starts at 0)
     saved = read_weights(tmp_path / "out" / "model.safetensors")
     assert all(torch.equal(saved["perception.connector." + k], a[k]) for k in a)
+    assert all(torch.equal(saved[k], lora_a[k]) for k in lora_a)
     assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 only
 
 

@@ -67,6 +67,9 @@ def register_cli(subparsers: Any) -> None:
     t.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     t.add_argument("--precision", choices=("tf32", "bf16"), default="tf32",
                    help="CUDA only: fp32 weights with TF32 matmuls, or bf16 backbones + autocast (default: tf32)")
+    t.add_argument("--lora", choices=("all", "audio"), default=None,
+                   help="also train LoRA r=16 on the LLM's q/k/v: on every token (all, as the reference) or only "
+                        "from a conversation's first audio position on (audio: text-only answers stay the backbone's)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--no-plot", action="store_true", help="do not write loss.png (which needs matplotlib)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
@@ -163,7 +166,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
             save_every=args.save_every, seed=args.seed, limit=args.limit, num_workers=args.workers,
             device=args.device, resume=args.resume, loss_plot=not args.no_plot, progress=not args.json,
-            precision=args.precision,
+            precision=args.precision, lora=args.lora,
         )
         result = train(options)
     except (ValueError, FileNotFoundError) as e:

@@ -83,12 +83,19 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
     if para.get("average_model") is not None and para.get("average_transcript_only") is not None:
         gain = 100 * (para["average_model"] - para["average_transcript_only"])
     corpus_opts = corpus["options"]
+    if config.use_lora:
+        reach = ("every token" if config.lora_scope == "all"
+                 else "from a conversation's first audio position on, so text-only conversations get the backbone's answers")
+        trained = (f"The connector and a LoRA (r=16, q/k/v of every LLM layer, active on {reach}) are trained; "
+                   f"the backbones' own weights are frozen and unchanged.")
+    else:
+        trained = "Only the connector is trained; both backbones are frozen and unchanged."
     lines = [
         f"# {out_dir.name}: the tiny preset's audio adapter",
         "",
         f"A DeSTA2.5-Audio connector (Q-Former, {config.qformer_num_hidden_layers} layers, {config.prompt_size} queries per "
-        f"tapped Whisper layer) between `{config.encoder_model_id}` and `{config.llm_model_id}`. Only the connector "
-        f"is trained; both backbones are frozen and unchanged. {run['trained_parameters']:,} parameters, stored in "
+        f"tapped Whisper layer) between `{config.encoder_model_id}` and `{config.llm_model_id}`. {trained} "
+        f"{run['trained_parameters']:,} parameters, stored in "
         f"fp16 ({size_mb:.1f} MB), official checkpoint layout (`config.json` + `model.safetensors`).",
         "",
         "## Data recipe",

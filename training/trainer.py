@@ -1,4 +1,4 @@
-"""Connector training: frozen Whisper encoder and LLM, a trainable Q-Former, loss on the response.
+"""Adapter training: frozen Whisper encoder and LLM, a trainable Q-Former (+ optional LoRA), loss on the response.
 
     features ──► Whisper encoder (frozen, no grad) ──► 4 taps
              ──► connector (train mode, dropout on) ──► 64 audio embeddings
@@ -27,8 +27,12 @@ Design choices:
   `model.safetensors`, connector only, via `runtime.checkpoint.save_checkpoint`) plus
   `trainer_state.pt`; the last `keep_checkpoints` are kept. The final adapter is also written to
   the output directory itself, so `DestaModel.from_pretrained(out_dir)` loads it.
+- LoRA (optional, `lora="all"|"audio"`, runtime/lora.py): r=16 on the LLM's q/k/v, trained with
+  the connector. The LLM's own weights stay frozen; the LoRA hooks add their update only inside
+  `LoRA.active` (every token for "all", from the first audio position on for "audio"), in
+  training exactly as at inference.
 - DDP: with `WORLD_SIZE` > 1 in the environment (torchrun, accelerate launch) a process group is
-  initialized (gloo on CPU, nccl on CUDA), the connector is wrapped in DDP, each rank reads its
+  initialized (gloo on CPU, nccl on CUDA), the trained parts (connector + LoRA) are wrapped in DDP, each rank reads its
   shard, and only rank 0 writes files.
 - The metrics log is JSONL (step, epoch, loss, lr, grad_norm, seconds); on resume, lines past the
   resumed step (written after the last checkpoint) are dropped. The loss curve PNG needs matplotlib,
@@ -55,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from desta_edge.runtime.checkpoint import WEIGHTS_NAME, load_connector, read_weights, save_checkpoint
+from desta_edge.runtime.checkpoint import WEIGHTS_NAME, load_adapter, read_weights, save_checkpoint
+from desta_edge.runtime.lora import audio_positions
 from desta_edge.runtime.prompt import splice
 
 from .dataset import IGNORE_INDEX, AQADataset, Collator, TrainBatch
@@ -105,6 +110,7 @@ class TrainOptions:
     device: str | None = None  # torch device (default: cuda if available, else cpu)
     num_workers: int = 0  # DataLoader worker processes (audio loading + log-mel)
     limit: int | None = None  # use only the first N records
+    lora: str | None = None  # add a fresh LoRA with this scope ("all" or "audio") and train it too
     loss_plot: bool = True  # write loss.png (needs matplotlib)
     progress: bool = False  # show a progress bar (rank 0)
 
@@ -132,10 +138,25 @@ def encode_taps(model, features: torch.Tensor) -> list[torch.Tensor]:
     return out.taps  # n_taps x [N, T, d_enc]
 
 
+class TrainedParts(nn.Module):
+    """What training updates: the connector and the model's LoRA (if any), one module for DDP.
+
+    Calling it runs the connector; the LoRA acts inside the LLM through its hooks.
+    """
+
+    def __init__(self, connector: nn.Module, lora: nn.Module | None) -> None:
+        super().__init__()
+        self.connector, self.lora = connector, lora
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        return self.connector(taps)
+
+
 def training_loss(model, connector: nn.Module, batch: TrainBatch) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the labelled tokens of `batch`, and how many there are.
 
-    `connector` is the model's connector or its DDP wrapper (called, so DDP syncs gradients).
+    `connector` is the model's connector, its `TrainedParts` or their DDP wrapper (called, so
+    DDP syncs gradients).
     """
     llm = model.backend.llm_model
     taps = encode_taps(model, batch.features)
@@ -146,8 +167,11 @@ def training_loss(model, connector: nn.Module, batch: TrainBatch) -> tuple[torch
         embeds = embed(batch.input_ids)  # [B, L, d_llm]
         text = [embed(t) for t in batch.transcript_ids]
     embeds = splice(embeds, batch.splices, audio, text)
-    hidden = llm.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    lora = model.lora
+    start = None if lora is None else lora.starts(len(batch.ids), audio_positions(batch.attention_mask, batch.splices))
+    with lora.active(start) if lora is not None else nullcontext():
+        hidden = llm.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids, use_cache=False).last_hidden_state
     targets = batch.labels[:, 1:]  # position t predicts token t + 1
     keep = targets != IGNORE_INDEX
     logits = llm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # [n_labelled, V]
@@ -200,8 +224,11 @@ def _setup_distributed(device: str | None) -> _Dist:
     return _Dist(rank, world, dev, owns)
 
 
-def load_training_model(name: str, device: torch.device, precision: str = "tf32"):
-    """A model with a trainable connector: a preset gets a fresh one, a checkpoint dir keeps its own."""
+def load_training_model(name: str, device: torch.device, precision: str = "tf32", lora: str | None = None):
+    """A model with a trainable connector: a preset gets a fresh one, a checkpoint dir keeps its own.
+
+    lora: a scope to train a LoRA in: a checkpoint's own LoRA must have it, else a fresh one is added.
+    """
     from desta_edge.runtime.model import DestaModel, _load_llm, _load_whisper
     from desta_edge.runtime.presets import PRESETS, resolve_backbone
 
@@ -216,6 +243,11 @@ def load_training_model(name: str, device: torch.device, precision: str = "tf32"
         model = DestaModel.from_components(config, whisper, wtok, llm, ltok, audio_features=True, name=name)
     else:
         model = DestaModel.from_pretrained(name, device=device, dtype=dtype, audio_features=True)
+    if lora is not None:
+        if model.lora is None:
+            model.attach_lora(lora)
+        elif model.lora.scope != lora:
+            raise ValueError(f"{name} has a LoRA of scope {model.lora.scope!r}; cannot train it as {lora!r}")
     return model.to(device, dtype)
 
 
@@ -321,8 +353,10 @@ def train(options: TrainOptions, model=None, *, on_step: Callable[[dict[str, Any
     try:
         torch.manual_seed(options.seed + d.rank)
         if model is None:
-            model = load_training_model(options.model, d.device, options.precision)
+            model = load_training_model(options.model, d.device, options.precision, options.lora)
         else:
+            if options.lora is not None and model.lora is None:
+                model.attach_lora(options.lora)
             model.to(d.device)
         if model.connector is None:
             raise ValueError(f"{model.name} has no connector to train")
@@ -334,8 +368,9 @@ def train(options: TrainOptions, model=None, *, on_step: Callable[[dict[str, Any
 
 def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> TrainResult:
     out = Path(options.out_dir)
-    connector = model.connector.float().train()
-    params = [p for p in connector.parameters()]
+    parts = TrainedParts(model.connector, model.lora).float().train()
+    connector = model.connector
+    params = [p for p in parts.parameters()]
     for p in params:
         p.requires_grad_(True)
     dataset = AQADataset(options.data, options.data_root, limit=options.limit)
@@ -348,17 +383,18 @@ def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> T
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, options.min_lr_ratio))
     step = 0
     if options.resume:
-        step = _resume(out, connector, optimizer, scheduler, settings, d)
-    wrapped: nn.Module = connector
+        step = _resume(out, model, optimizer, scheduler, settings, d)
+    wrapped: nn.Module = parts
     if d.world > 1:
         ids = [d.device.index] if d.device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(connector, device_ids=ids)
+        wrapped = nn.parallel.DistributedDataParallel(parts, device_ids=ids)
     metrics_path = out / METRICS_NAME
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
-        logger.info("training %d connector parameters for %d steps (from %d; %d records, %d per epoch per rank, "
-                    "warm-up %d)", sum(p.numel() for p in params), total, step, len(dataset),
+        n_lora = sum(p.numel() for p in model.lora.parameters()) if model.lora is not None else 0
+        logger.info("training %d adapter parameters (LoRA: %d) for %d steps (from %d; %d records, %d per epoch "
+                    "per rank, warm-up %d)", sum(p.numel() for p in params), n_lora, total, step, len(dataset),
                     batches.per_epoch, warmup)
     def autocast():
         bf16 = d.device.type == "cuda" and options.precision == "bf16"
@@ -398,14 +434,14 @@ def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> T
         bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
         bar.update(1)
         if step % options.save_every == 0 or step == total:
-            _save(out, model, connector, optimizer, scheduler, step, settings, options.keep_checkpoints, d)
+            _save(out, model, optimizer, scheduler, step, settings, options.keep_checkpoints, d)
         if on_step is not None:
             on_step(row)
     bar.close()
     plot = None
     mean = sum(step_times) / len(step_times) if step_times else None
     if d.main:
-        save_checkpoint(out, model.config, connector)
+        save_checkpoint(out, model.config, connector, lora=model.lora)
         if options.loss_plot and metrics_path.exists():
             plot = plot_losses(metrics_path, out / PLOT_NAME)
         run = {"options": options_dict(options), "steps": step, "world_size": d.world, "records": len(dataset),
@@ -415,16 +451,15 @@ def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> T
         logger.info("trained to step %d; adapter in %s", step, out)
     if d.world > 1:
         dist.barrier()
-    connector.eval().to(dtype=model.backend.dtype)  # ready for inference with the backbones' dtype
+    parts.eval().to(dtype=model.backend.dtype)  # ready for inference with the backbones' dtype
     return TrainResult(out, step, last_loss, metrics_path, plot, time.perf_counter() - t_start, mean)
 
 
-def _save(out: Path, model, connector: nn.Module, optimizer, scheduler, step: int, settings: dict[str, Any],
-          keep: int, d: _Dist) -> None:
+def _save(out: Path, model, optimizer, scheduler, step: int, settings: dict[str, Any], keep: int, d: _Dist) -> None:
     rng = _gather_rng(d.world)  # a collective: every rank takes part
     if d.main:
         target = out / CHECKPOINTS_DIR / STEP_DIR_FORMAT.format(step)
-        save_checkpoint(target, model.config, connector)
+        save_checkpoint(target, model.config, model.connector, lora=model.lora)
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": rng, "settings": settings}
         tmp = target / (STATE_NAME + ".tmp")
@@ -437,7 +472,7 @@ def _save(out: Path, model, connector: nn.Module, optimizer, scheduler, step: in
         dist.barrier()
 
 
-def _resume(out: Path, connector: nn.Module, optimizer, scheduler, settings: dict[str, Any], d: _Dist) -> int:
+def _resume(out: Path, model, optimizer, scheduler, settings: dict[str, Any], d: _Dist) -> int:
     found = _step_dirs(out)
     if not found:
         logger.warning("resume: no checkpoint in %s; starting from step 0", out / CHECKPOINTS_DIR)
@@ -448,7 +483,7 @@ def _resume(out: Path, connector: nn.Module, optimizer, scheduler, settings: dic
         if state["settings"].get(key) != settings[key]:
             raise ValueError(f"{path}: cannot resume with {key}={settings[key]!r}; the run was made with "
                              f"{key}={state['settings'].get(key)!r} (it fixes the data order and schedule)")
-    load_connector(connector, read_weights(path / WEIGHTS_NAME), source=str(path))
+    load_adapter(model.connector, read_weights(path / WEIGHTS_NAME), source=str(path), lora=model.lora)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng(state["rng"][d.rank])

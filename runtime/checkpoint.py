@@ -95,7 +95,8 @@ def save_checkpoint(
 ) -> Path:
     """Write `config.json` + `model.safetensors` (the connector, and the LoRA if given) atomically."""
     if (lora is not None) != config.use_lora:
-        raise ValueError(f"config.use_lora={config.use_lora} but LoRA weights {'given' if lora is not None else 'missing'}")
+        given = "given" if lora is not None else "missing"
+        raise ValueError(f"config.use_lora={config.use_lora} but LoRA weights {given}")
     return save_weights(out_dir, config, adapter_state(connector, lora), dtype=dtype, extra_files=extra_files)
 
 

@@ -45,7 +45,8 @@ def build(scope: str | None, *, weights=None, audio_features: bool = True, lora_
 
 def audio_turn(text: str = "beep") -> list[dict]:
     return [{"role": "system", "content": "Be brief."},
-            {"role": "user", "content": f"<|AUDIO|>\n{QUESTION}", "audios": [{"audio": (tone(0.5), 16000), "text": text}]}]
+            {"role": "user", "content": f"<|AUDIO|>\n{QUESTION}",
+             "audios": [{"audio": (tone(0.5), 16000), "text": text}]}]
 
 
 TEXT_TURN = [{"role": "user", "content": QUESTION}]

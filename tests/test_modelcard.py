@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 import torch
 
 from desta_edge.runtime.checkpoint import read_weights
@@ -17,7 +18,8 @@ from desta_edge.training.trainer import TrainOptions, train
 from conftest import build_tiny_model
 
 
-def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys):
+@pytest.mark.parametrize("lora", [None, "audio"])
+def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora):
     corpus = tmp_path / "corpus"
     build_corpus(CorpusOptions(out_dir=corpus, size=6, seed=3, workers=1, sound_fraction=0.3,
                                split_fractions=(0.0, 0.0, 1.0), noisy_fraction=0.5))
@@ -27,7 +29,7 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys):
     model = build_tiny_model()
     run = tmp_path / "run"
     train(TrainOptions(data=data, data_root=corpus, out_dir=run, steps=3, batch_size=2, lr=1e-3, warmup_steps=1,
-                       loss_plot=False), model)
+                       loss_plot=False, lora=lora), model)
     result = evaluate(model, EvalOptions(corpus_dir=corpus, batch_size=8, label_max_new_tokens=3,
                                          qa_max_new_tokens=4, text_max_new_tokens=6))
     write_report(result, tmp_path / "eval")
@@ -52,6 +54,11 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys):
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert f"{sum(losses) / len(losses):.3f}" in card  # 3 steps: first and last windows are all of them
     assert card.rstrip().endswith("Synthetic voices only.")
+    if lora is None:
+        assert "Only the connector is trained" in card
+    else:
+        assert "a LoRA (r=16, q/k/v of every LLM layer, active from a conversation's first audio position" in card
+        assert "--seed 0 --lora audio`" in card and any(".lora_B." in k for k in shipped)
     assert json.loads((out / "eval.json").read_text()) == result
 
 

@@ -83,10 +83,11 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
     if para.get("average_model") is not None and para.get("average_transcript_only") is not None:
         gain = 100 * (para["average_model"] - para["average_transcript_only"])
     corpus_opts = corpus["options"]
+    lora_opt = f" --lora {opts['lora']}" if opts.get("lora") else ""
     if config.use_lora:
-        reach = ("every token" if config.lora_scope == "all"
-                 else "from a conversation's first audio position on, so text-only conversations get the backbone's answers")
-        trained = (f"The connector and a LoRA (r=16, q/k/v of every LLM layer, active on {reach}) are trained; "
+        reach = ("on every token" if config.lora_scope == "all" else
+                 "from a conversation's first audio position on, so text-only conversations get the backbone's answers")
+        trained = (f"The connector and a LoRA (r=16, q/k/v of every LLM layer, active {reach}) are trained; "
                    f"the backbones' own weights are frozen and unchanged.")
     else:
         trained = "Only the connector is trained; both backbones are frozen and unchanged."
@@ -116,7 +117,8 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         "## Training",
         "",
         f"- `desta-edge train --steps {run['steps']} --batch-size {opts['batch_size']} --grad-accum {opts['grad_accum']} "
-        f"--lr {opts['lr']} --seed {opts['seed']}`: {run['records']} records, warm-up {run['warmup_steps']} steps then "
+        f"--lr {opts['lr']} --seed {opts['seed']}{lora_opt}`: {run['records']} records, "
+        f"warm-up {run['warmup_steps']} steps then "
         f"cosine, AdamW, grad clipping {opts['max_grad_norm']}, on `{run['device']}` ({run['world_size']} process(es)).",
         f"- Loss on the response tokens: {first:.3f} (mean of the first {LOSS_WINDOW} steps) → {last:.3f} (last {LOSS_WINDOW})."
         if first is not None and last is not None else "- No loss recorded.",

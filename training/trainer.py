@@ -32,8 +32,8 @@ Design choices:
   `LoRA.active` (every token for "all", from the first audio position on for "audio"), in
   training exactly as at inference.
 - DDP: with `WORLD_SIZE` > 1 in the environment (torchrun, accelerate launch) a process group is
-  initialized (gloo on CPU, nccl on CUDA), the trained parts (connector + LoRA) are wrapped in DDP, each rank reads its
-  shard, and only rank 0 writes files.
+  initialized (gloo on CPU, nccl on CUDA), the trained parts (connector + LoRA) are wrapped in
+  DDP, each rank reads its shard, and only rank 0 writes files.
 - The metrics log is JSONL (step, epoch, loss, lr, grad_norm, seconds); on resume, lines past the
   resumed step (written after the last checkpoint) are dropped. The loss curve PNG needs matplotlib,
   checked before training starts so a long run does not fail at the end.

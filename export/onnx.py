@@ -104,7 +104,7 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
         raise ValueError(f"quantize_graphs must name some of {tuple(GRAPHS)}, got {quantize_graphs!r}")
     from safetensors.torch import save_file
 
-    if getattr(model, "lora", None) is not None:
+    if model.lora is not None:
         raise ValueError(f"{source} has a LoRA (use_lora): ONNX export of LoRA adapters is not supported yet; "
                          "run it with the torch backend")
     if model.device.type != "cpu" or getattr(model.backend, "dtype", None) != torch.float32:

@@ -6,8 +6,7 @@ both ways:
     llm_model.model.layers.{i}.self_attn.{q,k,v}_proj.lora_B.default.weight   [out, r]
 
 The backbone's modules are not replaced: a forward hook on each projection adds
-`scale * B(A(dropout(x)))` to its output, so the frozen LLM keeps its own parameter names and
-`detach()` gives it back unchanged.
+`scale * B(A(dropout(x)))` to its output, so the frozen LLM keeps its own parameter names.
 
 Scope (`DestaConfig.lora_scope`):
 - "all": every token of every conversation, as the reference does. Text-only answers change too.
@@ -16,9 +15,9 @@ Scope (`DestaConfig.lora_scope`):
   backbone's, so language preservation holds by construction and the prefix key/value cache
   stays valid.
 
-The module itself only knows "from position id `start[b]` on in row b" (`active`); the caller
-turns a scope into starts (`starts`): zeros for "all", each row's first audio position for
-"audio". Outside `active` the LLM is the plain backbone (the transcript-only ablation).
+The hooks only know "from position id `start[b]` on in row b" (`active`); `starts` turns the
+scope and a prompt's audio splices into those positions: zeros for "all", each row's first audio
+position for "audio". Outside `active` the LLM is the plain backbone (the transcript-only ablation).
 """
 
 from __future__ import annotations
@@ -48,11 +47,10 @@ class LoRA(nn.Module):
         super().__init__()
         if scope not in SCOPES:
             raise ValueError(f"lora scope must be one of {SCOPES}, got {scope!r}")
-        self.scope, self.rank, self.scale = scope, rank, alpha / rank
+        self.scope, self.scale = scope, alpha / rank
         self.dropout = nn.Dropout(dropout)
         self.names: list[str] = []  # official name of A, then B, per projection
         self.A, self.B = nn.ParameterList(), nn.ParameterList()
-        self._handles = []
         self._start: torch.Tensor | None = None  # [B] position id where LoRA begins in each row
         self._gate: torch.Tensor | None = None  # [B, S, 1] for the LLM call in progress
         p = next(llm.parameters())
@@ -64,8 +62,8 @@ class LoRA(nn.Module):
                 self.A.append(nn.Parameter(a))
                 self.B.append(nn.Parameter(torch.zeros(linear.out_features, rank, device=p.device, dtype=p.dtype)))
                 self.names += [NAME.format(layer=i, proj=proj, ab=ab) for ab in "AB"]
-                self._handles.append(linear.register_forward_hook(self._hook(len(self.A) - 1)))
-        self._handles.append(llm.model.register_forward_pre_hook(self._positions, with_kwargs=True))
+                linear.register_forward_hook(self._hook(len(self.A) - 1))
+        llm.model.register_forward_pre_hook(self._positions, with_kwargs=True)
 
     # ------------------------------------------------------------------ weights
 
@@ -82,23 +80,17 @@ class LoRA(nn.Module):
             for name, param in self.state().items():
                 param.copy_(weights[name].to(param.dtype))
 
-    def detach(self) -> None:
-        """Remove the hooks: the LLM is the plain backbone again."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
     # ------------------------------------------------------------------ where it applies
 
-    def starts(self, batch_size: int, audio_starts: torch.Tensor | None) -> torch.Tensor | None:
-        """This scope's per-row start positions, given each row's first audio position id.
+    def starts(self, attention_mask: torch.Tensor, splices) -> torch.Tensor | None:
+        """This scope's per-row start positions for a left-padded prompt with these audio splices.
 
-        `audio_starts` comes from `audio_positions` (None: no row carries audio). Scope "all"
-        starts every row at 0; scope "audio" at its first audio position (None: LoRA stays off).
+        Scope "all" starts every row at 0; scope "audio" at its first audio position
+        (`audio_positions`; None when no row carries audio: LoRA stays off).
         """
         if self.scope == "all":
-            return torch.zeros(batch_size, dtype=torch.long)
-        return audio_starts
+            return torch.zeros(attention_mask.shape[0], dtype=torch.long)
+        return audio_positions(attention_mask, splices)
 
     @contextmanager
     def active(self, start: torch.Tensor | None) -> Iterator[None]:

@@ -29,7 +29,7 @@ from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
 from .generation import SamplingOptions, StepTimes
 from .hf import dtype_kwarg
-from .lora import LoRA, audio_positions
+from .lora import LoRA
 from .onnx_backend import (
     LLM_TOKENIZER_DIR, WHISPER_DIR, OnnxBackend, OrtOptions, OrtProvider, is_onnx_export, read_manifest,
 )
@@ -406,7 +406,7 @@ class DestaModel:
         audios = [(clip.source, text or "") for clip, text in zip(clips, transcripts)]
         lora_start = None
         if self.lora is not None and self.audio_features:  # the ablation runs the plain backbone
-            lora_start = self.lora.starts(len(conversations), audio_positions(batch.attention_mask, batch.splices))
+            lora_start = self.lora.starts(batch.attention_mask, batch.splices)
         if not refs:
             return _Prepared(len(conversations), batch.attention_mask, batch.input_ids, None, None, lora_start,
                              audios, timings, t0)

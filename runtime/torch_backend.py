@@ -16,8 +16,8 @@ from torch import nn
 
 from .backends import EncodedAudio
 from .connector import QFormerConnector
-from .lora import LoRA
 from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, stream_with_prefix
+from .lora import LoRA
 from .whisper import WhisperFrontEnd
 
 
@@ -87,33 +87,34 @@ class TorchBackend(nn.Module):
         lora_start: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
         """`lora_start` [B]: LoRA from that position id on in each row (see `LoRA.active`)."""
-        if lora_start is not None and self.lora is None:
-            raise ValueError("lora_start given, but this model has no LoRA")
-
-        def run() -> Iterator[torch.Tensor]:
-            # the prefix cache is shared by calls with and without LoRA only where LoRA
-            # cannot reach the prefix (scope "audio" starts after it)
-            tag = "lora" if lora_start is not None and int(lora_start.min()) < prefix_len else None
-            return stream_with_prefix(
-                self.llm_model,
-                self._prefix,
-                attention_mask=attention_mask.to(self.device),
-                input_ids=None if input_ids is None else input_ids.to(self.device),
-                inputs_embeds=inputs_embeds,
-                eos_ids=eos_ids,
-                opts=opts,
-                times=times,
-                cancelled=cancelled,
-                prefix_ids=None if prefix_ids is None else prefix_ids.to(self.device),
-                prefix_tag=tag,
-            )
-
-        prefix_len = 0 if prefix_ids is None else prefix_ids.shape[1]
         if lora_start is None:
-            return run()
+            return self._stream(attention_mask, input_ids, inputs_embeds, eos_ids, opts, times, cancelled, prefix_ids)
+        if self.lora is None:
+            raise ValueError("lora_start given, but this model has no LoRA")
+        # the prefix cache is shared with calls without LoRA only where LoRA cannot reach the
+        # prefix (scope "audio" starts after it)
+        prefix_len = 0 if prefix_ids is None else prefix_ids.shape[1]
+        tag = "lora" if int(lora_start.min()) < prefix_len else None
         with self.lora.active(lora_start):  # the prefix and the prefill run in this call
-            tokens = run()
+            tokens = self._stream(attention_mask, input_ids, inputs_embeds, eos_ids, opts, times, cancelled,
+                                  prefix_ids, tag)
         return self.lora.over(tokens, lora_start)
+
+    def _stream(self, attention_mask, input_ids, inputs_embeds, eos_ids, opts, times, cancelled, prefix_ids,
+                prefix_tag: str | None = None) -> Iterator[torch.Tensor]:
+        return stream_with_prefix(
+            self.llm_model,
+            self._prefix,
+            attention_mask=attention_mask.to(self.device),
+            input_ids=None if input_ids is None else input_ids.to(self.device),
+            inputs_embeds=inputs_embeds,
+            eos_ids=eos_ids,
+            opts=opts,
+            times=times,
+            cancelled=cancelled,
+            prefix_ids=None if prefix_ids is None else prefix_ids.to(self.device),
+            prefix_tag=prefix_tag,
+        )
 
     def reset(self) -> None:
         """Forget cached state (the prompt-prefix key/value cache)."""

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from desta_edge.runtime.config import LORA_SCOPES
+
 EXIT_BAD_INPUT = 2
 
 
@@ -67,7 +69,7 @@ def register_cli(subparsers: Any) -> None:
     t.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     t.add_argument("--precision", choices=("tf32", "bf16"), default="tf32",
                    help="CUDA only: fp32 weights with TF32 matmuls, or bf16 backbones + autocast (default: tf32)")
-    t.add_argument("--lora", choices=("all", "audio"), default=None,
+    t.add_argument("--lora", choices=LORA_SCOPES, default=None,
                    help="also train LoRA r=16 on the LLM's q/k/v: on every token (all, as the reference) or only "
                         "from a conversation's first audio position on (audio: text-only answers stay the backbone's)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

@@ -60,7 +60,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from desta_edge.runtime.checkpoint import WEIGHTS_NAME, load_adapter, read_weights, save_checkpoint
-from desta_edge.runtime.lora import audio_positions
 from desta_edge.runtime.prompt import splice
 
 from .dataset import IGNORE_INDEX, AQADataset, Collator, TrainBatch
@@ -168,7 +167,7 @@ def training_loss(model, connector: nn.Module, batch: TrainBatch) -> tuple[torch
         text = [embed(t) for t in batch.transcript_ids]
     embeds = splice(embeds, batch.splices, audio, text)
     lora = model.lora
-    start = None if lora is None else lora.starts(len(batch.ids), audio_positions(batch.attention_mask, batch.splices))
+    start = None if lora is None else lora.starts(batch.attention_mask, batch.splices)
     with lora.active(start) if lora is not None else nullcontext():
         hidden = llm.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state

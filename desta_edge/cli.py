@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from desta_edge import AudioError, DestaModel, load_audio
+    from desta_edge.runtime.backends import whisper_dtype
 
     if args.max_new_tokens < 1:
         return _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", EXIT_BAD_INPUT)
@@ -79,7 +80,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         model = DestaModel.from_pretrained(
             args.model, backend=args.backend, device=args.device,
             audio_features=False if args.transcript_only else None, progress=not args.json,
-            ort_provider=args.ort_provider,
+            ort_provider=args.ort_provider, whisper_dtype=whisper_dtype(args),
         )
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)

@@ -190,6 +190,8 @@ class LogMel:
         """Return float32 log-mel features [batch, n_mels, N_FRAMES] for a list of clips."""
         import torch
 
+        if isinstance(clips, np.ndarray):
+            raise TypeError(f"expected a list of 1-D clips, got one array of shape {clips.shape}")
         batch = torch.zeros(len(clips), N_SAMPLES)
         for i, clip in enumerate(clips):
             if len(clip) > N_SAMPLES:

@@ -139,6 +139,7 @@ class DestaModel:
         backend: str | Backend = Backend.TORCH,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        whisper_dtype: torch.dtype | None = None,
         audio_features: bool | None = None,
         progress: bool = True,
         ort_provider: str | OrtProvider | None = None,
@@ -152,6 +153,8 @@ class DestaModel:
         the transcript-only ablation (the LLM sees the transcript, no audio embeddings).
         ort_provider: onnx backend only: "cpu", "cuda" or "tensorrt" (default: by device);
         ort_options: the rest of its ONNX Runtime settings (`OrtOptions`).
+        whisper_dtype: torch backend only: run the Whisper encoder and transcript decoder in this
+        dtype while the connector and LLM keep `dtype` (e.g. torch.bfloat16 on a CPU with AMX).
         """
         t0 = time.perf_counter()
         name = os.fspath(name_or_path)
@@ -159,6 +162,8 @@ class DestaModel:
         if chosen is Backend.AUTO:
             chosen, device, reason = choose_backend(name, device, ort_provider)
             logger.info("backend auto: %s (%s)", chosen.value, reason)
+        if whisper_dtype is not None and chosen is not Backend.TORCH:
+            raise ValueError(f"whisper_dtype applies to the torch backend, not {chosen.value} (its graphs are float32)")
         if chosen is Backend.TRTLLM:
             from .trtllm_backend import from_export
 
@@ -194,6 +199,8 @@ class DestaModel:
             connector_weights=weights, audio_features=audio_features is not False, name=name,
         )
         model.to(dev, dt)
+        if whisper_dtype is not None:
+            model.backend.set_whisper_dtype(whisper_dtype)
         model.load_ms = (time.perf_counter() - t0) * 1000
         model.backend_reason = reason
         return model
@@ -271,8 +278,11 @@ class DestaModel:
         """Where it runs: the torch device and dtype, or ONNX Runtime's execution providers."""
         if isinstance(self.backend, OnnxBackend):
             return ", ".join(self.backend.providers) + (" + IOBinding" if self.backend.io_binding else "")
+        name = lambda dt: str(dt).removeprefix("torch.")  # noqa: E731
         dtype = getattr(self.backend, "dtype", None)
-        return f"{self.device}" + (f" {str(dtype).removeprefix('torch.')}" if dtype is not None else "")
+        detail = f"{self.device}" + (f" {name(dtype)}" if dtype is not None else "")
+        whisper = getattr(self.backend, "whisper_dtype", dtype)
+        return detail + (f", whisper {name(whisper)}" if whisper != dtype else "")
 
     @property
     def connector(self) -> QFormerConnector | None:

@@ -9,16 +9,19 @@ a call passes `lora_start`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from .backends import EncodedAudio
+from .backends import WHISPER_DTYPES, EncodedAudio
 from .connector import QFormerConnector
 from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, stream_with_prefix
 from .lora import LoRA
 from .whisper import WhisperFrontEnd
+
+logger = logging.getLogger(__name__)
 
 
 class Perception(nn.Module):
@@ -46,16 +49,34 @@ class TorchBackend(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.llm_model.parameters()).dtype
 
+    @property
+    def whisper_dtype(self) -> torch.dtype:
+        return next(self.perception.whisper.parameters()).dtype
+
+    def set_whisper_dtype(self, dtype: torch.dtype) -> None:
+        """Run Whisper (encoder + transcript decoder) in `dtype`; the connector and LLM keep theirs.
+
+        bfloat16 on a CPU with native bf16 matrix units (AMX / AVX512-BF16) runs the encoder about
+        3x faster; elsewhere on the CPU it is emulated and slower, which is logged.
+        """
+        if dtype not in WHISPER_DTYPES.values():
+            raise ValueError(f"whisper dtype must be one of {sorted(WHISPER_DTYPES)}, got {dtype}")
+        if self.device.type == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            logger.warning("this CPU has no native bfloat16 support: Whisper in bfloat16 will be slower, not faster")
+        if self.device.type == "cpu" and dtype == torch.float16:
+            raise ValueError("float16 Whisper is for GPUs; on the CPU use bfloat16")
+        self.perception.whisper.to(dtype)
+
     def encode(self, features: torch.Tensor, *, with_connector: bool) -> EncodedAudio:
         whisper = self.perception.whisper
-        enc_dtype = next(whisper.parameters()).dtype
-        out = whisper.encode(features.to(self.device, enc_dtype))
+        out = whisper.encode(features.to(self.device, self.whisper_dtype))
         embeds = None
         if with_connector:
             if self.perception.connector is None:
                 raise RuntimeError("this model has no connector (transcript-only)")
+            dtype = next(self.perception.connector.parameters()).dtype
             with torch.inference_mode():
-                embeds = self.perception.connector(out.taps)
+                embeds = self.perception.connector([t.to(dtype) for t in out.taps])
         return EncodedAudio(final=out.final, audio_embeds=embeds)
 
     def transcribe(self, encoded: EncodedAudio, rows: list[int], max_new_tokens: int) -> list[str]:

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from desta_edge.runtime.backends import add_backend_arguments
+from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
@@ -94,7 +94,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
     try:
         model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.model_device,
-                                           progress=not args.json, ort_provider=args.ort_provider)
+                                           progress=not args.json, ort_provider=args.ort_provider,
+                                           whisper_dtype=whisper_dtype(args))
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:

@@ -218,3 +218,25 @@ def test_prefix_cache_gives_the_same_tokens_and_is_reused(tiny_model):
     assert cached == plain
     # one extra forward for the shared prefix, computed once for both requests
     assert n_cached == len(calls) + 1
+
+
+def test_whisper_in_bfloat16_keeps_connector_and_llm_in_float32():
+    model = build_tiny_model()
+    ref = model.backend.encode(model.features([speechlike()]), with_connector=True)
+    model.backend.set_whisper_dtype(torch.bfloat16)
+    assert model.backend.whisper_dtype == torch.bfloat16 and model.backend.dtype == torch.float32
+    assert model.backend_detail == "cpu float32, whisper bfloat16"
+    enc = model.backend.encode(model.features([speechlike()]), with_connector=True)
+    assert enc.final.dtype == torch.bfloat16 and enc.audio_embeds.dtype == torch.float32
+    # the same computation at bfloat16 precision, not something else
+    assert torch.allclose(enc.audio_embeds, ref.audio_embeds, atol=0.1, rtol=0.05)
+    out = model.generate(conv(text=None), max_new_tokens=3)
+    assert out.audios[0][1] and len(out.text) == 1
+
+
+def test_whisper_dtype_is_checked():
+    model = build_tiny_model()
+    with pytest.raises(ValueError, match="float16 Whisper is for GPUs"):
+        model.backend.set_whisper_dtype(torch.float16)
+    with pytest.raises(ValueError, match="whisper dtype must be one of"):
+        model.backend.set_whisper_dtype(torch.int8)

@@ -305,3 +305,8 @@ def test_cli_ask_and_listen_accept_backend_auto(tiny_onnx_export, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "backend: onnx (CPUExecutionProvider); ONNX export directory" in r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["type"] == "summary"  # stdout stays JSON events
+
+
+def test_whisper_dtype_is_refused_for_an_export(tiny_onnx_export):
+    with pytest.raises(ValueError, match="whisper_dtype applies to the torch backend"):
+        DestaModel.from_pretrained(str(tiny_onnx_export), backend="onnx", whisper_dtype=torch.bfloat16)

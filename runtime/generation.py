@@ -82,29 +82,36 @@ def generate_stream(
     eos = torch.tensor(sorted(eos_ids), device=mask.device)
     done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
     fill = int(eos[0])
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        out = llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=pos,
-                  past_key_values=past, use_cache=True)
-        times.prefill_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    out = _forward(llm, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=pos,
+                   past_key_values=past)
+    times.prefill_ms = (time.perf_counter() - t0) * 1000
+    cache = out.past_key_values
+    logits = out.logits[:, -1]
+    for step in range(opts.max_new_tokens):
+        nxt = choose(logits, opts)
+        nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
+        if step == 0:
+            times.first_token_s = time.perf_counter()
+        yield nxt
+        done |= torch.isin(nxt, eos)
+        if bool(done.all()) or step + 1 == opts.max_new_tokens:
+            return
+        if cancelled is not None and cancelled():
+            return
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = _forward(llm, input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache)
         cache = out.past_key_values
         logits = out.logits[:, -1]
-        for step in range(opts.max_new_tokens):
-            nxt = choose(logits, opts)
-            nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
-            if step == 0:
-                times.first_token_s = time.perf_counter()
-            yield nxt
-            done |= torch.isin(nxt, eos)
-            if bool(done.all()) or step + 1 == opts.max_new_tokens:
-                return
-            if cancelled is not None and cancelled():
-                return
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            pos = pos[:, -1:] + 1
-            out = llm(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            logits = out.logits[:, -1]
+
+
+def _forward(llm, **inputs):
+    # inference mode around each call only: a `with` spanning the generator's `yield` would leave
+    # the mode switched on in the caller's thread while it is suspended, and switch it off
+    # whenever the abandoned generator is garbage-collected, possibly inside another model call
+    with torch.inference_mode():
+        return llm(**inputs, use_cache=True)
 
 
 class PrefixCache:
@@ -157,6 +164,18 @@ def stream_with_prefix(
         inputs_embeds = None if inputs_embeds is None else inputs_embeds[:, p:]
     return generate_stream(llm, attention_mask=attention_mask, input_ids=input_ids, inputs_embeds=inputs_embeds,
                            eos_ids=eos_ids, opts=opts, times=times, cancelled=cancelled, past=past)
+
+
+def last_logits(llm, prefix: PrefixCache, input_ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """Next-token logits [V] after `input_ids` [1, L], whose first `prefix_len` ids are a fixed
+    prefix kept in `prefix` (no generation: a scoring call)."""
+    past = prefix.get(llm, input_ids[:, :prefix_len]) if prefix_len else None
+    n = input_ids.shape[1]
+    with torch.inference_mode():
+        out = llm(input_ids=input_ids[:, prefix_len:], attention_mask=torch.ones_like(input_ids),
+                  position_ids=torch.arange(prefix_len, n, device=input_ids.device)[None], past_key_values=past,
+                  use_cache=True)
+    return out.logits[0, -1]
 
 
 def eos_ids_of(generation_config, tokenizer) -> set[int]:

@@ -240,3 +240,15 @@ def test_whisper_dtype_is_checked():
         model.backend.set_whisper_dtype(torch.float16)
     with pytest.raises(ValueError, match="whisper dtype must be one of"):
         model.backend.set_whisper_dtype(torch.int8)
+
+
+def test_a_suspended_answer_stream_leaves_no_inference_mode_behind(tiny_model):
+    """Between tokens the caller's thread is back in its own grad mode (a `with` spanning the
+    generator's yield would leak the mode and undo it whenever the generator is collected)."""
+    stream = tiny_model.stream(conv(text="hi"), max_new_tokens=5)
+    pieces = iter(stream)
+    next(pieces)
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    stream.cancel()
+    del pieces, stream
+    assert not torch.is_inference_mode_enabled()

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .backends import EncodedAudio
-from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, stream_with_prefix
+from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, last_logits, stream_with_prefix
 from .whisper import MAX_TRANSCRIPT_TOKENS, WhisperDecoding
 
 logger = logging.getLogger(__name__)
@@ -539,6 +539,10 @@ class OnnxBackend:
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llm.embeddings[ids.cpu()]
+
+    def llm_logits(self, input_ids: torch.Tensor, prefix_len: int, cache: PrefixCache) -> torch.Tensor:
+        """The LLM's next-token logits [V] after `input_ids` [1, L]."""
+        return last_logits(self.llm, cache, input_ids, prefix_len)
 
     def stream_tokens(self, *, attention_mask, input_ids, inputs_embeds, eos_ids: set[int], opts: SamplingOptions,
                       times: StepTimes, cancelled=None, prefix_ids=None):

@@ -17,7 +17,7 @@ from torch import nn
 
 from .backends import WHISPER_DTYPES, EncodedAudio
 from .connector import QFormerConnector
-from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, stream_with_prefix
+from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, last_logits, stream_with_prefix
 from .lora import LoRA
 from .whisper import WhisperFrontEnd
 
@@ -93,6 +93,10 @@ class TorchBackend(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.llm_model.get_input_embeddings()(ids.to(self.device))
+
+    def llm_logits(self, input_ids: torch.Tensor, prefix_len: int, cache: PrefixCache) -> torch.Tensor:
+        """The plain backbone's next-token logits [V] after `input_ids` [1, L] (no LoRA)."""
+        return last_logits(self.llm_model, cache, input_ids.to(self.device), prefix_len)
 
     def stream_tokens(
         self,

@@ -8,6 +8,11 @@ as it stands (features, encoder, ASR, prompt, LLM prefill and the first token) a
 If the silence reaches the hangover with no new speech, the audio is identical and the job is
 committed: its first token goes out at once. If speech resumes, the job is discarded.
 
+End-of-turn detection: the speculative job also asks the LLM whether its transcript reads as a
+finished request (runtime/turn.py). When the silence reaches `turn_end_ms` (shorter than the
+hangover), the endpointer asks for that verdict, waiting for it if need be, and a finished
+request ends the utterance there instead of after the whole hangover.
+
 Events are dicts: `type`, `utterance`, `audio_s` (stream position), `wall_s` (seconds since the
 loop started), plus type-specific fields; see `EVENT_TYPES`. One utterance's failure becomes an
 `error` event; the loop goes on.
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
+from desta_edge.runtime.turn import TurnDetector, TurnOptions
 
 from .sources import SAMPLE_RATE, Chunk
 from .vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEnd, SpeechStart
@@ -42,6 +48,11 @@ class AssistantOptions:
     max_new_tokens: int = 128  # cap per answer
     speculative: bool = True  # start work at the first short pause
     barge_in: bool = True  # speech during an answer cancels it
+    turn_detection: bool = True  # end an utterance after turn_end_ms when the LLM judges it finished
+    turn_threshold: float = TurnOptions.threshold  # end-of-turn probability that counts as finished
+    # False (live audio): the reader waits for a verdict at most the rest of the hangover;
+    # True (a file fed as fast as possible): always, so segmentation does not depend on machine speed
+    wait_for_turn_verdict: bool = False
 
 
 @dataclass
@@ -53,6 +64,7 @@ class Stats:
     speculative_used: int = 0  # commits that reused a speculative start
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
     discarded_short: int = 0  # too-short "utterances" (clicks)
+    turn_ends: int = 0  # utterances ended early by the end-of-turn detector
 
 
 @dataclass
@@ -64,6 +76,9 @@ class _Job:
     speech_end_wall: float | None = None  # wall clock when the last voiced audio arrived (set on commit)
     commit_wall: float | None = None  # wall clock when the endpointer decided the end
     decided: threading.Event = field(default_factory=threading.Event)
+    turn_probability: float | None = None  # end-of-turn probability of its transcript (speculative jobs)
+    turn_ms: float | None = None  # time that check took
+    judged: threading.Event = field(default_factory=threading.Event)  # set once turn_probability is final
     discard: bool = False
     cancel: bool = False  # barge-in
     answering: bool = False
@@ -78,10 +93,22 @@ class Assistant:
         emit: Callable[[dict], None] = lambda e: None,
         clock: Callable[[], float] = time.monotonic,
         vad=None,
+        turn_detector=None,
     ) -> None:
+        """turn_detector: anything with `probability(transcript) -> float` (default: a
+        `TurnDetector` on the model's LLM); used when speculative, turn_detection and
+        endpoint.turn_end_ms < endpoint.hangover_ms."""
         self.model = model
         self.opts = opts
-        self.endpointer = Endpointer(endpoint, vad=vad)
+        self._turn = None
+        if opts.speculative and opts.turn_detection and endpoint.turn_end_ms < endpoint.hangover_ms:
+            try:
+                self._turn = turn_detector or TurnDetector(
+                    model, TurnOptions(threshold=opts.turn_threshold, system=opts.system))
+            except ValueError as e:
+                logger.warning("end-of-turn detection is off: %s", e)
+        self._turn_wait_s = (endpoint.hangover_ms - endpoint.turn_end_ms) / 1000
+        self.endpointer = Endpointer(endpoint, vad=vad, turn_check=self._turn_complete if self._turn else None)
         self._emit_fn = emit
         self._clock = clock
         self._lock = threading.Lock()
@@ -122,11 +149,15 @@ class Assistant:
         worker = threading.Thread(target=self._worker, name="desta-edge-worker", daemon=True)
         worker.start()
         try:
+            step = self.endpointer.opts.frame_samples
             for chunk in chunks:
                 self._audio_s = chunk.audio_s + len(chunk.samples) / SAMPLE_RATE
                 self._walls.append((self._audio_s, self._clock()))
-                for event in self.endpointer.push(chunk.samples):
-                    self._on_event(event)
+                # frame by frame, so each event is handled before the endpointer sees later audio
+                # (the end-of-turn check needs the speculative job of the Pause before it)
+                for i in range(0, len(chunk.samples), step):
+                    for event in self.endpointer.push(chunk.samples[i : i + step]):
+                        self._on_event(event)
             for event in self.endpointer.flush():
                 self._on_event(event)
         finally:
@@ -153,7 +184,13 @@ class Assistant:
             self.stats.discarded_short += 1
             self._emit("discarded", ev.utterance, ev.audio_s, voiced_ms=ev.voiced_ms)
         elif isinstance(ev, SpeechEnd):
-            self._emit("speech_end", ev.utterance, ev.audio_s, speech_end_s=round(ev.speech_end_s, 3), reason=ev.reason)
+            extra = {}
+            if self._spec is not None and self._spec.utterance == ev.utterance and self._spec.judged.is_set() \
+                    and self._spec.turn_probability is not None:
+                extra["turn_probability"] = round(self._spec.turn_probability, 3)
+            self.stats.turn_ends += ev.reason == "turn_complete"
+            self._emit("speech_end", ev.utterance, ev.audio_s, speech_end_s=round(ev.speech_end_s, 3), reason=ev.reason,
+                       **extra)
             job = self._spec
             self._spec = None
             if job is None or job.utterance != ev.utterance or not np.array_equal(job.samples, ev.samples):
@@ -167,6 +204,17 @@ class Assistant:
             job.commit_wall = self._clock()
             self.stats.utterances += 1
             job.decided.set()
+
+    def _turn_complete(self, utterance: int) -> bool:
+        """The endpointer's question at `turn_end_ms` of silence: is this request finished?"""
+        job = self._spec
+        if job is None or job.utterance != utterance:
+            return False
+        timeout = None if self.opts.wait_for_turn_verdict else self._turn_wait_s
+        if not job.judged.wait(timeout):  # the model is busy elsewhere: the hangover decides
+            logger.debug("utterance %d: no end-of-turn verdict within %.2f s", utterance, self._turn_wait_s)
+            return False
+        return job.turn_probability is not None and job.turn_probability >= self.opts.turn_threshold
 
     def _discard(self, job: _Job) -> None:
         job.discard = True
@@ -190,6 +238,7 @@ class Assistant:
     def _worker(self) -> None:
         while (job := self._jobs.get()) is not None:
             if job.discard:
+                job.judged.set()
                 continue
             self._current = job
             try:
@@ -197,16 +246,25 @@ class Assistant:
             except Exception as e:  # one bad utterance must not stop the loop
                 self.stats.errors += 1
                 logger.exception("utterance %d failed", job.utterance)
+                job.judged.set()  # no verdict; the endpointer may be waiting for one
                 job.decided.wait()
                 if not job.discard:
                     self._emit("error", job.utterance, message=f"{type(e).__name__}: {e}")
             finally:
+                job.judged.set()
                 self._current = None
 
     def _answer(self, job: _Job) -> None:
         stream = self.model.stream(self._messages(job.samples), max_new_tokens=self.opts.max_new_tokens)
         pieces = iter(stream)
         first = next(pieces, None)  # prefill + first token, possibly before the commit
+        if job.speculative and self._turn is not None and not job.decided.is_set():
+            # after the first token: a verdict cannot end the turn before the answer is ready anyway,
+            # and it is skipped once the hangover (or new speech) has decided
+            t0 = time.perf_counter()
+            job.turn_probability = self._turn.probability(stream.audios[0][1])
+            job.turn_ms = _ms(time.perf_counter() - t0)
+        job.judged.set()
         job.decided.wait()
         if job.discard:
             stream.cancel()
@@ -235,6 +293,7 @@ class Assistant:
             "encoder": t["encoder"],
             "asr": t["asr"],
             "prefill": t["prefill"],
+            **({"turn_check": job.turn_ms} if job.turn_ms is not None else {}),
             "first_token": _ms((first_wall or end_wall) - job.speech_end_wall),
             "total": _ms(end_wall - job.speech_end_wall),
         }

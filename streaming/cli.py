@@ -42,6 +42,13 @@ def register_cli(sub) -> None:
     p.add_argument("--pre-roll-ms", type=int, default=d.pre_roll_ms, help="audio kept before an onset")
     p.add_argument("--pause-ms", type=int, default=d.pause_ms, help="silence that starts speculative work")
     p.add_argument("--hangover-ms", type=int, default=d.hangover_ms, help="silence that ends an utterance")
+    p.add_argument("--turn-end-ms", type=int, default=None,
+                   help=f"silence that ends an utterance the LLM judges a finished request (default {d.turn_end_ms}, "
+                        "kept between --pause-ms and --hangover-ms)")
+    p.add_argument("--turn-threshold", type=float, default=AssistantOptions.turn_threshold,
+                   help="end-of-turn probability that counts as finished (default %(default)s)")
+    p.add_argument("--no-turn-detection", action="store_true",
+                   help="always wait for the whole hangover (no end-of-turn check)")
     p.add_argument("--min-speech-ms", type=int, default=d.min_speech_ms, help="shorter voiced audio is ignored")
     p.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="forced cut (<= 30)")
     p.add_argument("--no-speculative", action="store_true", help="wait for the endpoint before any work")
@@ -56,6 +63,7 @@ def register_cli(sub) -> None:
 def _cmd_listen(args: argparse.Namespace) -> int:
     from desta_edge.runtime.audio import AudioError
 
+    d = EndpointOptions()
     from . import sources
 
     if args.list_devices:
@@ -73,10 +81,14 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         endpoint = EndpointOptions(
             aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms,
             pause_ms=args.pause_ms, hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms,
+            turn_end_ms=args.turn_end_ms if args.turn_end_ms is not None
+            else max(args.pause_ms, min(d.turn_end_ms, args.hangover_ms)),
             max_utterance_s=args.max_utterance_s,
         )
         opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                speculative=not args.no_speculative,
+                                speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
+                                turn_threshold=args.turn_threshold,
+                                wait_for_turn_verdict=args.source not in ("mic", "-") and args.realtime is False,
                                 barge_in=args.barge_in if args.barge_in is not None else args.source == "mic")
         if args.source == "-":
             chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)

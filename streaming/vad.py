@@ -6,18 +6,25 @@ wall clock, so tests feed exact frames and never sleep.
     SILENCE ──(start_frames voiced in the last start_window)──► SPEECH
     SPEECH  ──(pause_ms of silence)──► emits Pause (a speculative start may begin)
     SPEECH  ──(voiced again after a Pause)──► emits Resume (discard the speculation)
+    SPEECH  ──(turn_end_ms of silence, and `turn_check` says the request is complete)──►
+                emits SpeechEnd(reason="turn_complete"), back to SILENCE
     SPEECH  ──(hangover_ms of silence)──► emits SpeechEnd(reason="silence"), back to SILENCE
     SPEECH  ──(max_utterance_s reached)──► emits SpeechEnd(reason="max_length"), back to SILENCE
 
 An utterance's audio is the pre-roll before the onset, the speech, and `tail_ms` of what follows
 the last voiced frame (never the whole hangover). Utterances shorter than `min_speech_ms` of
 voiced audio (clicks, coughs) are dropped with a `Discarded` event, never sent to the model.
+
+`turn_check(utterance) -> bool` is an optional callable (the assistant's end-of-turn detector),
+asked once per pause, at the frame where the silence reaches `turn_end_ms`. The machine stays
+exact: its decision depends only on the samples seen and on that answer.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +44,7 @@ class EndpointOptions:
     pre_roll_ms: int = 300  # audio kept from before the onset, so first syllables survive
     pause_ms: int = 150  # silence after which a speculative start begins
     hangover_ms: int = 500  # silence that ends an utterance
+    turn_end_ms: int = 200  # silence that ends it early when `turn_check` says the request is complete
     tail_ms: int = 100  # audio kept after the last voiced frame
     min_speech_ms: int = 250  # shorter voiced totals are not queries
     max_utterance_s: float = 30.0  # forced cut (the model's window is 30 s)
@@ -48,6 +56,9 @@ class EndpointOptions:
             raise ValueError(f"aggressiveness must be 0..3, got {self.aggressiveness}")
         if not 0 < self.pause_ms <= self.hangover_ms:
             raise ValueError(f"need 0 < pause_ms <= hangover_ms, got {self.pause_ms} and {self.hangover_ms}")
+        if not self.pause_ms <= self.turn_end_ms <= self.hangover_ms:
+            raise ValueError(f"need pause_ms <= turn_end_ms <= hangover_ms, got {self.pause_ms}, "
+                             f"{self.turn_end_ms} and {self.hangover_ms}")
         if self.start_voiced_ms > self.start_window_ms:
             raise ValueError("start_voiced_ms cannot exceed start_window_ms")
         if not 0 < self.max_utterance_s <= 30.0:
@@ -92,7 +103,7 @@ class SpeechEnd:
     speech_end_s: float  # end of the last voiced frame (the true end of speech, as heard)
     start_s: float  # start of the utterance's audio (with pre-roll)
     samples: np.ndarray = field(repr=False)
-    reason: str  # "silence" or "max_length"
+    reason: str  # "silence", "turn_complete" or "max_length"
 
 
 @dataclass(frozen=True)
@@ -108,8 +119,12 @@ Event = SpeechStart | Pause | Resume | SpeechEnd | Discarded
 class Endpointer:
     """Feed 16 kHz mono float32 audio with `push`; get endpointing events back."""
 
-    def __init__(self, opts: EndpointOptions = EndpointOptions(), vad=None) -> None:
+    def __init__(self, opts: EndpointOptions = EndpointOptions(), vad=None,
+                 turn_check: Callable[[int], bool] | None = None) -> None:
         self.opts = opts
+        self.turn_check = turn_check
+        # asked at least one frame after the Pause, so the speculative work it judges exists
+        self._turn_frames = max(opts.frames(opts.turn_end_ms), opts.frames(opts.pause_ms) + 1)
         if vad is None:
             try:
                 import webrtcvad
@@ -188,6 +203,8 @@ class Endpointer:
             self._silence += 1
         if self._silence >= self.opts.frames(self.opts.hangover_ms):
             return self._end("silence")
+        if self.turn_check is not None and self._silence == self._turn_frames and self.turn_check(self._next_id):
+            return self._end("turn_complete")
         if len(self._frames) >= self.opts.frames(self.opts.max_utterance_s * 1000):
             return self._end("max_length")
         if not self._paused and self._silence == self.opts.frames(self.opts.pause_ms):

@@ -10,6 +10,7 @@ import pytest
 from streaming_helpers import EnergyVad, signal
 from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions
 from desta_edge.streaming.sources import Chunk
+from desta_edge.streaming.vad import EndpointOptions
 
 N = 320  # 20 ms chunks
 
@@ -21,9 +22,10 @@ def chunks_of(x: np.ndarray, before_chunk=None):
         yield Chunk(x[i : i + N], i / 16000)
 
 
-def listen(model, x, opts=AssistantOptions(max_new_tokens=6), before_chunk=None):
+def listen(model, x, opts=AssistantOptions(max_new_tokens=6, turn_detection=False), before_chunk=None, turn=None,
+           endpoint=EndpointOptions()):
     events = []
-    a = Assistant(model, opts, emit=events.append, vad=EnergyVad())
+    a = Assistant(model, opts, endpoint, emit=events.append, vad=EnergyVad(), turn_detector=turn)
     stats = a.run(chunks_of(x, before_chunk))
     return events, stats
 
@@ -181,3 +183,95 @@ def test_long_session_keeps_state_bounded():
     assert len(a._walls) <= a._walls.maxlen and a._jobs.empty() and a._spec is None
     ep = a.endpointer
     assert ep._frames == [] and len(ep._history) <= ep._history.maxlen
+
+
+class StubTurn:
+    """An end-of-turn detector with a fixed verdict; records what it was asked (optionally slowly)."""
+
+    def __init__(self, p: float, delay_s: float = 0.0) -> None:
+        self.p, self.delay_s, self.asked = p, delay_s, []
+
+    def probability(self, text: str) -> float:
+        time.sleep(self.delay_s)
+        self.asked.append(text)
+        return self.p
+
+
+PAUSED = (("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0))  # a 300 ms pause inside
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05])
+def test_a_finished_request_ends_at_turn_end_ms(tiny_model, delay_s):
+    """A verdict of 'finished' ends the utterance after 200 ms of silence, not 500, even when the
+    verdict comes later than the audio: the decision is made at that frame, from the samples seen."""
+    turn = StubTurn(1.0, delay_s)
+    answered = threading.Event()
+    opts = AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True)
+
+    def second_after_first_answer(audio_s):  # the worker is free when the second request comes
+        if audio_s == pytest.approx(1.6):
+            assert answered.wait(10)
+
+    events = []
+
+    def emit(e):
+        events.append(e)
+        if e["type"] == "answer":
+            answered.set()
+
+    a = Assistant(tiny_model, opts, EndpointOptions(), emit=emit, vad=EnergyVad(), turn_detector=turn)
+    stats = a.run(chunks_of(signal(*PAUSED), second_after_first_answer))
+    ends = [e for e in events if e["type"] == "speech_end"]
+    assert [e["reason"] for e in ends] == ["turn_complete", "turn_complete"]
+    assert [e["audio_s"] for e in ends] == [1.5, 2.6] and [e["speech_end_s"] for e in ends] == [1.3, 2.4]
+    assert all(e["turn_probability"] == 1.0 for e in ends)
+    assert stats.turn_ends == 2 and stats.answers == 2 and stats.speculative_used == 2
+    transcripts = [e["text"] for e in events if e["type"] == "transcript"]
+    assert turn.asked == transcripts  # the detector judged the speculative transcripts
+    assert all("turn_check" in e["timings_ms"] for e in events if e["type"] == "answer")
+
+
+def test_an_unfinished_request_waits_for_the_hangover(tiny_model):
+    events, stats = listen(tiny_model, signal(*PAUSED), AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=StubTurn(0.0))
+    ends = [e for e in events if e["type"] == "speech_end"]
+    assert [(e["reason"], e["audio_s"]) for e in ends] == [("silence", 2.4 + 0.5)]
+    assert stats.turn_ends == 0 and stats.answers == 1 and stats.speculative_discarded == 1
+
+
+def test_turn_detection_is_off_when_turn_end_equals_the_hangover(tiny_model):
+    turn = StubTurn(1.0)
+    events, stats = listen(tiny_model, signal(*PAUSED), AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=turn,
+                           endpoint=EndpointOptions(turn_end_ms=500))
+    assert stats.answers == 1 and stats.turn_ends == 0 and turn.asked == []
+
+
+def test_turn_detector_on_the_tiny_model_matches_a_plain_forward(tiny_model):
+    """The cached-prefix scoring call gives the probability a whole forward pass gives."""
+    import torch
+
+    from desta_edge.runtime.turn import TurnDetector, TurnOptions
+
+    turn = TurnDetector(tiny_model, TurnOptions(system="Be brief."))
+    tok, llm = tiny_model.tokenizer, tiny_model.backend.llm_model
+    for text in ("what is the time", "hello there!"):
+        p = turn.probability(text)
+        ids = torch.tensor([tok.encode(turn._head + text.rstrip("!"), add_special_tokens=False)])
+        with torch.inference_mode():
+            probs = torch.softmax(llm(input_ids=ids).logits[0, -1].float(), -1)
+        assert p == pytest.approx(float(probs[turn._end_ids].sum()), abs=1e-5) and 0.0 < p < 1.0
+    assert turn.probability("  ...") == 0.0
+
+
+def test_a_failing_speculative_job_does_not_hang_the_turn_check():
+    """The endpointer waits for the verdict of the job it judges; a job that fails must release it."""
+    model = SlowModel(fail_first=True)
+    done = []
+    t = threading.Thread(target=lambda: done.append(listen(
+        model, signal(("s", 0.5), ("v", 0.6), ("s", 1.0), ("v", 0.6), ("s", 1.0)),
+        AssistantOptions(barge_in=False, wait_for_turn_verdict=True), turn=StubTurn(1.0))), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the loop hung waiting for a verdict"
+    events, stats = done[0]
+    assert stats.errors == 1 and stats.answers == 1
+    assert [e["reason"] for e in events if e["type"] == "speech_end"] == ["silence", "turn_complete"]

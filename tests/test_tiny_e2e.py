@@ -154,3 +154,18 @@ def test_prefix_cache_keeps_real_answers_identical(tiny, tmp_path):
         assert [tiny.generate(msgs, max_new_tokens=24).generated_ids for _ in range(2)] == [plain, plain]
     finally:
         tiny.use_prefix_cache = True
+
+
+def test_end_of_turn_detector_on_smollm2(tiny):
+    """SmolLM2 itself tells finished requests from ones cut mid-phrase (text in, no training)."""
+    from desta_edge.runtime.prompt import ASSISTANT_SYSTEM
+    from desta_edge.runtime.turn import TurnDetector, TurnOptions
+
+    turn = TurnDetector(tiny, TurnOptions(system=ASSISTANT_SYSTEM))
+    finished = ["What is the capital of France?", "Tell me a joke about cats.", "Why is the sky blue",
+                "How far is the moon from the earth?", "Who painted the Mona Lisa"]
+    cut = ["What is the capital of", "Set a timer for", "Can you recommend a good book about",
+           "Remind me to call my mother at", "What time does the"]
+    assert all(turn.complete(t) for t in finished), [(t, turn.probability(t)) for t in finished]
+    assert not any(turn.complete(t) for t in cut), [(t, turn.probability(t)) for t in cut]
+    assert turn.probability("What is the capital of France?") == turn.probability("What is the capital of France")

@@ -53,6 +53,44 @@ def test_a_short_pause_does_not_split_and_resume_is_reported():
     assert not np.array_equal(events[1].samples, end.samples)  # the first speculation is stale
 
 
+def test_turn_check_ends_a_finished_request_at_turn_end_ms():
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0))
+    asked = []
+
+    def finished(utterance):  # as the assistant's detector would say: the first part is a whole request
+        asked.append(utterance)
+        return True
+
+    ep = Endpointer(OPTS, vad=EnergyVad(), turn_check=finished)
+    events = ep.push(x) + ep.flush()
+    assert [type(e) for e in events] == [SpeechStart, Pause, SpeechEnd, SpeechStart, Pause, SpeechEnd]
+    first = events[2]
+    assert first.reason == "turn_complete" and first.speech_end_s == pytest.approx(1.3)
+    assert first.audio_s == pytest.approx(1.3 + 0.2)  # 200 ms of silence, not the 500 ms hangover
+    np.testing.assert_array_equal(first.samples, events[1].samples)  # what the speculation saw
+    assert asked == [0, 1]  # once per pause, with the utterance id
+
+
+def test_turn_check_saying_unfinished_waits_for_the_hangover():
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0))
+    asked = []
+    ep = Endpointer(OPTS, vad=EnergyVad(), turn_check=lambda u: asked.append(u) or False)
+    events = ep.push(x) + ep.flush()
+    plain, _ = run(x)
+    assert [(type(e), e.audio_s) for e in events] == [(type(e), e.audio_s) for e in plain]
+    assert events[-1].reason == "silence" and asked == [0, 0]  # asked at each of the two pauses
+
+
+def test_turn_check_is_asked_after_the_pause_even_when_turn_end_equals_pause():
+    opts = EndpointOptions(pause_ms=200, turn_end_ms=200)
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
+    order = []
+    ep = Endpointer(opts, vad=EnergyVad(), turn_check=lambda u: order.append("check") or True)
+    for i in range(0, len(x), 320):
+        order += [type(e).__name__ for e in ep.push(x[i : i + 320])]
+    assert order == ["SpeechStart", "Pause", "check", "SpeechEnd"]
+
+
 def test_two_utterances_separated_by_the_hangover():
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.6), ("v", 0.6), ("s", 1.0))
     events, _ = run(x)
@@ -105,7 +143,7 @@ def test_state_stays_bounded_over_many_utterances():
 @pytest.mark.parametrize("kw, msg", [
     ({"frame_ms": 25}, "frame_ms"), ({"aggressiveness": 4}, "aggressiveness"),
     ({"pause_ms": 600}, "pause_ms"), ({"max_utterance_s": 31}, "max_utterance_s"),
-    ({"tail_ms": 200}, "tail_ms"),
+    ({"tail_ms": 200}, "tail_ms"), ({"turn_end_ms": 100}, "turn_end_ms"), ({"turn_end_ms": 600}, "turn_end_ms"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ValueError, match=msg):

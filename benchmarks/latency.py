@@ -1,11 +1,17 @@
 """End of speech -> first answer token, on a noisy multi-question recording fed at real-time pace.
 
-    python benchmarks/latency.py [--model tiny] [--onnx EXPORT_DIR] [--hangover-ms 500] [--fast] [--out benchmarks/results]
+    python benchmarks/latency.py [--model tiny] [--onnx EXPORT_DIR] [--whisper-dtype bfloat16]
+                                 [--hangover-ms 500] [--fast] [--out benchmarks/results]
 
-Two pipelines on the same model and recording, one after the other in the same run:
-- desta-edge: one encoder pass, speculative start at the first pause, prompt-prefix KV cache;
+Pipelines on the same models and recording, one after the other in the same run:
 - reference-style: waits for the endpoint, runs the encoder twice per clip (as the reference
-  implementation does: once for the connector, once inside whisper.generate), no prefix cache.
+  implementation does: once for the connector, once inside whisper.generate), no prefix cache;
+- desta-edge without end-of-turn detection: one encoder pass, speculative start at the first
+  pause, prompt-prefix KV cache, the whole hangover before every answer;
+- desta-edge: the same, and a request the LLM judges finished ends after turn_end_ms of silence;
+- with --whisper-dtype: desta-edge with Whisper in that dtype (the LLM stays float32);
+- with --onnx: desta-edge on ONNX Runtime.
+The recording includes hesitant requests (a pause mid-sentence) that must not be split.
 Latency is measured from the *true* end of each spoken question (known by construction) to the
 first answer token, so it includes the endpointer's silence wait. Prints a markdown table and
 writes JSON + markdown under --out. Not a pass/fail test: the numbers depend on the machine.
@@ -27,6 +33,7 @@ from recording import Utterance, build  # noqa: E402
 from report import write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
+from desta_edge.runtime.backends import WHISPER_DTYPES  # noqa: E402
 from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
 from desta_edge.streaming.sources import SAMPLE_RATE, file_source, paced  # noqa: E402
 from desta_edge.streaming.vad import EndpointOptions  # noqa: E402
@@ -51,7 +58,7 @@ class TwoPassBackend:
 
 
 def run_variant(model: DestaModel, wav: Path, truth: list[Utterance], *, reference: bool, endpoint: EndpointOptions,
-                realtime: bool, max_new_tokens: int) -> dict:
+                realtime: bool, max_new_tokens: int, turn_detection: bool = True) -> dict:
     model.backend.reset()
     inner = model.backend
     if reference:
@@ -68,7 +75,8 @@ def run_variant(model: DestaModel, wav: Path, truth: list[Utterance], *, referen
     chunks = file_source(wav)
     if realtime:
         chunks = paced(chunks)
-    opts = AssistantOptions(max_new_tokens=max_new_tokens, speculative=not reference, barge_in=False)
+    opts = AssistantOptions(max_new_tokens=max_new_tokens, speculative=not reference, barge_in=False,
+                            turn_detection=turn_detection)
     assistant = Assistant(model, opts, endpoint, emit=events.append)
     try:
         t0 = time.monotonic()
@@ -114,8 +122,9 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
         rows.append({"question": u.text, "voice": u.voice, "true_end_s": round(u.end_s, 3),
                      "detected_end_s": ends[a["utterance"]]["speech_end_s"], "latency_ms": round(lat, 1),
                      "transcript": a["transcript"], "answer": a["text"], "stages_ms": a["timings_ms"]})
-    stage_names = ("endpoint_wait", "features", "encoder", "asr", "prefill")
-    stages = {k: round(float(np.median([r["stages_ms"][k] for r in rows])), 1) for k in stage_names} if rows else {}
+    stage_names = ("endpoint_wait", "features", "encoder", "asr", "turn_check", "prefill")
+    stages = {k: round(float(np.median([r["stages_ms"][k] for r in rows if k in r["stages_ms"]])), 1)
+              for k in stage_names if any(k in r["stages_ms"] for r in rows)}
     token_counts = [sum(1 for e in events if e["type"] == "token" and e["utterance"] == a["utterance"]) for a in answers]
     decode_s = [(a["timings_ms"]["total"] - a["timings_ms"]["first_token"]) / 1000 for a in answers]
     tps = [n / s for n, s in zip(token_counts, decode_s) if s > 0 and n > 1]
@@ -127,6 +136,7 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
         "split": sum(len(f) > 1 for f in per_question),
         "spurious": spurious,
         "errors": stats.errors,
+        "error_messages": [e["message"] for e in events if e["type"] == "error"],
         "latency_ms": {"p50": _pct(latencies, 50), "p90": _pct(latencies, 90), "all": [round(x, 1) for x in latencies]},
         "median_stages_ms": stages,
         "decode_tokens_per_s": round(float(np.median(tps)), 1) if tps else None,
@@ -134,6 +144,7 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
         "real_time_factor": round(elapsed / audio_s, 3) if audio_s else None,
         "speculative_used": stats.speculative_used,
         "speculative_discarded": stats.speculative_discarded,
+        "turn_ends": stats.turn_ends,
         "utterances": rows,
     }
 
@@ -143,18 +154,19 @@ def _pct(xs: list[float], q: float) -> float | None:
 
 
 def markdown(result: dict) -> str:
-    cols = ["pipeline", "p50 ms", "p90 ms", "detected once", "split", "missed", "endpoint wait", "features",
-            "encoder", "asr", "prefill", "decode tok/s", "WER"]
+    cols = ["pipeline", "p50 ms", "p90 ms", "p50 speed-up", "detected once", "split", "missed", "ended by turn check",
+            "endpoint wait", "features", "encoder", "asr", "turn check", "prefill", "decode tok/s", "WER"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in result["variants"].items():
         s = r["median_stages_ms"]
         lines.append("| " + " | ".join(str(x) for x in [
-            name, r["latency_ms"]["p50"], r["latency_ms"]["p90"], f"{r['detected_once']}/{r['questions']}", r["split"],
-            r["missed"], s.get("endpoint_wait"), s.get("features"), s.get("encoder"), s.get("asr"), s.get("prefill"),
-            r["decode_tokens_per_s"], r["wer"]]) + " |")
-    ratio = result.get("p50_speedup")
+            name, r["latency_ms"]["p50"], r["latency_ms"]["p90"], f"{result['p50_speedup'].get(name)}x",
+            f"{r['detected_once']}/{r['questions']}", r["split"], r["missed"], r["turn_ends"],
+            s.get("endpoint_wait"), s.get("features"), s.get("encoder"), s.get("asr"), s.get("turn_check", "-"),
+            s.get("prefill"), r["decode_tokens_per_s"], r["wer"]]) + " |")
     lines.append("")
-    lines.append(f"p50 speed-up of desta-edge over reference-style (same run): {ratio}x" if ratio else "")
+    lines.append(f"p50 speed-up: reference-style p50 / the pipeline's p50, same run; end-of-turn silence "
+                 f"{result['endpoint']['turn_end_ms']} ms")
     lines.append(f"machine: {result['machine']}; hangover {result['endpoint']['hangover_ms']} ms, "
                  f"pause {result['endpoint']['pause_ms']} ms; realtime={result['realtime']}; "
                  f"peak RSS {result['peak_rss_mb']} MB")
@@ -169,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause-ms", type=int, default=EndpointOptions().pause_ms)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--onnx", default=None, help="also run desta-edge with this ONNX export (desta-edge export onnx)")
+    p.add_argument("--whisper-dtype", default=None, choices=[k for k in WHISPER_DTYPES if k != "float32"],
+                   help="also run desta-edge with Whisper in this dtype (bfloat16 for CPUs with AMX)")
+    p.add_argument("--turn-end-ms", type=int, default=EndpointOptions().turn_end_ms)
     p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test; latency meaningless)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -177,28 +192,38 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     wav = out / "latency_recording.wav"
     truth = build(wav)
-    endpoint = EndpointOptions(hangover_ms=args.hangover_ms, pause_ms=min(args.pause_ms, args.hangover_ms))
+    pause = min(args.pause_ms, args.hangover_ms)
+    endpoint = EndpointOptions(hangover_ms=args.hangover_ms, pause_ms=pause,
+                               turn_end_ms=max(pause, min(args.turn_end_ms, args.hangover_ms)))
     model = DestaModel.from_pretrained(args.model, device=args.device)
     model.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)  # warm-up
     variants = {}
-    for name, reference in (("desta-edge", False), ("reference-style", True)):
+
+    def run(name: str, m: DestaModel, **kw) -> None:
         print(f"running {name} ...", file=sys.stderr)
-        variants[name] = run_variant(model, wav, truth, reference=reference, endpoint=endpoint,
-                                     realtime=not args.fast, max_new_tokens=args.max_new_tokens)
+        variants[name] = run_variant(m, wav, truth, endpoint=endpoint, realtime=not args.fast,
+                                     max_new_tokens=args.max_new_tokens, **kw)
+
+    run("reference-style", model, reference=True)
+    run("desta-edge, no turn detection", model, reference=False, turn_detection=False)
+    run("desta-edge", model, reference=False)
+    if args.whisper_dtype:
+        model.backend.set_whisper_dtype(WHISPER_DTYPES[args.whisper_dtype])
+        run(f"desta-edge, whisper {args.whisper_dtype}", model, reference=False)
     if args.onnx:
-        print("running desta-edge (onnx) ...", file=sys.stderr)
         fast = DestaModel.from_pretrained(args.onnx, backend="onnx", device=args.device)
         fast.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)
-        variants["desta-edge (onnx)"] = run_variant(fast, wav, truth, reference=False, endpoint=endpoint,
-                                                            realtime=not args.fast, max_new_tokens=args.max_new_tokens)
-    ours, ref = variants["desta-edge"]["latency_ms"]["p50"], variants["reference-style"]["latency_ms"]["p50"]
+        run("desta-edge (onnx)", fast, reference=False)
+    ref = variants["reference-style"]["latency_ms"]["p50"]
     result = {
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads {__import__('torch').get_num_threads()}",
         "model": args.model,
         "realtime": not args.fast,
-        "endpoint": {"hangover_ms": endpoint.hangover_ms, "pause_ms": endpoint.pause_ms},
+        "endpoint": {"hangover_ms": endpoint.hangover_ms, "pause_ms": endpoint.pause_ms,
+                     "turn_end_ms": endpoint.turn_end_ms},
         "variants": variants,
-        "p50_speedup": round(ref / ours, 2) if ours and ref else None,
+        "p50_speedup": {name: round(ref / v["latency_ms"]["p50"], 2) if ref and v["latency_ms"]["p50"] else None
+                        for name, v in variants.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     write_results(out, "latency", result, markdown(result), as_json=args.json)

@@ -20,7 +20,12 @@ QUESTIONS = [
     ("Name three colors of the rainbow.", "espeak", "en+f3"),
     ("Who wrote the play Romeo and Juliet?", "flite", "kal"),
     ("How do I make a cup of green tea?", "espeak", "en-us+m5"),
+    # hesitant speakers: " | " is a mid-request pause, longer than the end-of-turn silence
+    ("Set an alarm for | seven o'clock tomorrow.", "espeak", "en-gb+f3"),
+    ("What is the capital of | Germany?", "flite", "slt"),
 ]
+HESITATION = " | "
+HESITATION_S = 0.4  # the pause inside a hesitant request
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,18 @@ class Utterance:
     voice: str
     start_s: float  # true start of speech in the recording
     end_s: float  # true end of speech
+
+
+def _speak(text: str, engine: str, voice: str, path: Path) -> np.ndarray:
+    """The spoken request; hesitations become HESITATION_S of silence between separately spoken parts."""
+    pause = np.zeros(int(HESITATION_S * RATE), dtype=np.float32)
+    parts = [_synth(t, engine, voice, path.with_name(f"{path.stem}_{i}.wav")) for i, t in enumerate(text.split(HESITATION))]
+    return np.concatenate([p for part in parts for p in (pause, part)][1:])
+
+
+def said(text: str) -> str:
+    """The words of a QUESTIONS entry, without hesitation marks."""
+    return text.replace(HESITATION, " ")
 
 
 def _synth(text: str, engine: str, voice: str, path: Path) -> np.ndarray:
@@ -53,10 +70,10 @@ def build(out: Path, *, gap_s: tuple[float, float] = (1.2, 2.0), snr_db: float =
     with tempfile.TemporaryDirectory() as tmp:
         for i, (text, engine, voice) in enumerate(QUESTIONS):
             gap = np.zeros(int(rng.uniform(*gap_s) * RATE), dtype=np.float32)
-            speech = _synth(text, engine, voice, Path(tmp) / f"{i}.wav")
+            speech = _speak(text, engine, voice, Path(tmp) / f"{i}.wav")
             parts += [gap, speech]
             t += len(gap) / RATE
-            truth.append(Utterance(text, f"{engine}:{voice}", t, t + len(speech) / RATE))
+            truth.append(Utterance(said(text), f"{engine}:{voice}", t, t + len(speech) / RATE))
             t += len(speech) / RATE
     parts.append(np.zeros(int(1.5 * RATE), dtype=np.float32))
     audio = np.concatenate(parts)
@@ -82,9 +99,9 @@ def question_clips(out_dir: Path, *, limit: int | None = None, lead_s: float = 0
     clips: list[Clip] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (text, engine, voice) in enumerate(QUESTIONS[:limit]):
-            speech = _synth(text, engine, voice, Path(tmp) / f"{i}.wav")
+            speech = _speak(text, engine, voice, Path(tmp) / f"{i}.wav")
             pad = lambda s: np.zeros(int(s * RATE), dtype=np.float32)  # noqa: E731
             path = out_dir / f"q{i}.wav"
             sf.write(str(path), np.concatenate([pad(lead_s), speech, pad(tail_s)]), RATE)
-            clips.append(Clip(path, text, f"{engine}:{voice}"))
+            clips.append(Clip(path, said(text), f"{engine}:{voice}"))
     return clips

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from conftest import build_tiny_model, tiny_config, tiny_llm, tiny_whisper
 from desta_edge.runtime.checkpoint import CONNECTOR_PREFIX, CheckpointError, read_weights

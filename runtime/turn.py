@@ -67,9 +67,9 @@ class TurnDetector:
         if not text:
             return 0.0
         ids = torch.tensor([self._tokenizer.encode(self._head + text, add_special_tokens=False)])
-        if not torch.equal(ids[:, : self._prefix.shape[1]], self._prefix):
-            raise AssertionError("the turn prompt's head tokenized differently with text after it")
-        logits = self._backend.llm_logits(ids, self._prefix.shape[1], self._cache)  # [V]
+        p = self._prefix.shape[1]
+        cached = ids.shape[1] > p and torch.equal(ids[:, :p], self._prefix)  # else a token spans the seam
+        logits = self._backend.llm_logits(ids, p if cached else 0, self._cache)  # [V]
         return float(torch.softmax(logits.float(), dim=-1)[self._end_ids].sum())
 
     def complete(self, text: str) -> bool:

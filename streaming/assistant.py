@@ -251,7 +251,6 @@ class Assistant:
                 if not job.discard:
                     self._emit("error", job.utterance, message=f"{type(e).__name__}: {e}")
             finally:
-                job.judged.set()
                 self._current = None
 
     def _answer(self, job: _Job) -> None:

@@ -63,8 +63,9 @@ def register_cli(sub) -> None:
 def _cmd_listen(args: argparse.Namespace) -> int:
     from desta_edge.runtime.audio import AudioError
 
-    d = EndpointOptions()
     from . import sources
+
+    d = EndpointOptions()
 
     if args.list_devices:
         try:

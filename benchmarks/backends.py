@@ -1,9 +1,11 @@
 """The same spoken questions through every available backend, side by side in one run.
 
     python benchmarks/backends.py [--model tiny] [--onnx EXPORT_DIR ...] [--devices cpu,cuda]
-                                  [--limit N] [--max-new-tokens 32] [--out benchmarks/results] [--json]
+                                  [--whisper-dtype bfloat16] [--limit N] [--max-new-tokens 32]
+                                  [--out benchmarks/results] [--json]
 
-Variants: PyTorch on each device; each `--onnx` export (fp32, int8, ...) on each ONNX Runtime
+Variants: PyTorch on each device (and, with --whisper-dtype, again with Whisper in that dtype);
+each `--onnx` export (fp32, int8, ...) on each ONNX Runtime
 provider that can run here (CPU; CUDA; TensorRT). Variants that cannot run are listed with the
 reason. Each variant runs in its own process, so that its peak memory (max RSS; on CUDA also
 torch's max_memory_allocated) is its own; all see the same clips and prompts, one after the other.
@@ -46,12 +48,14 @@ class Variant:
     source: str  # model name / checkpoint, or export directory
     device: str
     ort_provider: str | None = None
+    whisper_dtype: str | None = None  # torch only: Whisper in this dtype (runtime.backends.WHISPER_DTYPES)
 
 
 # ---------------------------------------------------------------------- which variants can run
 
 
-def plan(model: str, onnx_dirs: list[str], devices: list[str]) -> tuple[list[Variant], list[dict]]:
+def plan(model: str, onnx_dirs: list[str], devices: list[str],
+         whisper_dtype: str | None = None) -> tuple[list[Variant], list[dict]]:
     """(variants to run, skipped ones with the reason)."""
     import torch
 
@@ -64,6 +68,9 @@ def plan(model: str, onnx_dirs: list[str], devices: list[str]) -> tuple[list[Var
             skipped.append({"variant": label, "reason": "torch.cuda.is_available() is False (no GPU or a CPU build)"})
         else:
             runs.append(Variant(label, "torch", model, dev))
+            if whisper_dtype:
+                runs.append(Variant(f"torch ({dev}), whisper {whisper_dtype}", "torch", model, dev,
+                                    whisper_dtype=whisper_dtype))
     try:
         import onnxruntime
 
@@ -115,9 +122,11 @@ def run_variant(v: Variant, clips: list[str], max_new_tokens: int) -> dict:
     import torch
 
     from desta_edge import DestaModel
+    from desta_edge.runtime.backends import WHISPER_DTYPES
 
     t0 = time.perf_counter()
     model = DestaModel.from_pretrained(v.source, backend=v.backend, device=v.device, ort_provider=v.ort_provider,
+                                       whisper_dtype=WHISPER_DTYPES[v.whisper_dtype] if v.whisper_dtype else None,
                                        progress=False)
     load_s = time.perf_counter() - t0
     model.generate(conversation(clips[0]), max_new_tokens=2)  # warm-up (also fills the prompt-prefix cache)
@@ -227,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tiny", help="preset or checkpoint for the torch variants")
     p.add_argument("--onnx", action="append", default=[], help="an ONNX export directory (repeatable: fp32, int8, ...)")
     p.add_argument("--devices", default="cpu,cuda", help="comma-separated: cpu, cuda (unavailable ones are skipped)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N questions (default: all 8)")
+    p.add_argument("--whisper-dtype", default=None, choices=["bfloat16", "float16"],
+                   help="also run PyTorch with Whisper in this dtype (bfloat16 on CPUs with AMX)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N questions (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--timeout-s", type=float, default=1800, help="per variant")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--devices: unknown {bad}; use cpu and/or cuda")
     out = Path(args.out)
     clips = [str(c.path) for c in question_clips(out / "backend_clips", limit=args.limit)]
-    runs, skipped = plan(args.model, args.onnx, devices)
+    runs, skipped = plan(args.model, args.onnx, devices, args.whisper_dtype)
     variants = {v.label: v for v in runs}
     results: dict[str, dict] = {}
     for v in runs:

@@ -75,3 +75,12 @@ def test_speedups_are_computed_against_torch_on_the_same_device():
     assert "speedup_vs_torch" not in results["onnx int8 (cpu)"]
     assert "failed: boom" in bench.markdown({"variants": {"onnx int8 (cpu)": results["onnx int8 (cpu)"]}, "skipped": [],
                                              "clips": 1, "max_new_tokens": 4, "machine": "m"})
+
+
+def test_whisper_dtype_adds_a_torch_variant_per_device():
+    bench = load_bench()
+    runs, _ = bench.plan("tiny", [], ["cpu"], whisper_dtype="bfloat16")
+    assert [(v.label, v.whisper_dtype) for v in runs] == [("torch (cpu)", None),
+                                                          ("torch (cpu), whisper bfloat16", "bfloat16")]
+    runs, _ = bench.plan("tiny", [], ["cpu"])
+    assert [v.label for v in runs] == ["torch (cpu)"]

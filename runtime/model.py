@@ -53,6 +53,11 @@ class GenerationOutput:
     timings_ms: dict[str, float] = field(default_factory=dict)  # see STAGES
 
 
+class Cancelled(Exception):
+    """`stream(..., cancelled=)` said stop before the answer began (e.g. a speculative start
+    whose speech resumed); nothing is wrong with the input."""
+
+
 class AnswerStream:
     """Iterate to get answer text pieces as they are generated; fields fill in as it runs.
 
@@ -336,17 +341,20 @@ class DestaModel:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        cancelled: Callable[[], bool] | None = None,
     ) -> AnswerStream:
         """Answer one conversation, yielding text pieces as tokens are generated.
 
         Audio is loaded, encoded and transcribed before this returns (so errors surface here
         and `stream.audios` is known); the LLM runs as the stream is iterated.
+        cancelled: asked between the stages before this returns (after the features, the encoder
+        and the transcript); True raises `Cancelled`, so abandoned work stops early.
         """
         conversations = normalize_batch(messages)
         if len(conversations) != 1:
             raise ValueError(f"stream() takes one conversation, got a batch of {len(conversations)}; use generate()")
         opts = SamplingOptions(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
-        prep = self._prepare(conversations)
+        prep = self._prepare(conversations, cancelled)
 
         def pieces(stream: AnswerStream) -> Iterator[str]:
             times = StepTimes()
@@ -372,7 +380,11 @@ class DestaModel:
 
     # ------------------------------------------------------------------ pipeline
 
-    def _prepare(self, conversations: list[list[dict]]) -> _Prepared:
+    def _prepare(self, conversations: list[list[dict]], cancelled: Callable[[], bool] | None = None) -> _Prepared:
+        def stop_if_cancelled(stage: str) -> None:
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"cancelled after {stage}")
+
         t0 = time.perf_counter()
         timings = {k: 0.0 for k in ("features", "encoder", "asr")}
         refs = collect_audios(conversations, self.config.audio_locator)
@@ -392,10 +404,12 @@ class DestaModel:
             t = time.perf_counter()
             feats = self.features([clips[i].samples for i in encode_idx])
             timings["features"] = (time.perf_counter() - t) * 1000
+            stop_if_cancelled("features")
             t = time.perf_counter()
             enc: EncodedAudio = self.backend.encode(feats, with_connector=use_connector)
             timings["encoder"] = (time.perf_counter() - t) * 1000
             audio_embeds = enc.audio_embeds
+            stop_if_cancelled("the encoder")
             if need_asr:
                 t = time.perf_counter()
                 rows = [encode_idx.index(i) for i in need_asr]
@@ -403,6 +417,7 @@ class DestaModel:
                 timings["asr"] = (time.perf_counter() - t) * 1000
                 for i, text in zip(need_asr, texts):
                     transcripts[i] = text
+                stop_if_cancelled("the transcript")
         text_ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in transcripts]
         n_audio = self.config.prompt_size if use_connector else 0
         batch = build_batch(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from desta_edge.runtime.model import Cancelled
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 from desta_edge.runtime.turn import TurnDetector, TurnOptions
 
@@ -243,6 +244,8 @@ class Assistant:
             self._current = job
             try:
                 self._answer(job)
+            except Cancelled:  # speech resumed while the speculative job ran: stopped between stages
+                job.judged.set()
             except Exception as e:  # one bad utterance must not stop the loop
                 self.stats.errors += 1
                 logger.exception("utterance %d failed", job.utterance)
@@ -254,7 +257,10 @@ class Assistant:
                 self._current = None
 
     def _answer(self, job: _Job) -> None:
-        stream = self.model.stream(self._messages(job.samples), max_new_tokens=self.opts.max_new_tokens)
+        stream = self.model.stream(self._messages(job.samples), max_new_tokens=self.opts.max_new_tokens,
+                                   cancelled=lambda: job.discard)
+        if job.discard:
+            raise Cancelled("discarded before the prefill")
         pieces = iter(stream)
         first = next(pieces, None)  # prefill + first token, possibly before the commit
         if job.speculative and self._turn is not None and not job.decided.is_set():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from streaming_helpers import EnergyVad, signal
+from test_model import speechlike
 from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions
 from desta_edge.streaming.sources import Chunk
 from desta_edge.streaming.vad import EndpointOptions
@@ -92,7 +93,7 @@ class SlowModel:
         self.calls = 0
         self.streams = []
 
-    def stream(self, messages, max_new_tokens):
+    def stream(self, messages, max_new_tokens, cancelled=None):
         self.calls += 1
         if self.fail_first and self.calls == 1:
             raise ValueError("corrupt utterance")
@@ -162,7 +163,7 @@ class InstantModel:
     class config:
         audio_locator = "<|AUDIO|>"
 
-    def stream(self, messages, max_new_tokens):
+    def stream(self, messages, max_new_tokens, cancelled=None):
         return _OneShot()
 
 
@@ -275,3 +276,36 @@ def test_a_failing_speculative_job_does_not_hang_the_turn_check():
     events, stats = done[0]
     assert stats.errors == 1 and stats.answers == 1
     assert [e["reason"] for e in events if e["type"] == "speech_end"] == ["silence", "turn_complete"]
+
+
+def test_discarded_speculation_stops_before_the_transcript(tiny_model):
+    """Speech resumes while the speculative job is in the encoder: it stops there, no ASR, no LLM."""
+    backend = tiny_model.backend
+    encode, transcribe = backend.encode, backend.transcribe
+    entered, resumed, stages = threading.Event(), threading.Event(), []
+
+    def held_encode(*a, **k):
+        stages.append(("encode", resumed.is_set()))
+        entered.set()
+        if not resumed.is_set():  # the first (speculative) job: hold it until speech has resumed
+            assert resumed.wait(10)
+        return encode(*a, **k)
+
+    def feed(audio_s):
+        if audio_s == pytest.approx(1.5):  # the pause at 1.46 s started the job: let it reach the encoder
+            assert entered.wait(10)
+        if audio_s == pytest.approx(1.7):  # speech came back at 1.6 s
+            resumed.set()
+
+    backend.encode = held_encode
+    backend.transcribe = lambda *a, **k: stages.append(("transcribe", None)) or transcribe(*a, **k)
+    try:
+        # webrtcvad must hear speech in both clips, or ASR is skipped anyway (a pure tone is not speech)
+        quiet = lambda d: np.zeros(int(d * 16000), dtype=np.float32)  # noqa: E731
+        x = np.concatenate([quiet(0.5), speechlike(0.8, 1), quiet(0.3), speechlike(0.8, 2), quiet(1.0)])
+        events, stats = listen(tiny_model, x, before_chunk=feed)
+    finally:
+        del backend.encode, backend.transcribe
+    assert stats.speculative_discarded == 1 and stats.answers == 1 and stats.errors == 0
+    # the held job stopped after its encoder; only the answered job transcribed
+    assert stages == [("encode", False), ("encode", True), ("transcribe", None)]

@@ -252,3 +252,25 @@ def test_a_suspended_answer_stream_leaves_no_inference_mode_behind(tiny_model):
     stream.cancel()
     del pieces, stream
     assert not torch.is_inference_mode_enabled()
+
+
+def test_stream_stops_between_stages_when_cancelled(tiny_model):
+    from desta_edge.runtime.model import Cancelled
+
+    calls = []
+    backend = tiny_model.backend
+    encode, transcribe = backend.encode, backend.transcribe
+    backend.encode = lambda *a, **k: calls.append("encode") or encode(*a, **k)
+    backend.transcribe = lambda *a, **k: calls.append("transcribe") or transcribe(*a, **k)
+    try:
+        with pytest.raises(Cancelled, match="after features"):
+            tiny_model.stream(conv(), cancelled=lambda: True)
+        assert calls == []
+        with pytest.raises(Cancelled, match="after the encoder"):
+            tiny_model.stream(conv(), cancelled=lambda: calls == ["encode"])
+        assert calls == ["encode"]
+        calls.clear()
+        assert list(tiny_model.stream(conv(), max_new_tokens=2, cancelled=lambda: False)) is not None
+        assert calls == ["encode", "transcribe"]
+    finally:
+        del backend.encode, backend.transcribe

@@ -6,7 +6,8 @@ blocks on the model); one worker thread runs the model, one job at a time.
 Speculative start: when the endpointer reports a short pause, the worker begins the utterance
 as it stands (features, encoder, ASR, prompt, LLM prefill and the first token) and then waits.
 If the silence reaches the hangover with no new speech, the audio is identical and the job is
-committed: its first token goes out at once. If speech resumes, the job is discarded.
+committed: its first token goes out at once. If speech resumes, the job is discarded: it stops
+at its next stage boundary (`model.stream(cancelled=)`), so the next job does not wait behind it.
 
 End-of-turn detection: the speculative job also asks the LLM whether its transcript reads as a
 finished request (runtime/turn.py). When the silence reaches `turn_end_ms` (shorter than the

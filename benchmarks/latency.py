@@ -76,7 +76,7 @@ def run_variant(model: DestaModel, wav: Path, truth: list[Utterance], *, referen
     if realtime:
         chunks = paced(chunks)
     opts = AssistantOptions(max_new_tokens=max_new_tokens, speculative=not reference, barge_in=False,
-                            turn_detection=turn_detection)
+                            turn_detection=turn_detection, wait_for_turn_verdict=not realtime)
     assistant = Assistant(model, opts, endpoint, emit=events.append)
     try:
         t0 = time.monotonic()

@@ -147,11 +147,14 @@ class _Display:
 
     def __init__(self, live: bool = True) -> None:
         self.live = live
+        self._ends: dict[int, str] = {}  # utterance -> why it ended
 
     def __call__(self, e: dict) -> None:
         kind = e["type"]
         if kind == "speech_start":
             print(f"\n[{e['audio_s']:7.2f}s] ● speech", file=sys.stderr, flush=True)
+        elif kind == "speech_end":
+            self._ends[e["utterance"]] = e["reason"]
         elif kind == "transcript":
             print(f"you: {e['text']}", flush=True)
             print("assistant: ", end="", flush=True)
@@ -162,6 +165,8 @@ class _Display:
             print(flush=True)
             if self.live:
                 line = f"first token {t['first_token']:.0f} ms after you stopped; endpoint wait {t['endpoint_wait']:.0f} ms"
+                if self._ends.pop(e["utterance"], None) == "turn_complete":
+                    line += ", a finished request"
             else:
                 line = f"compute: encoder {t['encoder']:.0f} ms, ASR {t['asr']:.0f} ms, prefill {t['prefill']:.0f} ms"
             print(f"  ({line})", file=sys.stderr, flush=True)

@@ -71,7 +71,12 @@ def test_display_shows_latency_only_when_audio_is_live(capsys):
               "timings_ms": {"endpoint_wait": 500.0, "features": 5.0, "encoder": 240.0, "asr": 110.0,
                              "prefill": 90.0, "first_token": 620.0, "total": 900.0}}
     _Display(live=True)(answer)
-    assert "first token 620 ms after you stopped; endpoint wait 500 ms" in capsys.readouterr().err
+    assert "first token 620 ms after you stopped; endpoint wait 500 ms)" in capsys.readouterr().err
+    live = _Display(live=True)
+    live({"type": "speech_end", "utterance": 0, "audio_s": 2.0, "wall_s": 0.1, "speech_end_s": 1.8,
+          "reason": "turn_complete"})
+    live(answer)
+    assert "endpoint wait 500 ms, a finished request)" in capsys.readouterr().err
     _Display(live=False)(answer)  # --fast: the file runs ahead of the clock
     err = capsys.readouterr().err
     assert "compute: encoder 240 ms, ASR 110 ms, prefill 90 ms" in err and "after you stopped" not in err

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recording import question_clips  # noqa: E402
-from report import write_results  # noqa: E402
+from report import machine, write_results  # noqa: E402
 
 STAGES = ("encoder", "asr", "prefill", "first_token", "total")  # a subset of the runtime's timings_ms
 REFERENCE = "torch (cpu)"
@@ -260,11 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         raw = spawn(v, clips, args.max_new_tokens, args.timeout_s)
         results[v.label] = raw if "error" in raw else {**raw, "summary": summarize(raw)}
     compare(results, variants)
-    import torch
-
     result = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} torch threads"
-                   + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "machine": machine(),
         "model": args.model,
         "onnx": args.onnx,
         "clips": len(clips),

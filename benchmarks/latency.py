@@ -20,7 +20,6 @@ writes JSON + markdown under --out. Not a pass/fail test: the numbers depend on 
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import sys
 import time
@@ -30,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recording import Utterance, build  # noqa: E402
-from report import write_results  # noqa: E402
+from report import machine, write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
 from desta_edge.runtime.backends import WHISPER_DTYPES  # noqa: E402
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx", default=None, help="also run desta-edge with this ONNX export (desta-edge export onnx)")
     p.add_argument("--whisper-dtype", default=None, choices=[k for k in WHISPER_DTYPES if k != "float32"],
                    help="also run desta-edge with Whisper in this dtype (bfloat16 for CPUs with AMX)")
-    p.add_argument("--turn-end-ms", type=int, default=EndpointOptions().turn_end_ms)
+    p.add_argument("--turn-end-ms", type=int, default=None, help="default: the endpointer's (200, within pause/hangover)")
     p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test; latency meaningless)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -193,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     wav = out / "latency_recording.wav"
     truth = build(wav)
     pause = min(args.pause_ms, args.hangover_ms)
-    endpoint = EndpointOptions(hangover_ms=args.hangover_ms, pause_ms=pause,
-                               turn_end_ms=max(pause, min(args.turn_end_ms, args.hangover_ms)))
+    endpoint = EndpointOptions(hangover_ms=args.hangover_ms, pause_ms=pause, turn_end_ms=args.turn_end_ms)
     model = DestaModel.from_pretrained(args.model, device=args.device)
     model.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)  # warm-up
     variants = {}
@@ -216,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         run("desta-edge (onnx)", fast, reference=False)
     ref = variants["reference-style"]["latency_ms"]["p50"]
     result = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads {__import__('torch').get_num_threads()}",
+        "machine": machine(),
         "model": args.model,
         "realtime": not args.fast,
         "endpoint": {"hangover_ms": endpoint.hangover_ms, "pause_ms": endpoint.pause_ms,

@@ -18,7 +18,6 @@ minutes); `--realtime` paces it like a live source. Not a pass/fail test.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recording import RATE, build  # noqa: E402
-from report import write_results  # noqa: E402
+from report import machine, write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
 from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, stats = session(model, wav, realtime=args.realtime, max_new_tokens=args.max_new_tokens)
     qs = quarters(rows)
     result = {
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "machine": machine(),
         "model": f"onnx {args.onnx}" if args.onnx else f"torch {args.model}",
         "realtime": args.realtime,
         "audio_min": round(args.repeat * len(x) / RATE / 60, 1),

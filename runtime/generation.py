@@ -130,8 +130,7 @@ class PrefixCache:
         key = (tag, tuple(prefix_ids[0].tolist()))
         if key != self._key:
             pos = torch.arange(prefix_ids.shape[1], device=prefix_ids.device)[None]
-            with torch.inference_mode():
-                out = llm(input_ids=prefix_ids, position_ids=pos, use_cache=True)
+            out = _forward(llm, input_ids=prefix_ids, position_ids=pos)
             self._key, self._cache = key, out.past_key_values
         return copy.deepcopy(self._cache)
 
@@ -170,11 +169,9 @@ def last_logits(llm, prefix: PrefixCache, input_ids: torch.Tensor, prefix_len: i
     """Next-token logits [V] after `input_ids` [1, L], whose first `prefix_len` ids are a fixed
     prefix kept in `prefix` (no generation: a scoring call)."""
     past = prefix.get(llm, input_ids[:, :prefix_len]) if prefix_len else None
-    n = input_ids.shape[1]
-    with torch.inference_mode():
-        out = llm(input_ids=input_ids[:, prefix_len:], attention_mask=torch.ones_like(input_ids),
-                  position_ids=torch.arange(prefix_len, n, device=input_ids.device)[None], past_key_values=past,
-                  use_cache=True)
+    pos = torch.arange(prefix_len, input_ids.shape[1], device=input_ids.device)[None]
+    out = _forward(llm, input_ids=input_ids[:, prefix_len:], attention_mask=torch.ones_like(input_ids),
+                   position_ids=pos, past_key_values=past)
     return out.logits[0, -1]
 
 

@@ -186,15 +186,14 @@ class Assistant:
             self.stats.discarded_short += 1
             self._emit("discarded", ev.utterance, ev.audio_s, voiced_ms=ev.voiced_ms)
         elif isinstance(ev, SpeechEnd):
+            job, self._spec = self._spec, None
             extra = {}
-            if self._spec is not None and self._spec.utterance == ev.utterance and self._spec.judged.is_set() \
-                    and self._spec.turn_probability is not None:
-                extra["turn_probability"] = round(self._spec.turn_probability, 3)
+            if job is not None and job.utterance == ev.utterance and job.judged.is_set() \
+                    and job.turn_probability is not None:
+                extra["turn_probability"] = round(job.turn_probability, 3)
             self.stats.turn_ends += ev.reason == "turn_complete"
             self._emit("speech_end", ev.utterance, ev.audio_s, speech_end_s=round(ev.speech_end_s, 3), reason=ev.reason,
                        **extra)
-            job = self._spec
-            self._spec = None
             if job is None or job.utterance != ev.utterance or not np.array_equal(job.samples, ev.samples):
                 if job is not None:
                     self._discard(job)

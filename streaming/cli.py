@@ -14,7 +14,7 @@ from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
-from .vad import EndpointOptions
+from .vad import TURN_END_MS, EndpointOptions
 
 EXIT_BAD_INPUT = 2
 
@@ -43,7 +43,7 @@ def register_cli(sub) -> None:
     p.add_argument("--pause-ms", type=int, default=d.pause_ms, help="silence that starts speculative work")
     p.add_argument("--hangover-ms", type=int, default=d.hangover_ms, help="silence that ends an utterance")
     p.add_argument("--turn-end-ms", type=int, default=None,
-                   help=f"silence that ends an utterance the LLM judges a finished request (default {d.turn_end_ms}, "
+                   help=f"silence that ends an utterance the LLM judges a finished request (default {TURN_END_MS}, "
                         "kept between --pause-ms and --hangover-ms)")
     p.add_argument("--turn-threshold", type=float, default=AssistantOptions.turn_threshold,
                    help="end-of-turn probability that counts as finished (default %(default)s)")
@@ -65,8 +65,6 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
     from . import sources
 
-    d = EndpointOptions()
-
     if args.list_devices:
         try:
             devices = sources.list_devices()
@@ -82,8 +80,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         endpoint = EndpointOptions(
             aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms,
             pause_ms=args.pause_ms, hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms,
-            turn_end_ms=args.turn_end_ms if args.turn_end_ms is not None
-            else max(args.pause_ms, min(d.turn_end_ms, args.hangover_ms)),
+            turn_end_ms=args.turn_end_ms,
             max_utterance_s=args.max_utterance_s,
         )
         opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 VALID_FRAME_MS = (10, 20, 30)  # the only frame lengths webrtcvad accepts
+TURN_END_MS = 200  # default end-of-turn silence (kept between pause_ms and hangover_ms)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class EndpointOptions:
     pre_roll_ms: int = 300  # audio kept from before the onset, so first syllables survive
     pause_ms: int = 150  # silence after which a speculative start begins
     hangover_ms: int = 500  # silence that ends an utterance
-    turn_end_ms: int = 200  # silence that ends it early when `turn_check` says the request is complete
+    # silence that ends it early when `turn_check` says the request is complete
+    # (None: TURN_END_MS, kept between pause_ms and hangover_ms)
+    turn_end_ms: int | None = None
     tail_ms: int = 100  # audio kept after the last voiced frame
     min_speech_ms: int = 250  # shorter voiced totals are not queries
     max_utterance_s: float = 30.0  # forced cut (the model's window is 30 s)
@@ -56,6 +59,8 @@ class EndpointOptions:
             raise ValueError(f"aggressiveness must be 0..3, got {self.aggressiveness}")
         if not 0 < self.pause_ms <= self.hangover_ms:
             raise ValueError(f"need 0 < pause_ms <= hangover_ms, got {self.pause_ms} and {self.hangover_ms}")
+        if self.turn_end_ms is None:
+            object.__setattr__(self, "turn_end_ms", max(self.pause_ms, min(TURN_END_MS, self.hangover_ms)))
         if not self.pause_ms <= self.turn_end_ms <= self.hangover_ms:
             raise ValueError(f"need pause_ms <= turn_end_ms <= hangover_ms, got {self.pause_ms}, "
                              f"{self.turn_end_ms} and {self.hangover_ms}")

@@ -368,8 +368,7 @@ def train(options: TrainOptions, model=None, *, on_step: Callable[[dict[str, Any
 def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> TrainResult:
     out = Path(options.out_dir)
     parts = TrainedParts(model.connector, model.lora).float().train()
-    connector = model.connector
-    params = [p for p in parts.parameters()]
+    params = list(parts.parameters())
     for p in params:
         p.requires_grad_(True)
     dataset = AQADataset(options.data, options.data_root, limit=options.limit)
@@ -440,7 +439,7 @@ def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> T
     plot = None
     mean = sum(step_times) / len(step_times) if step_times else None
     if d.main:
-        save_checkpoint(out, model.config, connector, lora=model.lora)
+        save_checkpoint(out, model.config, model.connector, lora=model.lora)
         if options.loss_plot and metrics_path.exists():
             plot = plot_losses(metrics_path, out / PLOT_NAME)
         run = {"options": options_dict(options), "steps": step, "world_size": d.world, "records": len(dataset),

@@ -51,6 +51,10 @@ class DestaConfig:
     # Where LoRA applies (desta-edge's field; written only with use_lora): "all" tokens, as the
     # reference, or "audio": only from a conversation's first audio position on.
     lora_scope: str = "all"
+    # desta-edge's field, written only when on: the Q-Former reads each tapped layer through a
+    # LayerNorm without weights (so the official key layout is unchanged). Off = the reference's
+    # math, for official checkpoints; on for the adapters desta-edge trains (see runtime/connector.py).
+    connector_input_norm: bool = False
     audio_locator: str = "<|AUDIO|>"  # marks where each clip goes in a message
     placeholder_token: str = "<|reserved_special_token_87|>"  # one token of the LLM vocab
     # Optional: the 0-based encoder layers to tap; None = the official/even-spacing rule.
@@ -106,4 +110,6 @@ class DestaConfig:
             data["target_layer_ids"] = list(data["target_layer_ids"])
         if not data["use_lora"]:
             del data["lora_scope"]
+        if not data["connector_input_norm"]:
+            del data["connector_input_norm"]
         return {"model_type": "desta25", **data}

@@ -16,6 +16,13 @@ with cross-attention, at the encoder's width and head count:
 
 Self-attention over the queries is bidirectional (no mask). The same Q-Former weights serve
 every tap; only the query sets differ.
+
+`input_norm` (desta-edge's, off for official checkpoints): each tapped layer goes through a
+LayerNorm without weights before the Q-Former reads it. Whisper's residual stream carries a few
+large, nearly constant dimensions; from the raw taps a freshly initialized Q-Former passes on
+almost nothing that differs between clips, and four training runs never learned to read the
+voice. With the taps normalized, 100 steps on a gender question did (training/RUNS.md, run 5).
+No weights means no new checkpoint keys, so the layout stays the official one.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from torch import nn
 BERT_INTERMEDIATE_SIZE = 3072  # BERT's default feed-forward width, kept whatever d_enc is
 BERT_LAYER_NORM_EPS = 1e-12
 BERT_DROPOUT = 0.1  # hidden and attention dropout of the default BERT config (training only)
+INPUT_NORM_EPS = 1e-5  # epsilon of the weightless LayerNorm on the taps (input_norm)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class ConnectorShape:
     n_layers: int = 2  # Q-Former layers
     intermediate_size: int = BERT_INTERMEDIATE_SIZE
     dropout: float = BERT_DROPOUT
+    input_norm: bool = False  # read the taps through a weightless LayerNorm (see the module notes)
 
 
 class _Attention(nn.Module):
@@ -164,6 +173,8 @@ class QFormerConnector(nn.Module):
         if len(taps) != self.shape.n_taps:
             raise ValueError(f"expected {self.shape.n_taps} tapped layers, got {len(taps)}")
         b = taps[0].shape[0]
+        if self.shape.input_norm:
+            taps = [F.layer_norm(t, t.shape[-1:], eps=INPUT_NORM_EPS) for t in taps]
         outs = [
             self.qformer(prompt.expand(b, -1, -1), states)  # [B, Q, d_enc]
             for prompt, states in zip(self.layer_prompts, taps)

@@ -238,6 +238,7 @@ class DestaModel:
                 n_taps=len(front.taps),
                 prompt_size=config.prompt_size,
                 n_layers=config.qformer_num_hidden_layers,
+                input_norm=config.connector_input_norm,
             )
             connector = QFormerConnector(shape)
             lora = LoRA(llm, scope=config.lora_scope) if config.use_lora else None

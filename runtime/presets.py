@@ -41,6 +41,7 @@ PRESETS: dict[str, Preset] = {
             qformer_num_hidden_layers=2,
             prompt_size=64,
             placeholder_token="<empty_output>",  # a SmolLM2 special token never seen in chat
+            connector_input_norm=True,  # raw Whisper taps keep a fresh Q-Former from learning (training/RUNS.md, run 5)
         ),
         adapter_dir=_shipped("desta-edge-tiny"),
     ),

@@ -86,3 +86,31 @@ def test_wrong_number_of_taps_is_an_error():
     c = QFormerConnector(ConnectorShape(d_encoder=16, n_heads=2, d_llm=8, prompt_size=2, n_layers=1))
     with pytest.raises(ValueError, match="4 tapped layers, got 3"):
         c([torch.zeros(1, 5, 16)] * 3)
+
+
+def test_input_norm_reads_each_frame_normalized_and_adds_no_keys():
+    shape = ConnectorShape(d_encoder=16, n_heads=2, d_llm=8, prompt_size=3, n_layers=1)
+    torch.manual_seed(0)
+    plain = QFormerConnector(shape).eval()
+    normed = QFormerConnector(ConnectorShape(**{**shape.__dict__, "input_norm": True})).eval()
+    assert set(connector_state(normed)) == set(connector_state(plain))  # the official layout, unchanged
+    normed.load_state_dict(plain.state_dict())
+    taps = [torch.randn(2, 5, 16) for _ in range(4)]
+    # a per-frame offset and scale (Whisper's large, nearly constant dimensions) no longer reach the queries
+    shifted = [t * torch.rand(2, 5, 1).add(0.5) * 7 + torch.randn(2, 5, 1) * 30 for t in taps]
+    with torch.no_grad():
+        torch.testing.assert_close(normed(shifted), normed(taps), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(plain(shifted), plain(taps), atol=1e-2)
+        want = plain([torch.nn.functional.layer_norm(t, (16,)) for t in taps])
+        torch.testing.assert_close(normed(taps), want)  # exactly a weightless LayerNorm in front
+
+
+def test_input_norm_is_written_only_when_on():
+    assert "connector_input_norm" not in DestaConfig().to_dict()  # official configs stay as they are
+    assert DestaConfig.from_dict({"model_type": "desta25"}).connector_input_norm is False
+    on = DestaConfig(connector_input_norm=True)
+    assert on.to_dict()["connector_input_norm"] is True
+    assert DestaConfig.from_dict(on.to_dict()) == on
+    from desta_edge.runtime.presets import PRESETS
+
+    assert PRESETS["tiny"].config.connector_input_norm  # desta-edge's own adapters are trained with it

@@ -69,13 +69,13 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
     result = evaluate(model, FAST(corpus))
     clips = list(read_metadata(corpus))
     para = result["paralinguistic"]
-    assert para["variants"] == ["model", "transcript_only"] and calls  # the model column used the connector
+    assert para["variants"] == ["model", "transcript_only", "description_in_text"] and calls  # the connector ran
     assert model.audio_features  # restored after the ablation
     for attr, entry in para["attributes"].items():
         key = QUESTIONS[attr][0]
         assert entry["n"] == sum(1 for c in clips if c.get(key) and (attr == "sound") == (c["kind"] == "sound"))
-        assert all(0 <= entry[v] <= 1 for v in ("model", "transcript_only", "majority"))
-        for v in ("model", "transcript_only"):  # the predicted-label histogram covers every clip
+        assert all(0 <= entry[v] <= 1 for v in ("model", "transcript_only", "description_in_text", "majority"))
+        for v in ("model", "transcript_only", "description_in_text"):  # the histogram covers every clip
             assert sum(entry["predicted"][v].values()) == entry["n"]
     assert "sound" in para["attributes"] and "gender" in para["attributes"]
     lp = result["language_preservation"]
@@ -86,6 +86,7 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
     assert result["wer"]["n"] == sum(1 for c in clips if c["transcript"]) and result["wer"]["wer"] >= 0
     table = markdown_table(result)
     assert "| **average** |" in table and "transcript-only %" in table and "spoken QA" in table
+    assert "description-in-text %" in table
     j, m = write_report(result, tmp_path / "report")
     assert json.loads(j.read_text())["clips"] == len(clips) and m.read_text() == table
 
@@ -94,7 +95,8 @@ def test_ablation_switch_and_model_without_connector(corpus):
     model = build_tiny_model(audio_features=False)
     assert model.connector is None
     result = evaluate(model, FAST(corpus, limit=2))
-    assert result["paralinguistic"]["variants"] == ["transcript_only"] and result["clips"] == 2
+    assert result["paralinguistic"]["variants"] == ["transcript_only", "description_in_text"]
+    assert result["clips"] == 2
     assert "voice_transcript_only" not in result["spoken_qa"]  # the voice column already is the ablation
     with_connector = build_tiny_model()
     with transcript_only(with_connector):

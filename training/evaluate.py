@@ -13,6 +13,10 @@ Design choices:
 - Both columns use the same loaded backbones: the model, then the transcript-only ablation (the
   same object with `audio_features=False`, exactly what `from_pretrained(x, audio_features=False)`
   gives). A model without a trained connector reports only the ablation.
+- A third column, `description_in_text`, asks the same question with no audio at all: the clip's
+  seed description goes in as text, framed as `datagen` frames it. That is the information DeSTA
+  trains the connector to carry, answered by the model's own LLM, so it is what a connector that
+  conveyed the description perfectly could reach through this backbone.
 - Every clip is transcribed once by the model's own ASR (a one-token `generate`, the runtime's
   path), and that transcript is passed as the clip's `text` afterwards, so the questions do not
   repeat ASR; the answers are what the runtime gives a user whose clip transcribes that way.
@@ -45,6 +49,8 @@ from tqdm.auto import tqdm
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .corpus import SPOKEN_QA, read_metadata
+from .datagen import SYSTEM_PROMPT, USER_TEMPLATE
+from .descriptions import seed_description
 from .metrics import normalize_words, word_error_rate
 
 logger = logging.getLogger(__name__)
@@ -80,6 +86,7 @@ AMBIGUOUS = "several"
 NEGATIONS = frozenset({"no", "not", "without", "never", "neither", "nor", "isn't", "aren't", "wasn't", "doesn't",
                        "don't", "hardly"})
 NEGATION_REACH = 2
+DESCRIPTION_IN_TEXT = "description_in_text"  # the variant that reads the seed description as text
 NOISY_LABELS = ("Slightly noisy", "Noisy", "Very noisy")  # corpus noise labels scored as "Noisy"
 # fixed text-only conversations for the language-preservation check
 TEXT_CONVERSATIONS: list[list[dict[str, str]]] = [
@@ -185,10 +192,23 @@ def _ask(model, items: list[tuple[str, str, str]], max_new_tokens: int, options:
     return answers
 
 
+def _ask_described(model, clips: list[dict[str, Any]], question: str, max_new_tokens: int, options: EvalOptions,
+                    desc: str) -> list[str]:
+    """The question about each clip, answered from its seed description as text (datagen's framing)."""
+    system = [{"role": "system", "content": SYSTEM_PROMPT}] if SYSTEM_PROMPT else []
+    answers: list[str] = []
+    for chunk in tqdm(list(_batches(clips, options.batch_size)), desc=desc, disable=not options.progress):
+        convs = [system + [{"role": "user", "content": USER_TEMPLATE.format(description=seed_description(c),
+                                                                           prompt=question)}] for c in chunk]
+        answers += model.generate(convs, max_new_tokens=max_new_tokens).text
+    return answers
+
+
 def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, str], options: EvalOptions,
                    root: Path) -> dict[str, Any]:
-    """Accuracy per attribute for the model and its transcript-only ablation."""
-    variants = ["model", "transcript_only"] if model.audio_features and model.connector is not None else ["transcript_only"]
+    """Accuracy per attribute: the model, its transcript-only ablation, and the description read as text."""
+    audio = ["model", "transcript_only"] if model.audio_features and model.connector is not None else ["transcript_only"]
+    variants = audio + [DESCRIPTION_IN_TEXT]
     result: dict[str, Any] = {"attributes": {}, "variants": variants}
     for attr, (key, question) in QUESTIONS.items():
         rows = [c for c in clips if labelled(attr, c)]
@@ -199,9 +219,12 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
         entry: dict[str, Any] = {"n": len(rows), "majority": Counter(expected).most_common(1)[0][1] / len(rows),
                                  "examples": []}
         for variant in variants:
-            ctx = transcript_only(model) if variant == "transcript_only" else _no_context()
-            with ctx:
-                answers = _ask(model, items, options.label_max_new_tokens, options, f"{attr} ({variant})")
+            if variant == DESCRIPTION_IN_TEXT:
+                answers = _ask_described(model, rows, question, options.label_max_new_tokens, options,
+                                         f"{attr} ({variant})")
+            else:
+                with transcript_only(model) if variant == "transcript_only" else _no_context():
+                    answers = _ask(model, items, options.label_max_new_tokens, options, f"{attr} ({variant})")
             predicted = [score_answer(attr, a) for a in answers]
             entry[variant] = sum(p == e for p, e in zip(predicted, expected)) / len(rows)
             entry.setdefault("predicted", {})[variant] = dict(Counter(str(p) for p in predicted).most_common())

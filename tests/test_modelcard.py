@@ -29,7 +29,7 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     model = build_tiny_model()
     run = tmp_path / "run"
     train(TrainOptions(data=data, data_root=corpus, out_dir=run, steps=3, batch_size=2, lr=1e-3, warmup_steps=1,
-                       loss_plot=False, lora=lora), model)
+                       loss_plot=False, lora=lora, precision="bf16" if lora else "tf32"), model)
     result = evaluate(model, EvalOptions(corpus_dir=corpus, batch_size=8, label_max_new_tokens=3,
                                          qa_max_new_tokens=4, text_max_new_tokens=6))
     write_report(result, tmp_path / "eval")
@@ -58,7 +58,7 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
         assert "Only the connector is trained" in card
     else:
         assert "a LoRA (r=16, q/k/v of every LLM layer, active from a conversation's first audio position" in card
-        assert "--seed 0 --lora audio`" in card and any(".lora_B." in k for k in shipped)
+        assert "--seed 0 --lora audio --precision bf16`" in card and any(".lora_B." in k for k in shipped)
     assert json.loads((out / "eval.json").read_text()) == result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -130,6 +131,17 @@ def test_a_few_steps_overfit_a_tiny_batch(tmp_path):
     first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / 3
     assert last < 0.85 * first, (first, last)
     assert rows[0]["lr"] == pytest.approx(3e-3) and rows[-1]["lr"] < 1e-4  # cosine to zero
+
+
+def test_bf16_autocast_on_the_cpu_trains_fp32_weights(tmp_path):
+    model = build_tiny_model()
+    before = connector_state(model)
+    result = train(options(tmp_path, steps=2, precision="bf16", device="cpu"), model)
+    rows = [json.loads(line) for line in result.metrics.read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    after = connector_state(model)
+    assert all(v.dtype == torch.float32 for v in after.values())  # autocast, not bf16 weights
+    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -84,6 +84,10 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         gain = 100 * (para["average_model"] - para["average_transcript_only"])
     corpus_opts = corpus["options"]
     lora_opt = f" --lora {opts['lora']}" if opts.get("lora") else ""
+    if opts.get("precision", "tf32") != "tf32":
+        lora_opt += f" --precision {opts['precision']}"
+    norm = (" The Q-Former reads each tapped layer through a LayerNorm without weights (`connector_input_norm`)."
+            if config.connector_input_norm else "")
     if config.use_lora:
         reach = ("on every token" if config.lora_scope == "all" else
                  "from a conversation's first audio position on, so text-only conversations get the backbone's answers")
@@ -95,7 +99,7 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         f"# {out_dir.name}: the tiny preset's audio adapter",
         "",
         f"A DeSTA2.5-Audio connector (Q-Former, {config.qformer_num_hidden_layers} layers, {config.prompt_size} queries per "
-        f"tapped Whisper layer) between `{config.encoder_model_id}` and `{config.llm_model_id}`. {trained} "
+        f"tapped Whisper layer) between `{config.encoder_model_id}` and `{config.llm_model_id}`.{norm} {trained} "
         f"{run['trained_parameters']:,} parameters, stored in "
         f"fp16 ({size_mb:.1f} MB), official checkpoint layout (`config.json` + `model.safetensors`).",
         "",
@@ -131,7 +135,8 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         "",
         f"`desta-edge eval --model {out_dir.name} --split {result['split']}` on {result['clips']} held-out clips "
         f"(voices and sentences never seen in training); the transcript-only column is the same backbones with "
-        f"`audio_features=False`.",
+        f"`audio_features=False`, and the description-in-text column asks the LLM with the clip's seed description "
+        f"as text instead of audio.",
         "",
         markdown_table(result).rstrip(),
         "",

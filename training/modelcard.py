@@ -83,9 +83,9 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
     if para.get("average_model") is not None and para.get("average_transcript_only") is not None:
         gain = 100 * (para["average_model"] - para["average_transcript_only"])
     corpus_opts = corpus["options"]
-    lora_opt = f" --lora {opts['lora']}" if opts.get("lora") else ""
+    extra_opts = f" --lora {opts['lora']}" if opts.get("lora") else ""
     if opts.get("precision", "tf32") != "tf32":
-        lora_opt += f" --precision {opts['precision']}"
+        extra_opts += f" --precision {opts['precision']}"
     norm = (" The Q-Former reads each tapped layer through a LayerNorm without weights (`connector_input_norm`)."
             if config.connector_input_norm else "")
     if config.use_lora:
@@ -121,7 +121,7 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         "## Training",
         "",
         f"- `desta-edge train --steps {run['steps']} --batch-size {opts['batch_size']} --grad-accum {opts['grad_accum']} "
-        f"--lr {opts['lr']} --seed {opts['seed']}{lora_opt}`: {run['records']} records, "
+        f"--lr {opts['lr']} --seed {opts['seed']}{extra_opts}`: {run['records']} records, "
         f"warm-up {run['warmup_steps']} steps then "
         f"cosine, AdamW, grad clipping {opts['max_grad_norm']}, on `{run['device']}` ({run['world_size']} process(es)).",
         f"- Loss on the response tokens: {first:.3f} (mean of the first {LOSS_WINDOW} steps) → {last:.3f} (last {LOSS_WINDOW})."

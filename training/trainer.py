@@ -20,7 +20,8 @@ Design choices:
   within 60 steps (batch 32) where the same run in TF32 trained cleanly at 0.2 s/step; the cause
   is not established, so bf16 is opt-in. On the CPU, `"bf16"` keeps every weight in fp32 and runs
   the matmuls under bf16 autocast (oneDNN uses AMX / AVX512-BF16 where the CPU has them): a
-  connector step at batch 8 took 3.0 s instead of 4.4 s on the 2-core development CPU.
+  connector step at batch 8 with one-word targets took 3.0 s instead of 4.4 s on the 2-core
+  development CPU.
 - Exact resume: the data order is a pure function of (seed, epoch, world size) through
   `DistributedSampler` (also used with one process), a resumed run skips the micro-batches already
   consumed, and `trainer_state.pt` holds the optimizer, the scheduler, the step and every rank's

@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recording import question_clips  # noqa: E402
 from report import machine, write_results  # noqa: E402
 
+from desta_edge.runtime.backends import WHISPER_DTYPES  # noqa: E402
+
 STAGES = ("encoder", "asr", "prefill", "first_token", "total")  # a subset of the runtime's timings_ms
 REFERENCE = "torch (cpu)"
 
@@ -121,7 +123,6 @@ def run_variant(v: Variant, clips: list[str], max_new_tokens: int) -> dict:
     import torch
 
     from desta_edge import DestaModel
-    from desta_edge.runtime.backends import WHISPER_DTYPES
 
     t0 = time.perf_counter()
     model = DestaModel.from_pretrained(v.source, backend=v.backend, device=v.device, ort_provider=v.ort_provider,
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tiny", help="preset or checkpoint for the torch variants")
     p.add_argument("--onnx", action="append", default=[], help="an ONNX export directory (repeatable: fp32, int8, ...)")
     p.add_argument("--devices", default="cpu,cuda", help="comma-separated: cpu, cuda (unavailable ones are skipped)")
-    p.add_argument("--whisper-dtype", default=None, choices=["bfloat16", "float16"],
+    p.add_argument("--whisper-dtype", default=None, choices=[k for k in WHISPER_DTYPES if k != "float32"],
                    help="also run PyTorch with Whisper in this dtype (bfloat16 on CPUs with AMX)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=32)

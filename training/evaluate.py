@@ -182,33 +182,33 @@ def transcribe(model, paths: list[str], options: EvalOptions) -> list[str]:
     return out
 
 
-def _ask(model, items: list[tuple[str, str, str]], max_new_tokens: int, options: EvalOptions, desc: str) -> list[str]:
-    """items: (audio path, transcript, question) -> answers."""
+def _answers(model, convs: list, max_new_tokens: int, options: EvalOptions, desc: str) -> list[str]:
+    """Greedy answers to `convs`, generated in batches of `options.batch_size`."""
+    out: list[str] = []
+    for chunk in tqdm(list(_batches(convs, options.batch_size)), desc=desc, disable=not options.progress):
+        out += model.generate(chunk, max_new_tokens=max_new_tokens).text
+    return out
+
+
+def _audio_questions(model, items: list[tuple[str, str, str]]) -> list:
+    """items: (audio path, transcript, question) -> one conversation each."""
     loc = model.config.audio_locator
-    answers: list[str] = []
-    for chunk in tqdm(list(_batches(items, options.batch_size)), desc=desc, disable=not options.progress):
-        convs = [[{"role": "user", "content": f"{loc}\n{q}", "audios": [{"audio": p, "text": t}]}] for p, t, q in chunk]
-        answers += model.generate(convs, max_new_tokens=max_new_tokens).text
-    return answers
+    return [[{"role": "user", "content": f"{loc}\n{q}", "audios": [{"audio": p, "text": t}]}] for p, t, q in items]
 
 
-def _ask_described(model, clips: list[dict[str, Any]], question: str, max_new_tokens: int, options: EvalOptions,
-                    desc: str) -> list[str]:
-    """The question about each clip, answered from its seed description as text (datagen's framing)."""
+def _described_questions(clips: list[dict[str, Any]], question: str) -> list:
+    """The question about each clip with its seed description as text, framed as datagen frames it."""
     system = [{"role": "system", "content": SYSTEM_PROMPT}] if SYSTEM_PROMPT else []
-    answers: list[str] = []
-    for chunk in tqdm(list(_batches(clips, options.batch_size)), desc=desc, disable=not options.progress):
-        convs = [system + [{"role": "user", "content": USER_TEMPLATE.format(description=seed_description(c),
-                                                                           prompt=question)}] for c in chunk]
-        answers += model.generate(convs, max_new_tokens=max_new_tokens).text
-    return answers
+    return [system + [{"role": "user",
+                       "content": USER_TEMPLATE.format(description=seed_description(c), prompt=question)}]
+            for c in clips]
 
 
 def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, str], options: EvalOptions,
                    root: Path) -> dict[str, Any]:
     """Accuracy per attribute: the model, its transcript-only ablation, and the description read as text."""
-    audio = ["model", "transcript_only"] if model.audio_features and model.connector is not None else ["transcript_only"]
-    variants = audio + [DESCRIPTION_IN_TEXT]
+    with_connector = model.audio_features and model.connector is not None
+    variants = (["model"] if with_connector else []) + ["transcript_only", DESCRIPTION_IN_TEXT]
     result: dict[str, Any] = {"attributes": {}, "variants": variants}
     for attr, (key, question) in QUESTIONS.items():
         rows = [c for c in clips if labelled(attr, c)]
@@ -220,11 +220,11 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
                                  "examples": []}
         for variant in variants:
             if variant == DESCRIPTION_IN_TEXT:
-                answers = _ask_described(model, rows, question, options.label_max_new_tokens, options,
-                                         f"{attr} ({variant})")
+                convs = _described_questions(rows, question)
             else:
-                with transcript_only(model) if variant == "transcript_only" else _no_context():
-                    answers = _ask(model, items, options.label_max_new_tokens, options, f"{attr} ({variant})")
+                convs = _audio_questions(model, items)
+            with transcript_only(model) if variant == "transcript_only" else _no_context():
+                answers = _answers(model, convs, options.label_max_new_tokens, options, f"{attr} ({variant})")
             predicted = [score_answer(attr, a) for a in answers]
             entry[variant] = sum(p == e for p, e in zip(predicted, expected)) / len(rows)
             entry.setdefault("predicted", {})[variant] = dict(Counter(str(p) for p in predicted).most_common())
@@ -292,10 +292,7 @@ def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], op
                   for r in rows]
 
     def answers(convs: list, desc: str) -> list[str]:
-        out: list[str] = []
-        for chunk in tqdm(list(_batches(convs, options.batch_size)), desc=desc, disable=not options.progress):
-            out += model.generate(chunk, max_new_tokens=options.qa_max_new_tokens).text
-        return out
+        return _answers(model, convs, options.qa_max_new_tokens, options, desc)
 
     def correct(got: list[str]) -> list[bool]:
         return [answer_correct(r["answer"], a) for r, a in zip(rows, got)]

@@ -23,6 +23,7 @@ class SamplingOptions:
     do_sample: bool = False  # False: greedy (argmax); True: sample
     temperature: float = 1.0  # divides the logits before sampling (do_sample only)
     top_p: float = 1.0  # nucleus sampling mass (do_sample only)
+    banned_ids: tuple[tuple[int, ...], ...] = ()  # per batch row, token ids never chosen (empty: no bans)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -35,6 +36,8 @@ class SamplingOptions:
 
 def choose(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
     """logits [B, V] -> next token ids [B]."""
+    if opts.banned_ids:
+        logits = ban(logits, opts.banned_ids)
     if not opts.do_sample:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / opts.temperature, dim=-1)
@@ -44,6 +47,21 @@ def choose(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1).squeeze(-1)
+
+
+def ban(logits: torch.Tensor, banned_ids: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """logits [B, V] with each row's banned ids set to -inf."""
+    if len(banned_ids) != logits.shape[0]:
+        raise ValueError(f"banned_ids has {len(banned_ids)} rows for a batch of {logits.shape[0]}")
+    rows = [i for i, ids in enumerate(banned_ids) for _ in ids]
+    cols = [t for ids in banned_ids for t in ids]
+    if not cols:
+        return logits
+    if max(cols) >= logits.shape[1] or min(cols) < 0:
+        raise ValueError(f"banned token ids must be in [0, {logits.shape[1]}), got {min(cols)}..{max(cols)}")
+    out = logits.clone()
+    out[rows, cols] = float("-inf")
+    return out
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -318,10 +318,19 @@ class DestaModel:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        banned_token_ids: Sequence[Sequence[int]] | None = None,
     ) -> GenerationOutput:
-        """Answer one conversation or a batch of them (the seed's message format)."""
-        opts = SamplingOptions(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+        """Answer one conversation or a batch of them (the seed's message format).
+
+        `banned_token_ids`: per conversation, LLM token ids that are never generated (constrained
+        decoding, e.g. datagen keeping an answer consistent with its clip's labels).
+        """
+        banned = tuple(tuple(int(t) for t in row) for row in banned_token_ids or ())
+        opts = SamplingOptions(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                               banned_ids=banned)
         prep = self._prepare(normalize_batch(messages))
+        if banned and len(banned) != prep.batch_size:
+            raise ValueError(f"banned_token_ids has {len(banned)} rows for {prep.batch_size} conversations")
         times = StepTimes()
         rows: list[list[int]] = [[] for _ in range(prep.batch_size)]
         done = [False] * prep.batch_size

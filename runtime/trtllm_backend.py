@@ -310,6 +310,8 @@ class TrtLlmBackend:
                       times: StepTimes, cancelled: Callable[[], bool] | None = None,
                       prefix_ids: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
         """Run the engine on ids (text-only prompts) or on `prompt_inputs`' output (prompts with audio)."""
+        if opts.banned_ids:
+            raise ValueError("the trtllm backend does not take banned_token_ids; use the torch or onnx backend")
         if isinstance(inputs_embeds, PromptTableInputs):
             prompt = inputs_embeds
         elif inputs_embeds is not None or input_ids is None:

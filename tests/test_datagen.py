@@ -109,7 +109,7 @@ class FakeLLM:
 def options(tmp_path: Path, **kw) -> dg.DatagenOptions:
     # FakeLLM echoes the description, which names every label: the label filter is tested on its own
     base = dict(corpus_dir=write_corpus(tmp_path / "corpus"), out_file=tmp_path / "out" / "aqa.jsonl", batch_size=3,
-                filter_labels=False)
+                filter_labels=False, constrain_labels=False)
     base.update(kw)
     return dg.DatagenOptions(**base)
 
@@ -181,6 +181,24 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="seed"):
         dg.run_datagen(options(tmp_path, limit=4, seed=5), FakeLLM())
     assert dg.run_datagen(options(tmp_path, limit=4, batch_size=1), FakeLLM()).written == 2  # batch size may change
+
+
+def test_categories_restrict_the_prompts_and_resume(tmp_path):
+    opts = options(tmp_path, categories=("gender", "sound"), prompts_per_clip=2)
+    recs = read(dg.run_datagen(opts, FakeLLM()).path)
+    # the speech clip gets gender prompts; the noisy clip has no gender label, so it is left out
+    assert {r["category"] for r in recs} == {"gender", "sound"}
+    assert {r["id"].rsplit("-p", 1)[0] for r in recs} == {f"train-{i:06d}" for i in (0, 2, 3, 5, 6, 8)}
+    assert all(r["prompt"] in POOL["gender"] or r["prompt"].startswith(tuple(CLOSED["gender"]))
+               for r in recs if r["category"] == "gender")
+    again = FakeLLM()
+    assert dg.run_datagen(opts, again).written == 0 and again.calls == []  # the saved categories compare equal
+    with pytest.raises(ValueError, match="categories"):
+        dg.run_datagen(options(tmp_path, categories=("gender",), prompts_per_clip=2), FakeLLM())
+    for bad in (("gender", "colour"), ()):
+        with pytest.raises(ValueError, match="categories must be some of"):
+            dg.run_datagen(options(tmp_path / "bad", categories=bad), FakeLLM())
+    assert sample_prompt(SOUND, random.Random(0), only=("gender",)) is None
 
 
 def test_corrupt_middle_line_is_an_error_with_its_line_number(tmp_path):
@@ -314,6 +332,44 @@ def test_label_rule():
     noisy = dg.Item("z", NOISY, "desc", "noise", "Is there noise?")
     assert not dg.off_label(noisy, "Yes, the background is noisy.") and dg.off_label(noisy, "It is clean.")
 
+
+def test_constrained_decoding_bans_the_other_labels_words(tmp_path):
+    gender = dg.Item("g", SPEECH, "desc", "gender", "Male or female?")  # SPEECH is Female, High, Fast, Loud
+    assert "male" in dg.banned_words(gender) and "man" in dg.banned_words(gender)
+    assert not {"female", "woman", "she"} & set(dg.banned_words(gender))
+    pitch = dg.Item("p", SPEECH, "desc", "pitch", "How high?")
+    assert {"low", "deep", "normal", "average"} <= set(dg.banned_words(pitch)) and "high" not in dg.banned_words(pitch)
+    clean = dg.Item("n", SPEECH, "desc", "noise", "Noisy?")
+    assert set(dg.banned_words(clean)) == set(LABEL_WORDS["noise"]["Noisy"])
+    assert dg.banned_words(dg.Item("d", SPEECH, "desc", "describe", "Describe.")) == []
+    assert dg.banned_words(dg.Item("x", NOISY, "desc", "gender", "Male?")) == []  # no gender label: nothing to enforce
+
+    seen = []
+
+    def llm(convs, seed=None, banned=None):  # a backbone that says "male" unless that word is banned
+        seen.append(banned)
+        return ["The speaker is female." if b and "male" in b else "The speaker is male." for b in banned or [[]] * len(convs)]
+
+    opts = options(tmp_path, categories=("gender", "transcribe"), filter_labels=True, constrain_labels=True)
+    kept = read(dg.run_datagen(opts, llm).path)
+    gender = [r for r in kept if r["category"] == "gender"]
+    assert gender and all(r["response"] == "The speaker is female." for r in gender)  # the clips are female
+    assert all(b is None or len(b) == 3 for b in seen)  # one row of banned words per conversation, or none
+    settings = json.loads(dg.settings_path(opts.out_file).read_text())
+    assert settings["constrain_labels"] is True and settings["categories"] == ["gender", "transcribe"]
+
+
+@pytest.mark.slow
+def test_word_token_ids_with_the_real_tokenizer():
+    from transformers import AutoTokenizer
+
+    from desta_edge.runtime.bundled import prepare_smollm2
+
+    tok = AutoTokenizer.from_pretrained(prepare_smollm2(progress=False))
+    ids = dg.word_token_ids(tok, ["male", "he", "masculine"])
+    spelled = {tok.decode([i]) for i in ids}
+    assert {" male", "Male", " Male", "male", " he", "He", " He", " masculine"} <= spelled
+    assert "he" not in spelled and " female" not in spelled  # short bare pieces and other words are not banned
 
 
 def test_retries_resample_off_label_answers_before_setting_them_aside(tmp_path):

@@ -167,6 +167,19 @@ def test_sampling_options_are_validated(tiny_model):
     assert len(out.generated_ids[0]) <= 4
 
 
+def test_banned_token_ids_are_never_generated_per_row(tiny_model):
+    a, b = conv(text="ban me"), conv(text="not me", prompt="Summarize.")
+    free = tiny_model.generate([a, b], max_new_tokens=6).generated_ids
+    first = free[0][0]
+    out = tiny_model.generate([a, b], max_new_tokens=6, banned_token_ids=[[first], []])
+    assert first not in out.generated_ids[0] and out.generated_ids[0][0] != first
+    assert out.generated_ids[1] == free[1]  # the other row is untouched
+    with pytest.raises(ValueError, match="2 conversations"):
+        tiny_model.generate([a, b], banned_token_ids=[[first]])
+    with pytest.raises(ValueError, match="banned token ids must be in"):
+        tiny_model.generate(a, banned_token_ids=[[10**9]])
+
+
 def test_tone_is_accepted_as_audio_tuple_and_bad_audio_type_rejected(tiny_model):
     out = tiny_model.generate(conv(text="t", audio=(tone(0.5, rate=8000), 8000)), max_new_tokens=1)
     assert out.audios[0][0] == "<array>"

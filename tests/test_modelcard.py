@@ -24,8 +24,9 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     build_corpus(CorpusOptions(out_dir=corpus, size=6, seed=3, workers=1, sound_fraction=0.3,
                                split_fractions=(0.0, 0.0, 1.0), noisy_fraction=0.5))
     data = tmp_path / "aqa.jsonl"
-    answers = dg.run_datagen(dg.DatagenOptions(corpus_dir=corpus, out_file=data, splits=("test",), batch_size=4),
-                             lambda convs: ["A quiet man speaking slowly, a beep." for _ in convs])
+    answers = dg.run_datagen(dg.DatagenOptions(corpus_dir=corpus, out_file=data, splits=("test",), batch_size=4,
+                                               retries=1, limit=5),
+                             lambda convs, seed=None, banned=None: ["A quiet man speaking slowly, a beep." for _ in convs])
     model = build_tiny_model()
     run = tmp_path / "run"
     train(TrainOptions(data=data, data_root=corpus, out_dir=run, steps=3, batch_size=2, lr=1e-3, warmup_steps=1,
@@ -49,7 +50,8 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     assert all(torch.allclose(shipped[k].float(), trained[k].float(), atol=1e-3, rtol=1e-3) for k in trained)
     assert json.loads((out / "config.json").read_text()) == json.loads((run / "config.json").read_text())
     card = (out / "MODEL_CARD.md").read_text()
-    assert f"{answers.written} records kept, {answers.rejected} attribute answers set aside" in card
+    assert f"{answers.written} records kept, {answers.rejected} answers set aside" in card
+    assert "`desta-edge datagen --seed 0 --max-new-tokens 64 --limit 5 --splits test --retries 1`" in card
     assert "`desta-edge train --steps 3 --batch-size 2" in card and "| **average** |" in card
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert f"{sum(losses) / len(losses):.3f}" in card  # 3 steps: first and last windows are all of them

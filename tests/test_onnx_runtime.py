@@ -78,6 +78,10 @@ def test_backend_with_io_binding_gives_the_same_transcripts_and_answers(tiny_onn
     assert b.audios == a.audios and b.generated_ids == a.generated_ids
     assert "".join(bound.stream(convs[0], max_new_tokens=8)) == a.text[0]  # prefix cache shared as OrtValues
     assert "".join(bound.stream(convs[1], max_new_tokens=8)) == a.text[1]  # (a second request reuses it)
+    first = a.generated_ids[0][0]  # constrained decoding runs in the shared loop: the same on both
+    banned = [plain.generate(convs, max_new_tokens=8, banned_token_ids=[[first], []]),
+              bound.generate(convs, max_new_tokens=8, banned_token_ids=[[first], []])]
+    assert banned[0].generated_ids == banned[1].generated_ids and first not in banned[0].generated_ids[0]
 
 
 # ---------------------------------------------------------------------- optimized-graph cache

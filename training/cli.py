@@ -42,10 +42,15 @@ def register_cli(subparsers: Any) -> None:
     d.add_argument("--max-new-tokens", type=int, default=64, help="cap on each answer (default: 64)")
     d.add_argument("--no-filter", action="store_true",
                    help="keep attribute answers that do not name the clip's label (default: set them aside)")
+    d.add_argument("--no-constrain", action="store_true",
+                   help="let an attribute answer use the other labels' words (default: banned while decoding)")
     d.add_argument("--retries", type=int, default=0,
                    help="sampled re-asks of an attribute answer that misses its clip's label (default: 0)")
     d.add_argument("--prompts-per-clip", type=int, default=1, help="records per clip (default: 1)")
     d.add_argument("--splits", default="train,validation", help="corpus splits to cover (default: train,validation)")
+    d.add_argument("--categories", default=None,
+                   help="ask only prompts of these comma-separated categories, e.g. gender,pitch,speed,volume,noise,"
+                        "sound,assistant (default: all)")
     d.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     d.set_defaults(func=_cmd_datagen)
 
@@ -127,6 +132,10 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
 def _cmd_datagen(args: argparse.Namespace) -> int:
     from .datagen import DatagenOptions, run_datagen
 
@@ -136,8 +145,10 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
             corpus_dir=Path(args.corpus), out_file=Path(args.out), limit=args.limit, batch_size=args.batch_size,
             seed=args.seed, model=args.model, backend=args.backend, device=args.device,
             max_new_tokens=args.max_new_tokens, prompts_per_clip=args.prompts_per_clip,
-            splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()), progress=not args.json,
+            splits=_names(args.splits), progress=not args.json,
             filter_labels=not args.no_filter, retries=args.retries,
+            categories=None if args.categories is None else _names(args.categories),
+            constrain_labels=not args.no_constrain,
         )
         result = run_datagen(options)
     except (ValueError, FileNotFoundError) as e:

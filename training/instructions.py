@@ -23,7 +23,7 @@ Design choices:
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT
 
@@ -198,9 +198,16 @@ def categories_for(record: Mapping[str, Any]) -> list[str]:
     return cats
 
 
-def sample_prompt(record: Mapping[str, Any], rng: random.Random) -> tuple[str, str]:
-    """(category, prompt) for one clip."""
-    cats = categories_for(record)
+def all_categories() -> list[str]:
+    return list(POOL) + [ASSISTANT]
+
+
+def sample_prompt(record: Mapping[str, Any], rng: random.Random,
+                  only: Collection[str] | None = None) -> tuple[str, str] | None:
+    """(category, prompt) for one clip; with `only`, among those categories (None if none fits the clip)."""
+    cats = [c for c in categories_for(record) if only is None or c in only]
+    if not cats:
+        return None
     category = rng.choices(cats, weights=[CATEGORY_WEIGHTS.get(c, 1.0) for c in cats])[0]
     if category == ASSISTANT:
         return category, ASSISTANT_PROMPT

@@ -42,6 +42,27 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def datagen_command(settings: dict[str, Any]) -> str:
+    """The `desta-edge datagen` flags that made a JSONL, from its settings sidecar."""
+    parts = ["desta-edge datagen", f"--seed {settings.get('seed', '?')}",
+             f"--max-new-tokens {settings.get('max_new_tokens', '?')}"]
+    if settings.get("limit") is not None:
+        parts.append(f"--limit {settings['limit']}")
+    if settings.get("splits"):
+        parts.append(f"--splits {','.join(settings['splits'])}")
+    if settings.get("prompts_per_clip", 1) != 1:
+        parts.append(f"--prompts-per-clip {settings['prompts_per_clip']}")
+    if settings.get("categories"):
+        parts.append(f"--categories {','.join(settings['categories'])}")
+    if settings.get("retries"):
+        parts.append(f"--retries {settings['retries']}")
+    if settings.get("filter_labels") is False:
+        parts.append("--no-filter")
+    if settings.get("constrain_labels") is False:
+        parts.append("--no-constrain")
+    return " ".join(parts)
+
+
 def ship_adapter(run_dir: Path, eval_dir: Path, data_file: Path, corpus_dir: Path, out_dir: Path,
                  notes: str = "") -> Path:
     """Write out_dir/{config.json, model.safetensors (fp16), loss.png, eval.json, MODEL_CARD.md}."""
@@ -112,9 +133,9 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         f"{len(corpus['voices']['test'])} in test, no voice in two splits; sentences are split by text.",
         f"- Labels measured from the audio: gender {counts['gender']}, pitch {counts['pitch']}, speed {counts['speed']}, "
         f"volume {counts['volume']}, noise {counts['noise']}.",
-        f"- Self-generated targets (`desta-edge datagen`, backbone `{settings.get('model', '?')}`, greedy, "
-        f"max {settings.get('max_new_tokens', '?')} new tokens, splits {settings.get('splits', '?')}): "
-        f"{len(kept)} records kept, {len(rejected)} attribute answers set aside because they did not name the clip's label.",
+        f"- Self-generated targets (`{datagen_command(settings)}`, backbone `{settings.get('model', '?')}`): "
+        f"{len(kept)} records kept, {len(rejected)} answers set aside because they did not name the clip's label "
+        f"or contradicted one.",
         "- Kept records per category: " + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ".",
         "- Set aside per category: " + (", ".join(f"{k} {v}" for k, v in sorted(cats_rej.items())) or "none") + ".",
         "",

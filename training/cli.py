@@ -161,7 +161,7 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{result.written} new records, {result.rejected} attribute answers set aside (label not named) "
+        print(f"{result.written} new records, {result.rejected} answers set aside by the label filter "
               f"({result.existing} already there, {result.total} asked) in {seconds:.1f} s -> {result.path}")
     return 0
 

@@ -249,9 +249,8 @@ def existing_ids(path: Path) -> list[str]:
 
 def _settings(options: DatagenOptions) -> dict[str, Any]:
     s = {k: getattr(options, k) for k in CONTENT_SETTINGS}
-    s["categories"] = sorted(options.categories) if options.categories is not None else None  # as JSON reads it back
-    s.update(corpus_dir=str(options.corpus_dir), batch_size=options.batch_size,
-             splits=list(options.splits), limit=options.limit)
+    s.update(corpus_dir=str(options.corpus_dir), batch_size=options.batch_size, splits=list(options.splits),
+             limit=options.limit, categories=None if options.categories is None else sorted(options.categories))
     return s
 
 
@@ -275,16 +274,18 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
 def _answer(batch: Sequence[Item], options: DatagenOptions, generate: GenerateFn) -> list[str]:
     """Greedy answers, then sampled re-asks of the off-label ones (`options.retries` rounds)."""
     convs = [conversation(it, options) for it in batch]
-    bans = [banned_words(it) for it in batch] if options.constrain_labels else None
-    kw = (lambda rows: {"banned": rows}) if bans is not None and any(bans) else (lambda rows: {})
-    answers = _checked(generate(convs, **kw(bans)), len(convs))
+    bans = [banned_words(it) for it in batch] if options.constrain_labels else []
+
+    def ask(rows: Sequence[int], *seed: int) -> list[str]:  # no seed: greedy; no bans in the batch: no `banned`
+        kw = {"banned": [bans[i] for i in rows]} if any(bans) else {}
+        return _checked(generate([convs[i] for i in rows], *seed, **kw), len(rows))
+
+    answers = ask(range(len(batch)))
     for attempt in range(1, options.retries + 1 if options.filter_labels else 1):
         redo = [i for i, (it, a) in enumerate(zip(batch, answers)) if off_label(it, a)]
         if not redo:
             break
-        seed = zlib.crc32(f"{options.seed}:{attempt}:{batch[0].id}".encode())
-        rows = None if bans is None else [bans[i] for i in redo]
-        for i, a in zip(redo, _checked(generate([convs[i] for i in redo], seed, **kw(rows)), len(redo))):
+        for i, a in zip(redo, ask(redo, zlib.crc32(f"{options.seed}:{attempt}:{batch[0].id}".encode()))):
             answers[i] = a
     return answers
 

@@ -241,6 +241,10 @@ def test_datagen_cli_bad_input(tmp_path, capsys):
                               "--json"])
     assert args.func(args) == 2
     assert "metadata.jsonl" in capsys.readouterr().err
+    args = parser.parse_args(["datagen", "--corpus", str(write_corpus(tmp_path / "c")), "--out",
+                              str(tmp_path / "o.jsonl"), "--candidates", "0", "--json"])
+    assert args.func(args) == 2
+    assert "candidates must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -331,6 +335,48 @@ def test_label_rule():
     assert dg.off_label(sound, "A beep over white noise.")  # two sound types: one contradicts the clip
     noisy = dg.Item("z", NOISY, "desc", "noise", "Is there noise?")
     assert not dg.off_label(noisy, "Yes, the background is noisy.") and dg.off_label(noisy, "It is clean.")
+
+
+def test_answers_echoing_the_description_are_set_aside():
+    item = dg.Item("x", SPEECH, "desc", "pitch", "Low, normal or high?")  # SPEECH's pitch is High
+    assert dg.set_aside(item, "What is the capital of France? (Gender: Female, Pitch: High, Duration: 3s)")
+    assert dg.set_aside(item, "[00:00-00:03] A high voice.")  # the timestamp is copied
+    assert dg.set_aside(item, "speaking speed : fast, and the pitch is high")
+    assert not dg.set_aside(item, "The pitch is high.") and dg.set_aside(item, "The pitch is low.")
+    assert not dg.echoes_description("A high voice, asking about the gender gap.")
+
+
+def test_candidates_keep_the_shortest_answer_that_passes(tmp_path):
+    """Greedy pads its answer; sampled candidates give a short right answer, a short wrong one, an echo."""
+    calls = []
+    tries = {None: "The audio is from a podcast and the speaker is female, fast, loud, high, clean.",
+             1: "Male.", 2: "Female, fast, loud, high, clean.", 3: "(Gender: Female)"}
+
+    seeds: list[int] = []  # sampled seeds in the order they are first used: candidate 1, 2, 3
+
+    def llm(convs, seed=None):
+        calls.append((len(convs), seed))
+        if seed is not None and seed not in seeds:
+            seeds.append(seed)
+        return [tries[None if seed is None else seeds.index(seed) + 1] for _ in convs]
+
+    cats = ("gender", "transcribe")
+    result = dg.run_datagen(options(tmp_path, categories=cats, filter_labels=True, candidates=4, batch_size=9), llm)
+    kept = read(result.path)
+    closed = [r for r in kept if r["category"] == "gender"]
+    assert closed and all(r["response"] == tries[2] for r in closed)  # shortest of those that pass
+    assert all(r["response"] == tries[None] for r in kept if r["category"] == "transcribe")  # free-form: greedy
+    # greedy for every row, then three sampled rounds over the gender rows only, each with its own seed
+    assert calls[0] == (result.total, None) and [n for n, _ in calls[1:]] == [len(closed)] * 3
+    assert len(seeds) == 3
+    settings = json.loads(dg.settings_path(result.path).read_text())
+    assert settings["candidates"] == 4
+    tie = dg.run_datagen(options(tmp_path / "tie", categories=("gender",), filter_labels=True, candidates=2),
+                         lambda convs, seed=None: ["The speaker is female." if seed is None else "A female voice speaks."
+                                                   for _ in convs])
+    assert {r["response"] for r in read(tie.path)} == {"The speaker is female."}  # equal length: greedy kept
+    with pytest.raises(ValueError, match="candidates"):
+        dg.run_datagen(options(tmp_path / "bad", candidates=0), llm)
 
 
 def test_constrained_decoding_bans_the_other_labels_words(tmp_path):

@@ -25,7 +25,7 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
                                split_fractions=(0.0, 0.0, 1.0), noisy_fraction=0.5))
     data = tmp_path / "aqa.jsonl"
     answers = dg.run_datagen(dg.DatagenOptions(corpus_dir=corpus, out_file=data, splits=("test",), batch_size=4,
-                                               retries=1, limit=5),
+                                               retries=1, candidates=2, limit=5),
                              lambda convs, seed=None, banned=None: ["A quiet man speaking slowly, a beep." for _ in convs])
     model = build_tiny_model()
     run = tmp_path / "run"
@@ -51,7 +51,7 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     assert json.loads((out / "config.json").read_text()) == json.loads((run / "config.json").read_text())
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{answers.written} records kept, {answers.rejected} answers set aside" in card
-    assert "`desta-edge datagen --seed 0 --max-new-tokens 64 --limit 5 --splits test --retries 1`" in card
+    assert "`desta-edge datagen --seed 0 --max-new-tokens 64 --limit 5 --splits test --retries 1 --candidates 2`" in card
     assert "`desta-edge train --steps 3 --batch-size 2" in card and "| **average** |" in card
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert f"{sum(losses) / len(losses):.3f}" in card  # 3 steps: first and last windows are all of them

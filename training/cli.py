@@ -41,11 +41,15 @@ def register_cli(subparsers: Any) -> None:
     d.add_argument("--device", default=None, help="torch device for the transformers backend")
     d.add_argument("--max-new-tokens", type=int, default=64, help="cap on each answer (default: 64)")
     d.add_argument("--no-filter", action="store_true",
-                   help="keep attribute answers that do not name the clip's label (default: set them aside)")
+                   help="keep answers that miss or contradict the clip's labels or echo its description "
+                        "(default: set them aside)")
     d.add_argument("--no-constrain", action="store_true",
                    help="let an attribute answer use the other labels' words (default: banned while decoding)")
     d.add_argument("--retries", type=int, default=0,
                    help="sampled re-asks of an attribute answer that misses its clip's label (default: 0)")
+    d.add_argument("--candidates", type=int, default=1,
+                   help="answers per attribute question, greedy + sampled; the shortest that passes the filter "
+                        "is kept (default: 1)")
     d.add_argument("--prompts-per-clip", type=int, default=1, help="records per clip (default: 1)")
     d.add_argument("--splits", default="train,validation", help="corpus splits to cover (default: train,validation)")
     d.add_argument("--categories", default=None,
@@ -148,7 +152,7 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
             splits=_names(args.splits), progress=not args.json,
             filter_labels=not args.no_filter, retries=args.retries,
             categories=None if args.categories is None else _names(args.categories),
-            constrain_labels=not args.no_constrain,
+            constrain_labels=not args.no_constrain, candidates=args.candidates,
         )
         result = run_datagen(options)
     except (ValueError, FileNotFoundError) as e:
@@ -161,7 +165,7 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{result.written} new records, {result.rejected} answers set aside by the label filter "
+        print(f"{result.written} new records, {result.rejected} answers set aside by the filter "
               f"({result.existing} already there, {result.total} asked) in {seconds:.1f} s -> {result.path}")
     return 0
 

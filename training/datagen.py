@@ -17,11 +17,22 @@ Design choices:
 - The `assistant` category (instructions.py) is framed as the runtime frames a spoken question:
   the backbone answers the transcript in text under `ASSISTANT_SYSTEM`, and the record asks
   `ASSISTANT_PROMPT` about the audio under the same system message.
-- Retries (`retries`): an attribute answer that does not name its clip's label is asked again,
+- Retries (`retries`): an answer the filter sets aside (`set_aside`) is asked again,
   sampled (temperature 1, top-p 0.95, a seed from (seed, attempt, batch)), up to `retries` times,
   before it is set aside. Greedy answers lean to one label (the 135M backbone says "man" far more
   than "woman": a run kept 572 male-clip gender answers and 254 female), so without retries the
   kept data teaches that lean; retrying gives every label its chance.
+- Candidates (`candidates`, default 1): an attribute question is also asked `candidates - 1`
+  times sampled (seeds from (seed, k, batch)), and the shortest answer that passes the filter is
+  kept, the greedy one first among equals. Every candidate is the backbone's own text; the choice
+  only prefers the one that answers the question and stops. SmolLM2-135M told to "answer with one
+  word" still pads most greedy answers with invented context ("The audio is from a podcast
+  discussing a recent event, and the speaker is female."), and those words, which no audio can
+  predict, drown the label word in the training loss.
+- Echoes (`echoes_description`): an answer that copies the description's fields ("... (Gender:
+  Male, Pitch: High, ...") or its timestamp is set aside with the off-label ones: 5.6% of a
+  constrained run's kept answers were such echoes, and an adapter trained on them learns to recite
+  a description it never saw.
 - Constrained decoding (`constrain_labels`, on by default): when a prompt asks about one attribute
   (gender, pitch, speed, volume, noise, sound), the words that name that attribute's *other*
   labels are banned from the answer (`LABEL_WORDS`, as single tokens of the LLM's vocabulary).
@@ -45,6 +56,7 @@ import json
 import logging
 import os
 import random
+import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,7 +83,8 @@ USER_TEMPLATE = "Audio: {description}\nQuestion: {prompt}\nAnswer in one or two 
 BACKENDS = ("transformers", "vllm")
 # settings that change the content of records: resuming with any of them changed is an error
 CONTENT_SETTINGS = ("model", "backend", "seed", "max_new_tokens", "prompts_per_clip", "system_prompt",
-                    "user_template", "dataset", "filter_labels", "retries", "categories", "constrain_labels")
+                    "user_template", "dataset", "filter_labels", "retries", "categories", "constrain_labels",
+                    "candidates")
 SAMPLING = {"temperature": 1.0, "top_p": 0.95}  # how retries sample
 
 
@@ -91,10 +104,11 @@ class DatagenOptions:
     dataset: str = DATASET_NAME  # the records' `dataset` field
     system_prompt: str | None = SYSTEM_PROMPT  # framing: system message (None = no system message)
     user_template: str = USER_TEMPLATE  # framing: user message with {description} and {prompt}
-    filter_labels: bool = True  # set aside attribute answers that do not name the clip's label
+    filter_labels: bool = True  # set aside answers that contradict the clip's labels or echo the description
     retries: int = 0  # sampled re-asks of an off-label attribute answer before it is set aside
     categories: tuple[str, ...] | None = None  # ask only prompts of these categories (None = all)
     constrain_labels: bool = True  # ban the other labels' words from an attribute answer (module notes)
+    candidates: int = 1  # answers per attribute question (greedy + sampled); the shortest that passes is kept
     progress: bool = False  # show a progress bar
 
 
@@ -103,7 +117,7 @@ class DatagenResult:
     path: Path  # the JSONL file
     written: int  # records added by this run
     existing: int  # records already there (resumed), kept or set aside
-    rejected: int  # answers of this run set aside because they contradict the clip's labels
+    rejected: int  # answers of this run set aside by the filter (`set_aside`)
     total: int  # records the options ask for
     settings: dict[str, Any] = field(default_factory=dict)  # what the sidecar holds
 
@@ -156,6 +170,21 @@ def off_label(item: "Item", response: str) -> bool:
         if named != [want] and (named or attr == item.category):
             return True
     return False
+
+
+# a description field ("Gender: Male", "Speaking speed: Fast", ...) or its timestamp, copied into an answer
+_ECHO = re.compile(r"\b(?:gender|pitch|speaking speed|volume|noise|duration|sound)\s*:|\[\d\d:\d\d\s*-\s*\d\d:\d\d\]",
+                   re.IGNORECASE)
+
+
+def echoes_description(response: str) -> bool:
+    """True if the answer copies the seed description's fields or timestamp instead of answering."""
+    return _ECHO.search(response) is not None
+
+
+def set_aside(item: "Item", response: str) -> bool:
+    """The datagen filter: the answer contradicts the clip's labels or echoes its description."""
+    return off_label(item, response) or echoes_description(response)
 
 
 def banned_words(item: "Item") -> list[str]:
@@ -272,7 +301,10 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
 
 
 def _answer(batch: Sequence[Item], options: DatagenOptions, generate: GenerateFn) -> list[str]:
-    """Greedy answers, then sampled re-asks of the off-label ones (`options.retries` rounds)."""
+    """Greedy answers, the best of `options.candidates` for attribute questions, then sampled re-asks
+    of the answers the filter sets aside (`options.retries` rounds)."""
+    from .evaluate import LABEL_WORDS
+
     convs = [conversation(it, options) for it in batch]
     bans = [banned_words(it) for it in batch] if options.constrain_labels else []
 
@@ -280,12 +312,24 @@ def _answer(batch: Sequence[Item], options: DatagenOptions, generate: GenerateFn
         kw = {"banned": [bans[i] for i in rows]} if any(bans) else {}
         return _checked(generate([convs[i] for i in rows], *seed, **kw), len(rows))
 
+    def seed(tag: str) -> int:
+        return zlib.crc32(f"{options.seed}:{tag}:{batch[0].id}".encode())
+
     answers = ask(range(len(batch)))
+    closed = [i for i, it in enumerate(batch) if it.category in LABEL_WORDS]
+    if options.candidates > 1 and closed:
+        pools = {i: [answers[i]] for i in closed}
+        for k in range(1, options.candidates):
+            for i, a in zip(closed, ask(closed, seed(f"candidate{k}"))):
+                pools[i].append(a)
+        for i in closed:
+            fit = [a for a in pools[i] if not (options.filter_labels and set_aside(batch[i], a))]
+            answers[i] = min(fit, key=lambda a: len(a.split())) if fit else answers[i]
     for attempt in range(1, options.retries + 1 if options.filter_labels else 1):
-        redo = [i for i, (it, a) in enumerate(zip(batch, answers)) if off_label(it, a)]
+        redo = [i for i, (it, a) in enumerate(zip(batch, answers)) if set_aside(it, a)]
         if not redo:
             break
-        for i, a in zip(redo, ask(redo, zlib.crc32(f"{options.seed}:{attempt}:{batch[0].id}".encode()))):
+        for i, a in zip(redo, ask(redo, seed(str(attempt)))):
             answers[i] = a
     return answers
 
@@ -304,6 +348,8 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
         raise ValueError(f"backend must be one of {BACKENDS}, got {options.backend!r}")
     if options.retries < 0:
         raise ValueError(f"retries must be >= 0, got {options.retries}")
+    if options.candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {options.candidates}")
     if options.limit is not None and options.limit < 0:
         raise ValueError(f"limit must be >= 0, got {options.limit}")
     unknown = sorted(set(options.categories or ()) - set(all_categories()))
@@ -328,7 +374,7 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
             keep, drop = [], []
             for it, a in zip(batch, answers):
                 record = json.dumps(make_record(it, a.strip(), options.dataset), ensure_ascii=False) + "\n"
-                bad = options.filter_labels and off_label(it, a)
+                bad = options.filter_labels and set_aside(it, a)
                 (drop if bad else keep).append(record)
             for handle, lines in ((r, drop), (f, keep)):  # a resumed run redoes only ids in neither file
                 handle.write("".join(lines))
@@ -339,7 +385,7 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
     bar.close()
     if not rejects.stat().st_size:
         rejects.unlink()
-    logger.info("datagen: %d new records, %d set aside as contradicting their labels, %d already present, in %s",
+    logger.info("datagen: %d new records, %d set aside by the filter, %d already present, in %s",
                 written, rejected, existing, out)
     return DatagenResult(out, written=written, existing=existing, rejected=rejected, total=len(items), settings=settings)
 

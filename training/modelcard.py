@@ -56,6 +56,8 @@ def datagen_command(settings: dict[str, Any]) -> str:
         parts.append(f"--categories {','.join(settings['categories'])}")
     if settings.get("retries"):
         parts.append(f"--retries {settings['retries']}")
+    if settings.get("candidates", 1) != 1:
+        parts.append(f"--candidates {settings['candidates']}")
     if settings.get("filter_labels") is False:
         parts.append("--no-filter")
     if settings.get("constrain_labels") is False:

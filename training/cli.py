@@ -46,7 +46,7 @@ def register_cli(subparsers: Any) -> None:
     d.add_argument("--no-constrain", action="store_true",
                    help="let an attribute answer use the other labels' words (default: banned while decoding)")
     d.add_argument("--retries", type=int, default=0,
-                   help="sampled re-asks of an attribute answer that misses its clip's label (default: 0)")
+                   help="sampled re-asks of an answer the filter would set aside (default: 0)")
     d.add_argument("--candidates", type=int, default=1,
                    help="answers per attribute question, greedy + sampled; the shortest that passes the filter "
                         "is kept (default: 1)")

@@ -87,7 +87,7 @@ BACKENDS = ("transformers", "vllm")
 CONTENT_SETTINGS = ("model", "backend", "seed", "max_new_tokens", "prompts_per_clip", "system_prompt",
                     "user_template", "dataset", "filter_labels", "retries", "categories", "constrain_labels",
                     "candidates")
-SAMPLING = {"temperature": 1.0, "top_p": 0.95}  # how retries sample
+SAMPLING = {"temperature": 1.0, "top_p": 0.95}  # how retries and candidates sample
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ from typing import Any, Callable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from .corpus import read_metadata
-from .descriptions import seed_description
+from .descriptions import FIELD_NAMES, seed_description
 from desta_edge.runtime.prompt import ASSISTANT_SYSTEM
 
 from .instructions import ASSISTANT, all_categories, sample_prompt
@@ -175,7 +175,7 @@ def off_label(item: "Item", response: str) -> bool:
 
 
 # a description field ("Gender: Male", "Speaking speed: Fast", ...) or its timestamp, copied into an answer
-_ECHO = re.compile(r"\b(?:gender|pitch|speaking speed|volume|noise|duration|sound)\s*:|\[\d\d:\d\d\s*-\s*\d\d:\d\d\]",
+_ECHO = re.compile(rf"\b(?:{'|'.join(map(re.escape, FIELD_NAMES))})\s*:|\[\d\d:\d\d\s*-\s*\d\d:\d\d\]",
                    re.IGNORECASE)
 
 

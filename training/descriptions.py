@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 ATTRIBUTES = (("gender", "Gender"), ("pitch", "Pitch"), ("speed", "Speaking speed"), ("volume", "Volume"))
+# every "Name:" a description can hold, in the parentheses `seed_description` writes
+FIELD_NAMES = tuple(name for _, name in ATTRIBUTES) + ("Noise", "Sound", "Duration")
 SECONDS_PER_MINUTE = 60
 
 

@@ -379,6 +379,49 @@ def test_candidates_keep_the_shortest_answer_that_passes(tmp_path):
         dg.run_datagen(options(tmp_path / "bad", candidates=0), llm)
 
 
+def test_label_answers_name_the_clip_label_and_only_other_questions_reach_the_llm(tmp_path):
+    from desta_edge.training.evaluate import expected_label, named_labels
+
+    for clip, attrs in ((SPEECH, ("gender", "pitch", "speed", "volume", "noise")), (SOUND, ("sound",))):
+        for attr in attrs:
+            for label in LABEL_WORDS[attr] if attr != "noise" else ("Clean", "Slightly noisy", "Noisy", "Very noisy"):
+                answer = dg.label_answer(dg.Item("x", {**clip, attr: label}, "desc", attr, "?"))
+                assert named_labels(attr, answer) == [expected_label(attr, label)], answer
+    assert dg.label_answer(dg.Item("x", SOUND, "desc", "sound", "?")) == "The sound is a beep."
+    assert dg.label_answer(dg.Item("x", {**SOUND, "sound": "white noise"}, "desc", "sound", "?")) == \
+        "The sound is white noise."
+    assert dg.label_answer(dg.Item("x", SPEECH, "desc", "describe", "?")) is None
+    assert dg.label_answer(dg.Item("x", NOISY, "desc", "gender", "?")) is None  # no gender label
+
+    calls = []
+
+    def llm(convs):
+        calls.append(len(convs))
+        return ["A short clip." for _ in convs]
+
+    cats = ("gender", "pitch", "describe")
+    corpus = write_corpus(tmp_path / "normal")
+    clips = list(read_metadata(corpus))
+    for c in clips:  # a normal pitch: "normal" also names a speed and a volume, which the filter would take as wrong
+        c["pitch"] = "Normal" if c["kind"] == "speech" else None
+    (corpus / "metadata.jsonl").write_text("".join(json.dumps(c) + "\n" for c in clips))
+    opts = options(tmp_path, corpus_dir=corpus, categories=cats, answers="label", filter_labels=True, batch_size=9)
+    result = dg.run_datagen(opts, llm)
+    recs = read(result.path)
+    by_cat = {c: [r for r in recs if r["category"] == c] for c in cats}
+    assert result.rejected == 0 and len(recs) == result.total == 9  # label answers are right by construction
+    assert by_cat["gender"] and all(r["response"] == "The speaker is female." for r in by_cat["gender"])
+    assert by_cat["pitch"] and all(r["response"] == "The voice is normal in pitch." for r in by_cat["pitch"])
+    assert by_cat["describe"] and all(r["response"] == "A short clip." for r in by_cat["describe"])
+    assert calls == [len(by_cat["describe"])]  # one batch, only the rows without a label answer
+    assert json.loads(dg.settings_path(result.path).read_text())["answers"] == "label"
+    only_labels = options(tmp_path / "l", categories=("gender",), answers="label")
+    assert dg.run_datagen(only_labels).written == 3  # no generator is loaded when nothing needs one
+    with pytest.raises(ValueError, match="answers must be one of"):
+        dg.run_datagen(options(tmp_path / "bad", answers="template"), llm)
+    assert dg.set_aside(dg.Item("x", clips[0], "desc", "pitch", "?"), "The voice is normal in pitch.")  # why the bypass
+
+
 def test_constrained_decoding_bans_the_other_labels_words(tmp_path):
     gender = dg.Item("g", SPEECH, "desc", "gender", "Male or female?")  # SPEECH is Female, High, Fast, Loud
     assert "male" in dg.banned_words(gender) and "man" in dg.banned_words(gender)

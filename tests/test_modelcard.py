@@ -71,3 +71,17 @@ def test_ship_names_what_is_missing(tmp_path, capsys):
                               "--corpus", str(tmp_path), "--out", str(tmp_path / "out")])
     assert args.func(args) == 2
     assert "run/config.json not found" in capsys.readouterr().err
+
+
+def test_card_says_when_attribute_targets_are_labels_not_self_generated():
+    from desta_edge.training.modelcard import _targets_line, datagen_command
+
+    settings = {"seed": 8, "max_new_tokens": 64, "answers": "label", "model": "tiny"}
+    assert datagen_command(settings) == "desta-edge datagen --seed 8 --max-new-tokens 64 --answers label"
+    kept = [{"category": "gender"}, {"category": "sound"}, {"category": "assistant"}]
+    line = _targets_line(settings, kept, [{"category": "assistant"}])
+    assert "2 attribute questions answered with the clip's label" in line and "not self-generated" in line
+    assert "1 records answered by the backbone itself; 1 backbone answers set aside" in line
+    own = _targets_line({**settings, "answers": "backbone"}, kept, [])
+    assert own.startswith("- Self-generated targets (") and "not self-generated" not in own
+

@@ -50,6 +50,10 @@ def register_cli(subparsers: Any) -> None:
     d.add_argument("--candidates", type=int, default=1,
                    help="answers per attribute question, greedy + sampled; the shortest that passes the filter "
                         "is kept (default: 1)")
+    d.add_argument("--answers", choices=("backbone", "label"), default="backbone",
+                   help="who answers attribute questions: the backbone LLM (the paper's method), or the clip's "
+                        "label in a fixed sentence (for backbones too small to write usable targets; "
+                        "see the README) (default: backbone)")
     d.add_argument("--prompts-per-clip", type=int, default=1, help="records per clip (default: 1)")
     d.add_argument("--splits", default="train,validation", help="corpus splits to cover (default: train,validation)")
     d.add_argument("--categories", default=None,
@@ -152,7 +156,7 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
             splits=_names(args.splits), progress=not args.json,
             filter_labels=not args.no_filter, retries=args.retries,
             categories=None if args.categories is None else _names(args.categories),
-            constrain_labels=not args.no_constrain, candidates=args.candidates,
+            constrain_labels=not args.no_constrain, candidates=args.candidates, answers=args.answers,
         )
         result = run_datagen(options)
     except (ValueError, FileNotFoundError) as e:

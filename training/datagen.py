@@ -45,6 +45,15 @@ Design choices:
   word salad ("E-NAME: Alaskan Male APPROPRIATE: ..."). A backbone that reads its description is
   never constrained in effect. The label filter still runs after it (a ban cannot stop a word
   spelled over several tokens, or an answer naming no label).
+- Label answers (`answers="label"`, not the paper's method): an attribute question (gender, pitch,
+  speed, volume, noise, sound) gets its clip's label in one fixed sentence ("The speaker is
+  female.", `label_answer`) instead of the backbone's text; the other categories are still
+  answered by the backbone. This exists because SmolLM2-135M cannot write usable attribute
+  targets: it ignores the metadata it is given in text, and even its right answers vary so much in
+  wording that a connector trained on them for a CPU-sized run does not learn the attribute
+  (training/RUNS.md, runs 4-7: 52.5% forced-choice gender from its own answers, 97.5% from the
+  same clips with the label in a fixed sentence). A backbone that reads its metadata (the paper's
+  Llama-3.1-8B) needs no such help. An adapter trained on label answers must say so in its card.
 - Deterministic and resumable: the prompt of a record comes from an RNG seeded by (seed, id),
   so it does not depend on batch order or on where a previous run stopped. On start, existing
   ids are read and skipped; a truncated last line (a crash mid-write) is cut off; each batch is
@@ -86,8 +95,15 @@ BACKENDS = ("transformers", "vllm")
 # settings that change the content of records: resuming with any of them changed is an error
 CONTENT_SETTINGS = ("model", "backend", "seed", "max_new_tokens", "prompts_per_clip", "system_prompt",
                     "user_template", "dataset", "filter_labels", "retries", "categories", "constrain_labels",
-                    "candidates")
+                    "candidates", "answers")
 SAMPLING = {"temperature": 1.0, "top_p": 0.95}  # how retries and candidates sample
+ANSWERS = ("backbone", "label")  # who writes the attribute answers (module notes)
+# attribute -> the fixed sentence of a label answer, given the label's phrase
+LABEL_SENTENCES = {"gender": "The speaker is {}.", "pitch": "The voice is {} in pitch.",
+                   "speed": "The speaking speed is {}.", "volume": "The volume is {}.",
+                   "noise": "The recording is {}.", "sound": "The sound is {}."}
+# sound labels that need an article in a sentence ("The sound is a beep.")
+COUNTABLE_SOUNDS = frozenset({"tone", "beep", "chirp", "hum", "chord"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,7 @@ class DatagenOptions:
     categories: tuple[str, ...] | None = None  # ask only prompts of these categories (None = all)
     constrain_labels: bool = True  # ban the other labels' words from an attribute answer (module notes)
     candidates: int = 1  # answers per attribute question (greedy + sampled); the shortest that passes is kept
+    answers: str = "backbone"  # "label": attribute questions get their label in a fixed sentence (module notes)
     progress: bool = False  # show a progress bar
 
 
@@ -187,6 +204,18 @@ def echoes_description(response: str) -> bool:
 def set_aside(item: "Item", response: str) -> bool:
     """The datagen filter: the answer contradicts the clip's labels or echoes its description."""
     return off_label(item, response) or echoes_description(response)
+
+
+def label_answer(item: "Item") -> str | None:
+    """The fixed sentence naming the clip's label for an attribute question (None for other questions)."""
+    from .evaluate import LABEL_WORDS, labelled
+
+    attr = item.category
+    if attr not in LABEL_WORDS or not labelled(attr, item.clip):
+        return None
+    label = str(item.clip[attr])
+    phrase = f"a {label}" if attr == "sound" and label in COUNTABLE_SOUNDS else label.lower()
+    return LABEL_SENTENCES[attr].format(phrase)
 
 
 def banned_words(item: "Item") -> list[str]:
@@ -302,7 +331,18 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
         yield items[i : i + size]
 
 
-def _answer(batch: Sequence[Item], options: DatagenOptions, generate: GenerateFn) -> list[str]:
+def _answer(batch: Sequence[Item], options: DatagenOptions, generate: GenerateFn | None) -> list[str]:
+    """Label answers where `options.answers` asks for them; the rest from the backbone (`_generated`)."""
+    fixed = [label_answer(it) if options.answers == "label" else None for it in batch]
+    asked = [i for i, a in enumerate(fixed) if a is None]
+    if asked:
+        assert generate is not None
+        for i, a in zip(asked, _generated([batch[i] for i in asked], options, generate)):
+            fixed[i] = a
+    return fixed
+
+
+def _generated(batch: Sequence[Item], options: DatagenOptions, generate: GenerateFn) -> list[str]:
     """Greedy answers, the best of `options.candidates` for attribute questions, then sampled re-asks
     of the answers the filter sets aside (`options.retries` rounds)."""
     from .evaluate import LABEL_WORDS
@@ -352,6 +392,8 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
         raise ValueError(f"retries must be >= 0, got {options.retries}")
     if options.candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {options.candidates}")
+    if options.answers not in ANSWERS:
+        raise ValueError(f"answers must be one of {ANSWERS}, got {options.answers!r}")
     if options.limit is not None and options.limit < 0:
         raise ValueError(f"limit must be >= 0, got {options.limit}")
     unknown = sorted(set(options.categories or ()) - set(all_categories()))
@@ -366,7 +408,7 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
     done = set(existing_ids(out)) | set(existing_ids(rejects))
     todo = [it for it in items if it.id not in done]
     existing = len(items) - len(todo)
-    if todo and generate is None:
+    if generate is None and any(options.answers != "label" or label_answer(it) is None for it in todo):
         generate = make_generator(options)
     bar = tqdm(total=len(items), initial=existing, desc="datagen", unit="rec", disable=not options.progress)
     written = rejected = 0
@@ -376,7 +418,8 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
             keep, drop = [], []
             for it, a in zip(batch, answers):
                 record = json.dumps(make_record(it, a.strip(), options.dataset), ensure_ascii=False) + "\n"
-                bad = options.filter_labels and set_aside(it, a)
+                from_label = options.answers == "label" and label_answer(it) is not None  # right by construction
+                bad = options.filter_labels and not from_label and set_aside(it, a)
                 (drop if bad else keep).append(record)
             for handle, lines in ((r, drop), (f, keep)):  # a resumed run redoes only ids in neither file
                 handle.write("".join(lines))

@@ -25,7 +25,7 @@ from desta_edge.runtime.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_weight
 from desta_edge.runtime.config import DestaConfig
 
 from .corpus import MANIFEST
-from .datagen import rejected_path, settings_path
+from .datagen import LABEL_SENTENCES, rejected_path, settings_path
 from .evaluate import markdown_table
 from .trainer import METRICS_NAME, PLOT_NAME, RUN_NAME
 
@@ -58,11 +58,25 @@ def datagen_command(settings: dict[str, Any]) -> str:
         parts.append(f"--retries {settings['retries']}")
     if settings.get("candidates", 1) != 1:
         parts.append(f"--candidates {settings['candidates']}")
+    if settings.get("answers", "backbone") != "backbone":
+        parts.append(f"--answers {settings['answers']}")
     if settings.get("filter_labels") is False:
         parts.append("--no-filter")
     if settings.get("constrain_labels") is False:
         parts.append("--no-constrain")
     return " ".join(parts)
+
+
+def _targets_line(settings: dict[str, Any], kept: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> str:
+    """What wrote the training targets, in the card's words: self-generated, or label answers + self-generated."""
+    command = f"`{datagen_command(settings)}`, backbone `{settings.get('model', '?')}`"
+    aside = f"{len(rejected)} backbone answers set aside because they did not name the clip's label or contradicted one"
+    if settings.get("answers", "backbone") != "label":
+        return f"- Self-generated targets ({command}): {len(kept)} records kept, {aside}."
+    labelled = sum(r.get("category") in LABEL_SENTENCES for r in kept)
+    return (f"- Targets ({command}): {labelled} attribute questions answered with the clip's label in a fixed "
+            f"sentence (\"The speaker is female.\"), **not self-generated: a deviation from the DeSTA method**; "
+            f"{len(kept) - labelled} records answered by the backbone itself; {aside}.")
 
 
 def ship_adapter(run_dir: Path, eval_dir: Path, data_file: Path, corpus_dir: Path, out_dir: Path,
@@ -135,9 +149,7 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         f"{len(corpus['voices']['test'])} in test, no voice in two splits; sentences are split by text.",
         f"- Labels measured from the audio: gender {counts['gender']}, pitch {counts['pitch']}, speed {counts['speed']}, "
         f"volume {counts['volume']}, noise {counts['noise']}.",
-        f"- Self-generated targets (`{datagen_command(settings)}`, backbone `{settings.get('model', '?')}`): "
-        f"{len(kept)} records kept, {len(rejected)} answers set aside because they did not name the clip's label "
-        f"or contradicted one.",
+        _targets_line(settings, kept, rejected),
         "- Kept records per category: " + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ".",
         "- Set aside per category: " + (", ".join(f"{k} {v}" for k, v in sorted(cats_rej.items())) or "none") + ".",
         "",

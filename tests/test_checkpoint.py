@@ -1,6 +1,7 @@
 """Official-layout checkpoints: strict loading, round trips, official config.json."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -97,7 +98,7 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path):
         read_weights(tmp_path / "nope.safetensors")
 
 
-def test_from_pretrained_loads_a_checkpoint_dir_with_local_backbones(tmp_path):
+def test_from_pretrained_loads_a_checkpoint_dir_with_local_backbones(tmp_path, caplog):
     """A checkpoint directory whose config names backbone directories next to it."""
     whisper, wtok = tiny_whisper()
     llm, ltok = tiny_llm()
@@ -116,7 +117,10 @@ def test_from_pretrained_loads_a_checkpoint_dir_with_local_backbones(tmp_path):
     assert loaded.generate(conv, max_new_tokens=3).generated_ids == model.generate(conv, max_new_tokens=3).generated_ids
     # a checkpoint without weights is transcript-only, and says so
     (tmp_path / "model.safetensors").unlink()
-    assert DestaModel.from_pretrained(tmp_path, device="cpu").audio_features is False
+    with caplog.at_level(logging.WARNING, logger="desta_edge.runtime.model"):
+        for _ in range(2):
+            assert DestaModel.from_pretrained(tmp_path, device="cpu").audio_features is False
+    assert sum("no trained adapter yet" in r.getMessage() for r in caplog.records) == 1  # said once per name
     with pytest.raises(ValueError, match="no trained adapter"):
         DestaModel.from_pretrained(tmp_path, device="cpu", audio_features=True)
 

@@ -174,7 +174,8 @@ class QFormerConnector(nn.Module):
             raise ValueError(f"expected {self.shape.n_taps} tapped layers, got {len(taps)}")
         b = taps[0].shape[0]
         if self.shape.input_norm:
-            taps = [F.layer_norm(t, t.shape[-1:], eps=INPUT_NORM_EPS) for t in taps]
+            # a static normalized shape: `t.shape[-1:]` is traced as a tensor and the ONNX export fails
+            taps = [F.layer_norm(t, (self.shape.d_encoder,), eps=INPUT_NORM_EPS) for t in taps]
         outs = [
             self.qformer(prompt.expand(b, -1, -1), states)  # [B, Q, d_enc]
             for prompt, states in zip(self.layer_prompts, taps)

@@ -81,7 +81,7 @@ def test_card_says_when_attribute_targets_are_labels_not_self_generated():
     kept = [{"category": "gender"}, {"category": "sound"}, {"category": "assistant"}]
     line = _targets_line(settings, kept, [{"category": "assistant"}])
     assert "2 attribute questions answered with the clip's label" in line and "not self-generated" in line
-    assert "1 records answered by the backbone itself; 1 backbone answers set aside" in line
+    assert "1 records answered by the backbone itself; 1 answers set aside" in line
     own = _targets_line({**settings, "answers": "backbone"}, kept, [])
     assert own.startswith("- Self-generated targets (") and "not self-generated" not in own
 

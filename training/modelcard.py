@@ -70,7 +70,7 @@ def datagen_command(settings: dict[str, Any]) -> str:
 def _targets_line(settings: dict[str, Any], kept: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> str:
     """What wrote the training targets, in the card's words: self-generated, or label answers + self-generated."""
     command = f"`{datagen_command(settings)}`, backbone `{settings.get('model', '?')}`"
-    aside = f"{len(rejected)} backbone answers set aside because they did not name the clip's label or contradicted one"
+    aside = f"{len(rejected)} answers set aside because they did not name the clip's label or contradicted one"
     if settings.get("answers", "backbone") != "label":
         return f"- Self-generated targets ({command}): {len(kept)} records kept, {aside}."
     labelled = sum(r.get("category") in LABEL_SENTENCES for r in kept)

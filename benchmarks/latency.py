@@ -52,8 +52,9 @@ class TwoPassBackend:
         return getattr(self._inner, name)
 
     def encode(self, features, *, with_connector):
-        self._inner.encode(features, with_connector=with_connector)  # the connector's pass
-        return self._inner.encode(features, with_connector=False)  # whisper.generate's own pass
+        encoded = self._inner.encode(features, with_connector=with_connector)  # the connector's pass
+        self._inner.encode(features, with_connector=False)  # whisper.generate's own pass, same cost
+        return encoded
 
 
 def run_variant(model: DestaModel, wav: Path, truth: list[Utterance], *, reference: bool, endpoint: EndpointOptions,

@@ -181,6 +181,13 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match="seed"):
         dg.run_datagen(options(tmp_path, limit=4, seed=5), FakeLLM())
     assert dg.run_datagen(options(tmp_path, limit=4, batch_size=1), FakeLLM()).written == 2  # batch size may change
+    sidecar = dg.settings_path(tmp_path / "out" / "aqa.jsonl")
+    made_earlier = {k: v for k, v in json.loads(sidecar.read_text()).items() if k not in ("candidates", "answers")}
+    sidecar.write_text(json.dumps(made_earlier))  # a file from before those settings existed resumes at their defaults
+    assert dg.run_datagen(options(tmp_path, limit=6), FakeLLM()).written == 2
+    sidecar.write_text(json.dumps(made_earlier))
+    with pytest.raises(ValueError, match="answers"):
+        dg.run_datagen(options(tmp_path, limit=6, answers="label"), FakeLLM())
 
 
 def test_categories_restrict_the_prompts_and_resume(tmp_path):

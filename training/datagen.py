@@ -69,7 +69,7 @@ import os
 import random
 import re
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -317,8 +317,9 @@ def _settings(options: DatagenOptions) -> dict[str, Any]:
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     if path.exists():
         old = json.loads(path.read_text())
+        defaults = {f.name: f.default for f in fields(DatagenOptions)}  # a setting added later: its default
         for key in CONTENT_SETTINGS:
-            if old.get(key) != settings[key]:
+            if old.get(key, defaults.get(key)) != settings[key]:
                 raise ValueError(f"{path}: resuming with {key}={settings[key]!r}, but the file was made with "
                                  f"{key}={old.get(key)!r}; use a new --out or the same settings")
     tmp = path.with_suffix(".tmp")

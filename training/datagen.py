@@ -332,9 +332,14 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
         yield items[i : i + size]
 
 
+def _fixed_answer(item: Item, options: DatagenOptions) -> str | None:
+    """The label answer when `options.answers` asks for one and the item has one; else None (the backbone answers)."""
+    return label_answer(item) if options.answers == "label" else None
+
+
 def _answer(batch: Sequence[Item], options: DatagenOptions, generate: GenerateFn | None) -> list[str]:
     """Label answers where `options.answers` asks for them; the rest from the backbone (`_generated`)."""
-    fixed = [label_answer(it) if options.answers == "label" else None for it in batch]
+    fixed = [_fixed_answer(it, options) for it in batch]
     asked = [i for i, a in enumerate(fixed) if a is None]
     if asked:
         assert generate is not None
@@ -409,7 +414,7 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
     done = set(existing_ids(out)) | set(existing_ids(rejects))
     todo = [it for it in items if it.id not in done]
     existing = len(items) - len(todo)
-    if generate is None and any(options.answers != "label" or label_answer(it) is None for it in todo):
+    if generate is None and any(_fixed_answer(it, options) is None for it in todo):
         generate = make_generator(options)
     bar = tqdm(total=len(items), initial=existing, desc="datagen", unit="rec", disable=not options.progress)
     written = rejected = 0
@@ -419,7 +424,7 @@ def run_datagen(options: DatagenOptions, generate: GenerateFn | None = None) -> 
             keep, drop = [], []
             for it, a in zip(batch, answers):
                 record = json.dumps(make_record(it, a.strip(), options.dataset), ensure_ascii=False) + "\n"
-                from_label = options.answers == "label" and label_answer(it) is not None  # right by construction
+                from_label = _fixed_answer(it, options) is not None  # right by construction
                 bad = options.filter_labels and not from_label and set_aside(it, a)
                 (drop if bad else keep).append(record)
             for handle, lines in ((r, drop), (f, keep)):  # a resumed run redoes only ids in neither file

@@ -9,6 +9,7 @@ calls `whisper.generate(input_features)`, which runs the encoder a second time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
 MAX_TRANSCRIPT_TOKENS = 128  # the reference transcribes with max_new_tokens=128
+# Greedy Whisper can fall into a loop ("this way, this way, this way, ...") until the token cap,
+# costing a second of decoding and a garbage transcript. A block of tokens repeated back to back
+# ends the transcript at its first occurrence: a long block (a whole phrase) on its second
+# occurrence, a short one (a word or two, which people do repeat) on its third.
+LOOP_LONG_BLOCK = 6  # tokens: a block at least this long is a loop when it appears twice in a row
+LOOP_SHORT_REPEATS = 3  # a shorter block (2+ tokens) is a loop when it appears this many times in a row
 
 
 @dataclass
@@ -26,6 +35,19 @@ class EncoderOutput:
 
 
 StepFn = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]  # (tokens [B, S], state) -> (logits [B, V], state)
+
+
+def loop_start(ids: list[int]) -> int | None:
+    """Where the repeats of a looping transcript begin (keep `ids[:k]`), or None if `ids` does
+    not end in a loop (see LOOP_LONG_BLOCK)."""
+    for n in range(2, len(ids) // 2 + 1):
+        times = 2 if n >= LOOP_LONG_BLOCK else LOOP_SHORT_REPEATS
+        if n * times > len(ids):
+            continue
+        block = ids[-n:]
+        if all(ids[len(ids) - (k + 1) * n : len(ids) - k * n] == block for k in range(1, times)):
+            return len(ids) - (times - 1) * n
+    return None
 
 
 class WhisperDecoding:
@@ -88,6 +110,11 @@ class WhisperDecoding:
             for r in range(b):
                 if not done[r] and int(nxt[r]) != self.eos:
                     out[r].append(int(nxt[r]))
+                    if (k := loop_start(out[r])) is not None:
+                        logger.info("transcript %d repeated itself; cut after %d tokens: %r", r, k,
+                                    self.tokenizer.decode(out[r][:k], skip_special_tokens=True))
+                        del out[r][k:]
+                        nxt[r] = self.eos
             done |= nxt == self.eos
             if bool(done.all()):
                 break

@@ -287,3 +287,35 @@ def test_stream_stops_between_stages_when_cancelled(tiny_model):
         assert calls == ["encode", "transcribe"]
     finally:
         del backend.encode, backend.transcribe
+
+
+def test_loop_start_finds_only_real_loops():
+    from desta_edge.runtime.whisper import LOOP_LONG_BLOCK, loop_start
+
+    phrase = list(range(10, 10 + LOOP_LONG_BLOCK))  # a whole phrase said twice: a loop at once
+    assert loop_start([1, 2] + phrase + phrase) == 2 + len(phrase)
+    assert loop_start([7, 8, 9, 7, 8, 9]) is None  # a short block twice: people say "no, no"
+    assert loop_start([5, 7, 8, 9, 7, 8, 9, 7, 8, 9]) == 4  # ... but not three times running
+    assert loop_start([4, 4, 4, 4, 4]) is None  # one token repeated is never cut ("ha ha ha")
+    assert loop_start([1, 2, 3, 4, 5, 6, 7]) is None
+    assert loop_start([]) is None
+
+
+def test_greedy_transcript_stops_at_a_loop_and_keeps_one_copy():
+    """A decoder that would repeat "a b c d e f" until the token cap stops after its first copy."""
+    from conftest import tiny_whisper
+    from desta_edge.runtime.whisper import WhisperDecoding
+
+    whisper, tok = tiny_whisper()
+    decoding = WhisperDecoding(whisper.generation_config, tok)
+    decoding.suppress = decoding.begin_suppress = []
+    vocab = whisper.config.vocab_size
+    script = [100, 101, 102, 103, 104, 105] * 10
+
+    def step(tokens, state):
+        i = 0 if state is None else state + 1
+        logits = torch.zeros(tokens.shape[0], vocab)
+        logits[:, script[i] if i < len(script) else decoding.eos] = 1.0
+        return logits, i
+
+    assert decoding.greedy(step, 2, max_new_tokens=40) == [script[:6]] * 2

@@ -93,8 +93,12 @@ class WhisperDecoding:
         return ids[logits.float().cpu()[:, ids].argmax(dim=-1)]
 
     def greedy(self, step: StepFn, b: int, max_new_tokens: int = MAX_TRANSCRIPT_TOKENS,
-               language: str | None = None) -> list[list[int]]:
-        """Greedy transcription of `b` encoded clips; the generated token ids per clip."""
+               language: str | None = None, stop_loops: bool = True) -> list[list[int]]:
+        """Greedy transcription of `b` encoded clips; the generated token ids per clip.
+
+        stop_loops: end a transcript that repeats itself at its first copy (`loop_start`);
+        False gives plain greedy decoding, token for token what `whisper.generate` gives.
+        """
         tokens = self.prompt(step, b, language)
         state = None
         done = torch.zeros(b, dtype=torch.bool)
@@ -110,7 +114,7 @@ class WhisperDecoding:
             for r in range(b):
                 if not done[r] and int(nxt[r]) != self.eos:
                     out[r].append(int(nxt[r]))
-                    if (k := loop_start(out[r])) is not None:
+                    if stop_loops and (k := loop_start(out[r])) is not None:
                         logger.info("transcript %d repeated itself; cut after %d tokens: %r", r, k,
                                     self.tokenizer.decode(out[r][:k], skip_special_tokens=True))
                         del out[r][k:]
@@ -178,10 +182,11 @@ class WhisperFrontEnd(nn.Module):
 
     @torch.inference_mode()
     def transcribe_ids(
-        self, final: torch.Tensor, max_new_tokens: int = MAX_TRANSCRIPT_TOKENS, language: str | None = None
+        self, final: torch.Tensor, max_new_tokens: int = MAX_TRANSCRIPT_TOKENS, language: str | None = None,
+        stop_loops: bool = True,
     ) -> list[list[int]]:
         """Greedy transcription of encoded clips; returns the generated token ids per clip."""
-        return self.decoding.greedy(self.step_fn(final), final.shape[0], max_new_tokens, language)
+        return self.decoding.greedy(self.step_fn(final), final.shape[0], max_new_tokens, language, stop_loops)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.decoding.decode(ids)

@@ -69,7 +69,7 @@ def test_one_pass_equals_the_references_two_passes(tiny_model):
         torch.testing.assert_close(tap, ref.hidden_states[layer + 1])
     torch.testing.assert_close(ours.final, ref.last_hidden_state)
     torch.testing.assert_close(hf.model.encoder.layer_norm(ours.taps[-1]), ref.last_hidden_state)
-    ids = whisper.transcribe_ids(ours.final, max_new_tokens=12)
+    ids = whisper.transcribe_ids(ours.final, max_new_tokens=12, stop_loops=False)  # a random model loops
     gen = hf.generate(feats, attention_mask=torch.ones(1, 3000), max_new_tokens=12, do_sample=False)
     want = gen[0].tolist()  # transformers returns the new tokens only
     assert len(ids[0]) == 12 and ids[0] == want[:12]

@@ -50,6 +50,9 @@ def register_cli(sub) -> None:
     p.add_argument("--no-turn-detection", action="store_true",
                    help="always wait for the whole hangover (no end-of-turn check)")
     p.add_argument("--min-speech-ms", type=int, default=d.min_speech_ms, help="shorter voiced audio is ignored")
+    p.add_argument("--noise-gate-db", type=float, default=d.noise_gate_db,
+                   help=f"when the VAD keeps calling the background speech, count only audio this many dB above "
+                        f"it (default {d.noise_gate_db:g}; 0: off)")
     p.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="forced cut (<= 30)")
     p.add_argument("--no-speculative", action="store_true", help="wait for the endpoint before any work")
     p.add_argument("--barge-in", dest="barge_in", action="store_true", default=None,
@@ -80,8 +83,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         endpoint = EndpointOptions(
             aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms,
             pause_ms=args.pause_ms, hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms,
-            turn_end_ms=args.turn_end_ms,
-            max_utterance_s=args.max_utterance_s,
+            turn_end_ms=args.turn_end_ms, max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db,
         )
         opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                                 speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
@@ -122,7 +124,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         stats = assistant.stats
     except (AudioError, RuntimeError) as e:
         return _fail(str(e), 1)
-    summary = vars(stats)
+    ep = assistant.endpointer
+    summary = {**vars(stats), "vad_errors": ep.vad_errors, "noise_gated_frames": ep.gated_frames}
     if args.json:
         print(json.dumps({"type": "summary", **summary}))
     else:

@@ -1,0 +1,178 @@
+"""Endpointing in noise: the benchmark questions over several backgrounds, with and without the noise gate.
+
+    python benchmarks/endpointing.py [--noises white,pink,brown,hum,babble,music] [--snrs 20,10,5]
+                                     [--seeds 3] [--out benchmarks/results]
+
+The ten spoken questions of `latency.py` (two of them hesitant, with a pause mid-sentence) are
+laid out with 1.2-2.0 s gaps and mixed with one background at a given SNR (speech power over
+background power):
+- white, pink (1/f) and brown (1/f^2) noise;
+- hum: a 50 Hz mains hum with its harmonics over brown noise;
+- babble: six other synthetic talkers (espeak-ng and flite) saying other sentences at once;
+- music: random three-note chords of harmonic tones, a new one every 0.5 s, each decaying.
+Only the endpointer runs (webrtcvad, default options), so this takes seconds and needs no model.
+Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
+into several, missed; utterances that merge two questions, that hold no question, and forced
+cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recording import QUESTIONS, RATE, _speak  # noqa: E402
+from report import write_results  # noqa: E402
+
+from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd  # noqa: E402
+
+NOISES = ("white", "pink", "brown", "hum", "babble", "music")
+BABBLE = [  # other talkers: (sentence, engine, voice)
+    ("The weather report said it would rain all afternoon in the city.", "espeak", "en-us+m2"),
+    ("We should book the tickets before the prices go up again next week.", "flite", "kal"),
+    ("She moved the chairs into the garden and waited for her friends.", "espeak", "en-gb+f2"),
+    ("My brother keeps his bicycle in the hallway near the kitchen door.", "flite", "slt"),
+    ("The meeting ran long so nobody had time for lunch today.", "espeak", "en+m4"),
+    ("They painted the fence blue and then changed their minds about it.", "flite", "rms"),
+]
+CHORD_NOTES_HZ = (220, 247, 262, 294, 330, 349, 392, 440)
+COUNTS = ("once", "split", "missed", "merged", "no_question", "max_length")
+
+
+def layout(speech: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The questions with random 1.2-2.0 s gaps and 1.5 s at the end; their true (start, end) in s."""
+    parts, truth, t = [], [], 0.0
+    for s in speech:
+        gap = np.zeros(int(rng.uniform(1.2, 2.0) * RATE), np.float32)
+        parts += [gap, s]
+        t += len(gap) / RATE
+        truth.append((t, t + len(s) / RATE))
+        t += len(s) / RATE
+    parts.append(np.zeros(int(1.5 * RATE), np.float32))
+    return np.concatenate(parts), truth
+
+
+def _colored(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    freqs = np.fft.rfftfreq(n)
+    freqs[0] = freqs[1]
+    spectrum = (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) / freqs ** (exponent / 2)
+    return np.fft.irfft(spectrum, n)
+
+
+def background(kind: str, n: int, rng: np.random.Generator, talkers: list[np.ndarray]) -> np.ndarray:
+    t = np.arange(n) / RATE
+    if kind == "white":
+        x = rng.standard_normal(n)
+    elif kind == "pink":
+        x = _colored(n, 1.0, rng)
+    elif kind == "brown":
+        x = _colored(n, 2.0, rng)
+    elif kind == "hum":
+        brown = _colored(n, 2.0, rng)
+        hum = sum(np.sin(2 * np.pi * 50 * k * t) / k for k in range(1, 6))
+        x = brown / np.std(brown) * 0.5 + hum
+    elif kind == "babble":
+        x = np.zeros(n)
+        for talker in talkers:  # each talks on and on (with short breaths), from a random point
+            turn = np.concatenate([talker, np.zeros(int(0.2 * RATE), np.float32)])
+            looped = np.tile(turn, n // len(turn) + 2)
+            start = int(rng.integers(0, len(turn)))
+            x += looped[start : start + n]
+    elif kind == "music":
+        x = np.zeros(n)
+        step = RATE // 2
+        for s in range(0, n, step):
+            tt = np.arange(min(step, n - s)) / RATE
+            for f0 in rng.choice(CHORD_NOTES_HZ, 3):
+                x[s : s + len(tt)] += np.exp(-3 * tt) * sum(np.sin(2 * np.pi * f0 * k * tt) / k for k in (1, 2, 3))
+    else:
+        raise ValueError(f"unknown background {kind!r}; expected one of {NOISES}")
+    return x.astype(np.float32)
+
+
+def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointOptions) -> dict[str, int]:
+    """Run the endpointer over `audio` in 20 ms pushes and score its utterances against `truth`."""
+    ep = Endpointer(opts)
+    ends: list[SpeechEnd] = []
+    step = opts.frame_samples
+    for i in range(0, len(audio), step):
+        ends += [e for e in ep.push(audio[i : i + step]) if isinstance(e, SpeechEnd)]
+    ends += [e for e in ep.flush() if isinstance(e, SpeechEnd)]
+    spans = [(e.start_s, e.speech_end_s) for e in ends]
+    per_question = [sum(a < q1 and b > q0 for a, b in spans) for q0, q1 in truth]
+    per_utterance = [sum(a < q1 and b > q0 for q0, q1 in truth) for a, b in spans]
+    return {
+        "once": sum(k == 1 for k in per_question),
+        "split": sum(k > 1 for k in per_question),
+        "missed": sum(k == 0 for k in per_question),
+        "merged": sum(k > 1 for k in per_utterance),
+        "no_question": sum(k == 0 for k in per_utterance),
+        "max_length": sum(e.reason == "max_length" for e in ends),
+    }
+
+
+def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions()) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav") for i, (text, engine, voice) in enumerate(QUESTIONS)]
+        talkers = [_speak(text, engine, voice, Path(tmp) / f"b{i}.wav") for i, (text, engine, voice) in enumerate(BABBLE)]
+    speech_power = float(np.mean(np.concatenate(speech) ** 2))
+    variants = {"webrtcvad only": replace(opts, noise_gate_db=0.0), "with the noise gate": opts}
+    rows = []
+    for kind in noises:
+        for snr in snrs:
+            totals = {name: dict.fromkeys(COUNTS, 0) for name in variants}
+            for seed in range(seeds):
+                rng = np.random.default_rng(seed)
+                clean, truth = layout(speech, rng)
+                noise = background(kind, len(clean), rng, talkers)
+                noise *= np.sqrt(speech_power / np.mean(noise**2) / 10 ** (snr / 10))
+                mix = clean + noise
+                mix /= max(1.0, float(np.abs(mix).max()))  # no clipping
+                for name, o in variants.items():
+                    for key, value in segment(mix, truth, o).items():
+                        totals[name][key] += value
+            rows += [{"background": kind, "snr_db": snr, "variant": name, **counts} for name, counts in totals.items()]
+            print(f"{kind} {snr:g} dB done", file=sys.stderr)
+    return {"questions": len(QUESTIONS) * seeds, "seeds": seeds, "noise_gate_db": opts.noise_gate_db,
+            "noise_window_ms": opts.noise_window_ms, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    cols = ["background", "SNR dB", "endpointer", "found once", "split", "missed", "merged", "no question", "30 s cuts"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["rows"]:
+        lines.append("| " + " | ".join(str(x) for x in [
+            r["background"], f"{r['snr_db']:g}", r["variant"], f"{r['once']}/{result['questions']}", r["split"],
+            r["missed"], r["merged"], r["no_question"], r["max_length"]]) + " |")
+    lines += ["", f"{result['seeds']} layouts of the 10 questions per row; noise gate {result['noise_gate_db']:g} dB "
+                  f"over a {result['noise_window_ms']} ms window"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--noises", default=",".join(NOISES), help=f"comma-separated, of {', '.join(NOISES)}")
+    p.add_argument("--snrs", default="20,10,5", help="comma-separated SNRs in dB (default 20,10,5)")
+    p.add_argument("--seeds", type=int, default=3, help="random layouts per background and SNR (default 3)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    args = p.parse_args(argv)
+    noises = [n for n in args.noises.split(",") if n]
+    unknown = [n for n in noises if n not in NOISES]
+    if unknown or args.seeds < 1:
+        p.error(f"unknown backgrounds {unknown} (expected some of {NOISES})" if unknown else "--seeds must be >= 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds)
+    write_results(out, "endpointing", result, markdown(result), as_json=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

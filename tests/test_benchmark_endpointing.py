@@ -1,0 +1,80 @@
+"""benchmarks/endpointing.py: backgrounds at a known SNR, and the table over a real run (one layout)."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "endpointing.py"
+
+
+def load_bench():
+    if "bench_endpointing" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_endpointing", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_endpointing"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["bench_endpointing"]
+
+
+def test_backgrounds_are_finite_and_colored_noise_tilts_low():
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+    talkers = [np.sin(np.arange(8000) / 8.0).astype(np.float32)]
+    n = 32000
+    spectra = {}
+    for kind in bench.NOISES:
+        x = bench.background(kind, n, rng, talkers)
+        assert x.shape == (n,) and x.dtype == np.float32 and np.isfinite(x).all() and np.std(x) > 0, kind
+        power = np.abs(np.fft.rfft(x)) ** 2
+        spectra[kind] = power[: len(power) // 8].sum() / power.sum()  # share below 1 kHz
+    assert spectra["white"] < 0.2 < spectra["pink"] < spectra["brown"]
+    with pytest.raises(ValueError, match="unknown background"):
+        bench.background("rain", n, rng, talkers)
+
+
+def test_segment_scores_found_split_missed_and_merged():
+    bench = load_bench()
+    from desta_edge.streaming.vad import SpeechEnd
+
+    class Script:  # stands in for the endpointer: replays fixed utterances
+        def __init__(self, spans):
+            self.spans = spans
+
+        def __call__(self, opts):
+            return self
+
+        def push(self, x):
+            return []
+
+        def flush(self):
+            return [SpeechEnd(i, b, b, a, np.zeros(1, np.float32), "silence") for i, (a, b) in enumerate(self.spans)]
+
+    truth = [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0), (7.0, 8.0)]
+    spans = [(0.7, 2.1), (2.9, 3.4), (3.6, 4.1), (4.9, 8.1), (9.0, 9.5)]
+    original = bench.Endpointer
+    bench.Endpointer = Script(spans)
+    try:
+        got = bench.segment(np.zeros(320, np.float32), truth, bench.EndpointOptions())
+    finally:
+        bench.Endpointer = original
+    assert got == {"once": 3, "split": 1, "missed": 0, "merged": 1, "no_question": 1, "max_length": 0}
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")
+def test_endpointing_benchmark_writes_its_table(tmp_path):
+    bench = load_bench()
+    out = tmp_path / "results"
+    assert bench.main(["--noises", "white,babble", "--snrs", "20", "--seeds", "1", "--out", str(out), "--json"]) == 0
+    (result_file,) = out.glob("endpointing-*.json")
+    result = json.loads(result_file.read_text())
+    assert result["questions"] == 10 and len(result["rows"]) == 4
+    for r in result["rows"]:
+        assert r["once"] + r["split"] + r["missed"] == 10
+    white_plain = next(r for r in result["rows"] if r["background"] == "white" and r["variant"] == "webrtcvad only")
+    assert white_plain["once"] == 10  # light white noise: webrtcvad alone finds every question
+    assert "| babble | 20 | with the noise gate |" in next(out.glob("endpointing-*.md")).read_text()

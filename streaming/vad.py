@@ -21,9 +21,10 @@ noise gate guards against that: while webrtcvad has called at least `NOISE_SATUR
 last `noise_window_ms` voiced, a frame counts as voiced only if it is also `noise_gate_db`
 louder than the background level there (the `NOISE_FLOOR_PERCENTILE`th percentile of the
 window's frame energies). The near-field talker is louder than the room; the room is not.
-In quiet rooms the gate never engages. On the benchmark questions mixed with babble of six
-synthetic voices at 20, 10 and 5 dB SNR, webrtcvad alone merged everything into 30 s cuts and
-the gated endpointer found every question once (README, "Endpointing in noise").
+In quiet rooms the gate never engages. Over the babble of six synthetic talkers at 20 and
+10 dB SNR, webrtcvad alone ran the benchmark questions together into 30 s cuts; with the gate
+there are no cuts and every question is found, though a few neighbours still merge. Music and
+a single background talker are beyond it (benchmarks/endpointing.py; README, "Endpointing in noise").
 
 `turn_check(utterance) -> bool` is an optional callable (the assistant's end-of-turn detector),
 asked once per pause, at the frame where the silence reaches `turn_end_ms`. The machine stays

@@ -49,12 +49,18 @@ class AssistantOptions:
     prompt: str = ASSISTANT_PROMPT  # instruction after the audio
     max_new_tokens: int = 128  # cap per answer
     speculative: bool = True  # start work at the first short pause
-    barge_in: bool = True  # speech during an answer cancels it
+    barge_in: bool = True  # speech during an answer cancels it ...
+    barge_in_ms: int = 300  # ... once it has this much voiced audio (a short "mhm" or a click does not)
     turn_detection: bool = True  # end an utterance after turn_end_ms when the LLM judges it finished
     turn_threshold: float = TurnOptions.threshold  # end-of-turn probability that counts as finished
     # False (live audio): the reader waits for a verdict at most the rest of the hangover;
     # True (a file fed as fast as possible): always, so segmentation does not depend on machine speed
     wait_for_turn_verdict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.barge_in_ms < 0:
+            raise ValueError(f"need max_new_tokens >= 1 and barge_in_ms >= 0, got {self.max_new_tokens} "
+                             f"and {self.barge_in_ms}")
 
 
 @dataclass
@@ -160,6 +166,7 @@ class Assistant:
                 for i in range(0, len(chunk.samples), step):
                     for event in self.endpointer.push(chunk.samples[i : i + step]):
                         self._on_event(event)
+                    self._barge_in()
             for event in self.endpointer.flush():
                 self._on_event(event)
         finally:
@@ -171,9 +178,6 @@ class Assistant:
     def _on_event(self, ev) -> None:
         if isinstance(ev, SpeechStart):
             self._emit("speech_start", ev.utterance, ev.audio_s)
-            cur = self._current
-            if self.opts.barge_in and cur is not None and cur.answering and not cur.cancel:
-                cur.cancel = True
         elif isinstance(ev, Pause):
             if self.opts.speculative:
                 self._drop_spec()
@@ -205,6 +209,13 @@ class Assistant:
             job.commit_wall = self._clock()
             self.stats.utterances += 1
             job.decided.set()
+
+    def _barge_in(self) -> None:
+        """Cancel the answer in progress once new speech has `barge_in_ms` of voiced audio."""
+        cur = self._current
+        if (self.opts.barge_in and cur is not None and cur.answering and not cur.cancel
+                and self.endpointer.voiced_ms >= self.opts.barge_in_ms):
+            cur.cancel = True
 
     def _turn_complete(self, utterance: int) -> bool:
         """The endpointer's question at `turn_end_ms` of silence: is this request finished?"""

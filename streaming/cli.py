@@ -57,6 +57,8 @@ def register_cli(sub) -> None:
     p.add_argument("--no-speculative", action="store_true", help="wait for the endpoint before any work")
     p.add_argument("--barge-in", dest="barge_in", action="store_true", default=None,
                    help="speech during an answer cancels it (default for the microphone)")
+    p.add_argument("--barge-in-ms", type=int, default=AssistantOptions.barge_in_ms,
+                   help="voiced audio that makes speech a barge-in (default %(default)s; shorter: a backchannel)")
     p.add_argument("--no-barge-in", dest="barge_in", action="store_false",
                    help="answer every utterance in full (default for files and stdin)")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
@@ -89,7 +91,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                                 speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
                                 turn_threshold=args.turn_threshold,
                                 wait_for_turn_verdict=args.source not in ("mic", "-") and args.realtime is False,
-                                barge_in=args.barge_in if args.barge_in is not None else args.source == "mic")
+                                barge_in=args.barge_in if args.barge_in is not None else args.source == "mic",
+                                barge_in_ms=args.barge_in_ms)
         if args.source == "-":
             chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)
         elif args.source == "mic":

@@ -181,6 +181,11 @@ class Endpointer:
         self._silence = 0  # consecutive unvoiced frames
         self._paused = False
 
+    @property
+    def voiced_ms(self) -> int:
+        """Voiced audio in the utterance being heard (0 between utterances)."""
+        return self._voiced * self.opts.frame_ms if self.in_speech else 0
+
     def _t(self, frame_index: int) -> float:
         return frame_index * self.opts.frame_ms / 1000
 

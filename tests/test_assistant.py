@@ -140,6 +140,24 @@ def test_barge_in_cancels_the_answer_in_progress():
     assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1
 
 
+def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():
+    """A 200 ms "mhm" during the answer is a new (discarded) utterance, not a barge-in."""
+    model = SlowModel()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
+
+    def wait_for_answer(audio_s):
+        if audio_s == pytest.approx(1.9):
+            deadline = time.monotonic() + 5
+            while not model.streams and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert model.streams and model.streams[0].started.wait(5)
+
+    events, stats = listen(model, x, AssistantOptions(barge_in=True, barge_in_ms=300), before_chunk=wait_for_answer)
+    assert stats.cancelled == 0 and not model.streams[0].cancelled
+    assert stats.answers == 1 and len(next(e for e in events if e["type"] == "answer")["text"]) == 40
+    assert stats.discarded_short == 1  # the "mhm" itself: too short to be a query
+
+
 def test_without_barge_in_every_answer_completes():
     model = SlowModel()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
@@ -309,3 +327,10 @@ def test_discarded_speculation_stops_before_the_transcript(tiny_model):
     assert stats.speculative_discarded == 1 and stats.answers == 1 and stats.errors == 0
     # the held job stopped after its encoder; only the answered job transcribed
     assert stages == [("encode", False), ("encode", True), ("transcribe", None)]
+
+
+def test_assistant_options_are_checked():
+    with pytest.raises(ValueError, match="barge_in_ms"):
+        AssistantOptions(barge_in_ms=-1)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        AssistantOptions(max_new_tokens=0)

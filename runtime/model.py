@@ -509,7 +509,8 @@ def choose_backend(name: str, device: str | torch.device | None,
     """`backend="auto"`: the fastest backend that can run `name` on this machine, its device, and why.
 
     - An ONNX export directory runs on ONNX Runtime: it is the only engine that reads one, and
-      on the CPU the faster one (README: fp32 1.1-1.9x PyTorch eager on the 2-core CPU). Its
+      on the CPU the faster one (README: fp32 1.06-1.13x PyTorch eager end to end on the 2-core
+      CPU, with the same outputs). Its
       provider is CUDA when there is a GPU and onnxruntime has the CUDA provider, else the CPU.
       TensorRT is never picked on its own: its first load builds engines for minutes.
     - Anything else (a preset, checkpoint or hub id) runs on PyTorch, on CUDA when available.

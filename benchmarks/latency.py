@@ -10,7 +10,9 @@ Pipelines on the same models and recording, one after the other in the same run:
   pause, prompt-prefix KV cache, the whole hangover before every answer;
 - desta-edge: the same, and a request the LLM judges finished ends after turn_end_ms of silence;
 - with --whisper-dtype: desta-edge with Whisper in that dtype (the LLM stays float32);
-- with --onnx: desta-edge on ONNX Runtime.
+- with --onnx: desta-edge on ONNX Runtime;
+- with --encoder-padding-s S: the last of these again, its encoder reading the clip plus S s of
+  silence instead of the 30 s window (`DestaModel.set_encoder_padding`).
 The recording includes hesitant requests (a pause mid-sentence) that must not be split.
 Latency is measured from the *true* end of each spoken question (known by construction) to the
 first answer token, so it includes the endpointer's silence wait. Prints a markdown table and
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx", default=None, help="also run desta-edge with this ONNX export (desta-edge export onnx)")
     p.add_argument("--whisper-dtype", default=None, choices=[k for k in WHISPER_DTYPES if k != "float32"],
                    help="also run desta-edge with Whisper in this dtype (bfloat16 for CPUs with AMX)")
+    p.add_argument("--encoder-padding-s", type=float, default=None, metavar="S",
+                   help="also run the last variant with the encoder reading the clip + S s (not the 30 s window)")
     p.add_argument("--turn-end-ms", type=int, default=None, help="default: the endpointer's (200, within pause/hangover)")
     p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test; latency meaningless)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -209,10 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.whisper_dtype:
         model.backend.set_whisper_dtype(WHISPER_DTYPES[args.whisper_dtype])
         run(f"desta-edge, whisper {args.whisper_dtype}", model, reference=False)
+    last, last_name = model, f"desta-edge, whisper {args.whisper_dtype}" if args.whisper_dtype else "desta-edge"
     if args.onnx:
         fast = DestaModel.from_pretrained(args.onnx, backend="onnx", device=args.device)
         fast.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)
         run("desta-edge (onnx)", fast, reference=False)
+        last, last_name = fast, "desta-edge (onnx)"
+    if args.encoder_padding_s:
+        last.set_encoder_padding(args.encoder_padding_s)
+        run(f"{last_name}, clip + {args.encoder_padding_s:g} s window", last, reference=False)
     ref = variants["reference-style"]["latency_ms"]["p50"]
     result = {
         "machine": machine(),

@@ -80,7 +80,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         model = DestaModel.from_pretrained(
             args.model, backend=args.backend, device=args.device,
             audio_features=False if args.transcript_only else None, progress=not args.json,
-            ort_provider=args.ort_provider, whisper_dtype=whisper_dtype(args),
+            ort_provider=args.ort_provider, whisper_dtype=whisper_dtype(args), encoder_padding_s=args.encoder_padding_s,
         )
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)

@@ -4,8 +4,9 @@ Three graphs, traced at opset 17 from the same weights the PyTorch backend uses 
 one fused `LayerNormalization` op; a decomposed fp16 LayerNorm overflows silently on Whisper's
 residual stream):
 
-    encoder.onnx   features [B, mels, 3000] -> cross_k, cross_v [L, B, H, 1500, Dh] (+ audio_embeds [B, Q, d_llm])
-                   one encoder pass; the connector reads the tapped layers inside the same graph
+    encoder.onnx   features [B, mels, F] -> cross_k, cross_v [L, B, H, F/2, Dh] (+ audio_embeds [B, Q, d_llm])
+                   one encoder pass; the connector reads the tapped layers inside the same graph;
+                   F = 3000 (the 30 s window) or fewer (a shorter window, `set_encoder_padding`)
     decoder.onnx   input_ids [B, S], cross_k/v, past_k/v [L, B, H, P, Dh] -> logits [B, V], k, v
     llm.onnx       inputs_embeds [B, S, D], attention_mask [B, P+S], position_ids [B, S], past_k/v -> logits [B, V], k, v
 
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17  # first opset with a fused LayerNormalization op
 PARITY_RTOL = 1e-4  # max |ONNX - PyTorch| / max |PyTorch| accepted per output
+SHORT_WINDOW_FRAMES = 600  # a second parity check of the encoder on a 6 s window (dynamic frames)
 
 
 class EncoderGraph(nn.Module):
@@ -120,15 +122,19 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
 
     with staged_dir(out_dir) as tmp:
         parity: dict[str, dict[str, float]] = {}
-        # encoder (+ connector): batch is dynamic
+        # encoder (+ connector): batch and frames are dynamic (a shorter window: set_encoder_padding)
         enc = EncoderGraph(front, connector).eval()
         enc_out = ["cross_k", "cross_v"] + (["audio_embeds"] if connector is not None else [])
         g = torch.Generator().manual_seed(0)
         feats = torch.rand(2, front.n_mels, N_FRAMES, generator=g) * 2 - 1  # the log-mel value range
         logger.info("exporting %s", ENCODER_FILE)
+        cross_axes = {1: "b", 3: "enc_t"}
         _export(enc, (feats,), tmp / ENCODER_FILE, ["features"], enc_out,
-                {"features": {0: "b"}, "cross_k": {1: "b"}, "cross_v": {1: "b"}, "audio_embeds": {0: "b"}}, opset)
+                {"features": {0: "b", 2: "frames"}, "cross_k": cross_axes, "cross_v": cross_axes,
+                 "audio_embeds": {0: "b"}}, opset)
         parity["encoder"] = _parity(enc, (feats,), tmp / ENCODER_FILE, ["features"])
+        short = feats[:1, :, :SHORT_WINDOW_FRAMES].contiguous()
+        parity["encoder_short_window"] = _parity(enc, (short,), tmp / ENCODER_FILE, ["features"])
 
         # Whisper decoder step: batch, new tokens and past length are dynamic
         with torch.inference_mode():
@@ -139,7 +145,7 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
         kv_axes = {1: "b", 3: "p"}
         logger.info("exporting %s", DECODER_FILE)
         _export(WhisperDecoderStep(whisper).eval(), dec_args, tmp / DECODER_FILE, dec_in, ["logits", "k", "v"],
-                {"input_ids": {0: "b", 1: "s"}, "cross_k": {1: "b"}, "cross_v": {1: "b"}, "past_k": kv_axes,
+                {"input_ids": {0: "b", 1: "s"}, "cross_k": cross_axes, "cross_v": cross_axes, "past_k": kv_axes,
                  "past_v": kv_axes, "logits": {0: "b"}, "k": {1: "b", 3: "t"}, "v": {1: "b", 3: "t"}}, opset)
         parity["decoder"] = _parity(WhisperDecoderStep(whisper).eval(), dec_args, tmp / DECODER_FILE, dec_in)
 

@@ -13,8 +13,9 @@ is tied to the GPU model and TensorRT version it was built with; build it on the
 
 Design choices:
 - One optimization profile over the batch dimension of the log-mel input `[B, mels, 3000]`;
-  opt = 1 because a spoken-query assistant encodes one utterance at a time. The 3000 frames are
-  fixed (Whisper's 30 s window; shortening it costs accuracy, see the README).
+  opt = 1 because a spoken-query assistant encodes one utterance at a time. The frames are
+  pinned to 3000 (Whisper's 30 s window; the shorter window of `set_encoder_padding` is for
+  ONNX Runtime and PyTorch, and costs accuracy with the shipped adapter, see the README).
 - fp16 with the normalization layers pinned to fp32 (per-layer precision, fp32 outputs, and
   `OBEY_PRECISION_CONSTRAINTS` so TensorRT may not override it): Whisper's residual stream
   exceeds the fp16 range inside LayerNorm's variance. The export keeps LayerNorm as one fused
@@ -35,6 +36,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from desta_edge.runtime.audio import N_FRAMES
 from desta_edge.runtime.onnx_backend import ENCODER_FILE as ONNX_ENCODER
 from desta_edge.runtime.onnx_backend import MANIFEST as ONNX_MANIFEST
 from desta_edge.runtime.trtllm_backend import ENGINE_FILE, ENGINE_FORMAT_VERSION, ENGINE_MANIFEST, tensorrt_module
@@ -71,15 +73,16 @@ def graph_signature(model) -> dict[str, list[dict]]:
 def profile_shapes(model, max_batch: int, opt_batch: int = 1) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shapes of every graph input: the batch (dim 0) spans 1..max_batch, the rest is fixed.
 
-    A dynamic dimension other than the batch is an error: the encoder graph has none (the
-    frames are always 3000), and guessing a range for one would build a wrong engine silently.
+    The log-mel frames (the dynamic axis "frames" of newer exports) are pinned to the full 30 s
+    window: the engine serves the reference window only. Any other dynamic dimension is an
+    error: guessing a range for one would build a wrong engine silently.
     """
     if max_batch < 1 or not 1 <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= opt_batch ({opt_batch}) <= max_batch ({max_batch})")
     out: dict[str, dict[str, list[int]]] = {}
     for inp in graph_signature(model)["inputs"]:
         shape = inp["shape"]
-        fixed = shape[1:]
+        fixed = [N_FRAMES if d == "frames" else d for d in shape[1:]]
         bad = [i + 1 for i, d in enumerate(fixed) if not isinstance(d, int) or d <= 0]
         if not shape or bad:
             raise ValueError(f"input {inp['name']!r} {shape}: only the batch dimension (0) may be dynamic")

@@ -16,6 +16,7 @@ Design choices:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ CHUNK_SECONDS = 30  # Whisper's fixed input window
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480_000 samples in the window
 HOP_LENGTH = 160  # samples between mel frames (10 ms)
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in the window
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 MAX_AUDIO_SECONDS = float(CHUNK_SECONDS)
 
 VAD_FRAME_MS = 30  # webrtcvad accepts 10/20/30 ms frames only
@@ -159,6 +161,22 @@ def has_speech(samples: np.ndarray, *, min_speech_ms: int = MIN_SPEECH_MS) -> bo
 # ----------------------------------------------------------------------------- features
 
 
+def encoder_frames(n_samples: int, padding_s: float | None) -> int:
+    """Mel frames the encoder reads for a clip (or a batch whose longest clip) of `n_samples`.
+
+    None: the whole 30 s window, as Whisper was trained and the reference runs it. A number: the
+    clip plus `padding_s` seconds of silence, rounded up to whole seconds, within the window. The
+    encoder's cost is proportional to its input: a 3 s query with 5 s of padding costs about a
+    quarter of the full window. Whisper needs that silence after the speech; with 1-3 s, tiny.en
+    loops on some clips (README, "Latency").
+    """
+    if padding_s is None:
+        return N_FRAMES
+    if padding_s <= 0:
+        raise ValueError(f"encoder padding must be > 0 seconds (or None for the 30 s window), got {padding_s}")
+    return min(N_FRAMES, math.ceil(n_samples / SAMPLE_RATE + padding_s) * FRAMES_PER_SECOND)
+
+
 class LogMel:
     """Whisper's log-mel front end, in torch (one STFT, no per-call allocation of filters).
 
@@ -186,22 +204,29 @@ class LogMel:
         self._filters = torch.from_numpy(filters.T.astype(np.float32))  # [n_mels, n_freq]
         self._window = torch.hann_window(self.N_FFT)
 
-    def __call__(self, clips: list[np.ndarray]):
-        """Return float32 log-mel features [batch, n_mels, N_FRAMES] for a list of clips."""
+    def __call__(self, clips: list[np.ndarray], n_frames: int = N_FRAMES):
+        """Return float32 log-mel features [batch, n_mels, n_frames] for a list of clips.
+
+        `n_frames` < N_FRAMES gives exactly the first `n_frames` frames of the full window's
+        features, as long as every clip ends at least half an FFT before the cut (checked).
+        """
         import torch
 
         if isinstance(clips, np.ndarray):
             raise TypeError(f"expected a list of 1-D clips, got one array of shape {clips.shape}")
-        batch = torch.zeros(len(clips), N_SAMPLES)
+        if not 0 < n_frames <= N_FRAMES or n_frames % 2:
+            raise ValueError(f"n_frames must be an even number in (0, {N_FRAMES}], got {n_frames}")
+        n_samples = n_frames * HOP_LENGTH
+        # a shorter window must end in silence, so that its last frames equal the full window's
+        limit = N_SAMPLES if n_frames == N_FRAMES else n_samples - self.N_FFT // 2
+        batch = torch.zeros(len(clips), n_samples)
         for i, clip in enumerate(clips):
-            if len(clip) > N_SAMPLES:
-                raise AudioError(
-                    f"clip {i} has {len(clip)} samples; the window holds {N_SAMPLES}"
-                )
+            if len(clip) > limit:
+                raise AudioError(f"clip {i} has {len(clip)} samples; a window of {n_frames} frames holds {limit}")
             batch[i, : len(clip)] = torch.from_numpy(np.asarray(clip, dtype=np.float32))
         stft = torch.stft(batch, self.N_FFT, HOP_LENGTH, window=self._window, return_complex=True)
-        power = stft[..., :-1].abs() ** 2  # [B, n_freq, N_FRAMES]
-        mel = self._filters @ power  # [B, n_mels, N_FRAMES]
+        power = stft[..., :-1].abs() ** 2  # [B, n_freq, n_frames]
+        mel = self._filters @ power  # [B, n_mels, n_frames]
         log_spec = torch.clamp(mel, min=1e-10).log10()
         floor = log_spec.amax(dim=(1, 2), keepdim=True) - 8.0
         log_spec = torch.maximum(log_spec, floor)

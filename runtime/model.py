@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import Audio, AudioError, LogMel, has_speech, load_audio, prepare_audio
+from .audio import N_FRAMES, Audio, AudioError, LogMel, encoder_frames, has_speech, load_audio, prepare_audio
 from .backends import Backend, EncodedAudio
 from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_adapter, read_weights, save_checkpoint
 from .config import DestaConfig
@@ -133,6 +133,19 @@ class DestaModel:
         # reuse the key/value cache of the prompt up to the first clip (single conversations
         # with audio; text-only prompts always run whole, exactly as the backbone would)
         self.use_prefix_cache = True
+        self.encoder_padding_s: float | None = None  # see set_encoder_padding
+
+    def set_encoder_padding(self, seconds: float | None) -> None:
+        """Let the encoder read each batch's longest clip plus `seconds` of silence instead of the
+        whole 30 s window (None, the default and the reference). About 4x less encoder work for a
+        short query, but the connector was trained on the full window: measured costs in the
+        README ("Latency"). Backends whose encoder takes only the full window refuse it."""
+        if seconds is not None:
+            encoder_frames(0, seconds)  # validates
+            if getattr(self.backend, "full_window_only", False):
+                raise ValueError(f"the {self.backend_name} encoder takes only the full 30 s window "
+                                 f"({N_FRAMES} frames): {self.backend.full_window_only}")
+        self.encoder_padding_s = seconds
 
     # ------------------------------------------------------------------ construction
 
@@ -149,6 +162,7 @@ class DestaModel:
         progress: bool = True,
         ort_provider: str | OrtProvider | None = None,
         ort_options: OrtOptions | None = None,
+        encoder_padding_s: float | None = None,
     ) -> "DestaModel":
         """Load a preset name ("tiny"), a checkpoint directory, or a hub id.
 
@@ -160,7 +174,17 @@ class DestaModel:
         ort_options: the rest of its ONNX Runtime settings (`OrtOptions`).
         whisper_dtype: torch backend only: run the Whisper encoder and transcript decoder in this
         dtype while the connector and LLM keep `dtype` (e.g. torch.bfloat16 on a CPU with AMX).
+        encoder_padding_s: see `set_encoder_padding` (None: the full 30 s window).
         """
+        model = cls._load(name_or_path, backend=backend, device=device, dtype=dtype, whisper_dtype=whisper_dtype,
+                          audio_features=audio_features, progress=progress, ort_provider=ort_provider,
+                          ort_options=ort_options)
+        model.set_encoder_padding(encoder_padding_s)
+        return model
+
+    @classmethod
+    def _load(cls, name_or_path, *, backend, device, dtype, whisper_dtype, audio_features, progress, ort_provider,
+              ort_options) -> "DestaModel":
         t0 = time.perf_counter()
         name = os.fspath(name_or_path)
         chosen, reason = Backend.parse(backend), None
@@ -412,7 +436,8 @@ class DestaModel:
         if use_connector or need_asr:
             encode_idx = list(range(len(clips))) if use_connector else need_asr
             t = time.perf_counter()
-            feats = self.features([clips[i].samples for i in encode_idx])
+            samples = [clips[i].samples for i in encode_idx]
+            feats = self.features(samples, encoder_frames(max(map(len, samples)), self.encoder_padding_s))
             timings["features"] = (time.perf_counter() - t) * 1000
             stop_if_cancelled("features")
             t = time.perf_counter()

@@ -44,6 +44,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from .audio import N_FRAMES
 from .backends import EncodedAudio
 from .generation import PrefixCache, SamplingOptions, StepTimes, eos_ids_of, last_logits, stream_with_prefix
 from .whisper import MAX_TRANSCRIPT_TOKENS, WhisperDecoding
@@ -156,15 +157,18 @@ def resolve_provider(requested: OrtProvider | str | None, device: torch.device, 
 def axis_ranges(graph: str, limits: ShapeLimits) -> dict[str, tuple[int, int, int]]:
     """(min, opt, max) of each named dynamic axis of an exported graph (names from export/onnx.py).
 
-    b: batch; s: new positions this step; p: cached positions; t = p + s (the LLM's attention mask).
+    b: batch; s: new positions this step; p: cached positions; t = p + s (the LLM's attention mask);
+    frames: log-mel frames; enc_t: encoder positions (frames / 2).
     Cached positions start at 0: the first step of each loop runs on an empty cache.
     """
     b = (1, 1, limits.max_batch)
+    full = (N_FRAMES, N_FRAMES, N_FRAMES)  # TensorRT runs the full 30 s window only
     if graph == "encoder":
-        return {"b": b}
+        return {"b": b, "frames": full}
     if graph == "decoder":
         max_p = WHISPER_MAX_PROMPT + limits.max_transcript
-        return {"b": b, "s": (1, 1, WHISPER_MAX_PROMPT), "p": (0, min(32, max_p), max_p)}
+        return {"b": b, "s": (1, 1, WHISPER_MAX_PROMPT), "p": (0, min(32, max_p), max_p),
+                "enc_t": tuple(n // 2 for n in full)}
     if graph == "llm":
         n, opt = limits.max_context, min(limits.opt_context, limits.max_context - 1)
         return {"b": b, "s": (1, 1, n), "p": (0, opt, n), "t": (1, opt + 1, n)}
@@ -486,6 +490,13 @@ class OnnxBackend:
         self.encoder = session("encoder", ENCODER_FILE)
         self.decoder = OrtRunner(session("decoder", DECODER_FILE), bind=bind, device=on, device_id=device_id)
         self._enc_outputs = [o.name for o in self.encoder.get_outputs()]
+        frames = next(i for i in self.encoder.get_inputs() if i.name == "features").shape[2]
+        # a reason the encoder cannot read a shorter window (DestaModel.set_encoder_padding), or None
+        self.full_window_only: str | None = (
+            "this export's encoder has a fixed frame count; re-export it with desta-edge export onnx"
+            if isinstance(frames, int) else
+            "the TensorRT provider's optimization profile covers the full window only"
+            if self.provider is OrtProvider.TENSORRT else None)
         embeddings = load_file(str(d / EMBEDDINGS_FILE))["weight"]
         llm = OrtRunner(session("llm", LLM_FILE), bind=bind, device=on, device_id=device_id)
         self.llm = _OrtLLM(llm, embeddings, manifest["llm_cache"])

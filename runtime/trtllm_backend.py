@@ -219,6 +219,7 @@ class TrtLlmBackend:
     """Encoder in TensorRT (or ONNX Runtime), ASR decoder in ONNX Runtime, LLM in TensorRT-LLM."""
 
     connector = None  # the trained weights live inside the encoder graph/engine
+    full_window_only = "the TensorRT-LLM backend's encoder runs the full 30 s window only"
     backend_name = "trtllm"
 
     def __init__(self, export_dir: str | os.PathLike, whisper_tokenizer, device: str | torch.device | None = None) -> None:

@@ -110,7 +110,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     try:
         model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.model_device,
                                            progress=not args.json, ort_provider=args.ort_provider,
-                                           whisper_dtype=whisper_dtype(args))
+                                           whisper_dtype=whisper_dtype(args), encoder_padding_s=args.encoder_padding_s)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:

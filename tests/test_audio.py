@@ -111,3 +111,23 @@ def test_log_mel_matches_whisper_feature_extractor():
     got = LogMel(80)([x]).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert got.shape == (1, 80, 3000)
+
+
+def test_a_shorter_window_is_exactly_the_start_of_the_full_one():
+    from desta_edge.runtime.audio import N_FRAMES, encoder_frames
+
+    rng = np.random.default_rng(3)
+    clips = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (16000, 40000)]
+    n = encoder_frames(max(map(len, clips)), 3.0)
+    assert n == 600  # 2.5 s + 3 s, rounded up to whole seconds
+    full = LogMel(80)(clips).numpy()
+    short = LogMel(80)(clips, n).numpy()
+    assert short.shape == (2, 80, 600)
+    np.testing.assert_allclose(short, full[..., :600], atol=1e-5)
+    assert encoder_frames(16000, None) == N_FRAMES and encoder_frames(29 * 16000, 5.0) == N_FRAMES
+    with pytest.raises(ValueError, match="padding must be > 0"):
+        encoder_frames(16000, 0.0)
+    with pytest.raises(ValueError, match="even number"):
+        LogMel(80)(clips, 601)
+    with pytest.raises(AudioError, match="window of 200 frames holds"):
+        LogMel(80)(clips, 200)

@@ -319,3 +319,28 @@ def test_greedy_transcript_stops_at_a_loop_and_keeps_one_copy():
         return logits, i
 
     assert decoding.greedy(step, 2, max_new_tokens=40) == [script[:6]] * 2
+
+
+def test_encoder_padding_shortens_the_window_the_encoder_reads(tiny_model):
+    backend = tiny_model.backend
+    frames = []
+    original = backend.encode
+    backend.encode = lambda features, *, with_connector: frames.append(features.shape[-1]) or original(
+        features, with_connector=with_connector)
+
+    def ask(seconds):
+        audio = (speechlike(seconds=seconds), 16000)
+        tiny_model.generate([{"role": "user", "content": "<|AUDIO|>", "audios": [{"audio": audio, "text": None}]}],
+                            max_new_tokens=1)
+
+    try:
+        ask(1.5)
+        tiny_model.set_encoder_padding(2.0)
+        ask(1.5)  # 1.5 s + 2 s of silence, rounded up to 4 s
+        ask(29.0)  # never beyond the 30 s window
+        with pytest.raises(ValueError, match="padding must be > 0"):
+            tiny_model.set_encoder_padding(0.0)
+    finally:
+        tiny_model.set_encoder_padding(None)
+        del backend.encode
+    assert frames == [3000, 400, 3000]

@@ -37,7 +37,7 @@ def speechlike(seed):
 def test_manifest_and_graph_parity(exported):
     _, out, manifest = exported
     assert manifest["has_connector"] and manifest["opset"] >= 17
-    assert set(manifest["parity_max_abs"]) == {"encoder", "decoder", "llm"}
+    assert set(manifest["parity_max_abs"]) == {"encoder", "encoder_short_window", "decoder", "llm"}
     assert set(manifest["parity_max_abs"]["encoder"]) == {"cross_k", "cross_v", "audio_embeds"}
     assert json.loads((out / "onnx_export.json").read_text()) == manifest
     for f in ("encoder.onnx", "decoder.onnx", "llm.onnx", "llm_embeddings.safetensors", "config.json"):
@@ -71,6 +71,31 @@ def test_onnx_backend_gives_the_same_greedy_outputs(exported):
     assert onnx_model.generate(text_only, max_new_tokens=8).generated_ids == torch_model.generate(text_only, max_new_tokens=8).generated_ids
     one = convs[0]
     assert "".join(onnx_model.stream(one, max_new_tokens=8)) == want.text[0]  # streaming + prefix cache
+
+
+def test_a_shorter_encoder_window_gives_the_same_outputs_on_both_backends(exported):
+    torch_model, out, _ = exported
+    onnx_model = DestaModel.from_pretrained(out, backend="onnx", device="cpu", encoder_padding_s=2.0)
+    torch_model.set_encoder_padding(2.0)
+    try:
+        convs = [[{"role": "user", "content": "<|AUDIO|> what?", "audios": [{"audio": (speechlike(i), 16000), "text": None}]}]
+                 for i in range(2)]
+        want = torch_model.generate(convs, max_new_tokens=8)
+        got = onnx_model.generate(convs, max_new_tokens=8)
+        assert got.audios == want.audios and got.generated_ids == want.generated_ids
+    finally:
+        torch_model.set_encoder_padding(None)
+    full = torch_model.generate(convs, max_new_tokens=8)
+    assert full.audios != want.audios  # the window does reach the model (the transcripts differ)
+
+
+def test_an_export_with_fixed_frames_refuses_a_shorter_window(exported):
+    _, out, _ = exported
+    model = DestaModel.from_pretrained(out, backend="onnx", device="cpu")
+    model.backend.full_window_only = "this export's encoder has a fixed frame count; re-export it"
+    with pytest.raises(ValueError, match="full 30 s window .*re-export"):
+        model.set_encoder_padding(3.0)
+    model.set_encoder_padding(None)  # the full window is always fine
 
 
 def test_backend_and_directory_must_match(checkpoint, exported, tmp_path):

@@ -44,11 +44,11 @@ def test_profile_spans_the_batch_of_the_log_mel_input(encoder):
     assert profile_shapes(encoder, max_batch=4, opt_batch=2)["features"]["opt"] == [2, 80, 3000]
     with pytest.raises(ValueError, match="opt_batch"):
         profile_shapes(encoder, max_batch=2, opt_batch=3)
-    frames = onnx.ModelProto()
-    frames.CopyFrom(encoder)
-    frames.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "frames"  # a second dynamic dimension
+    other = onnx.ModelProto()
+    other.CopyFrom(encoder)
+    other.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "mels"  # a dynamic dimension with no known size
     with pytest.raises(ValueError, match="only the batch"):
-        profile_shapes(frames, max_batch=2)
+        profile_shapes(other, max_batch=2)
 
 
 def test_every_layernorm_of_encoder_and_connector_stays_fp32(encoder):
@@ -96,7 +96,8 @@ def test_which_tensorrt_layers_are_pinned():
 def test_manifest_copies_the_graph_signature(onnx_dir, encoder):
     m = engine_manifest(encoder, onnx_dir=onnx_dir, max_batch=2, opt_batch=1, fp16=True, fp32_layers=["x"],
                         tensorrt_version="10.x", workspace_gb=2.0)
-    assert m["inputs"] == [{"name": "features", "shape": ["b", 80, 3000], "dtype": "float"}]
+    assert m["inputs"] == [{"name": "features", "shape": ["b", 80, "frames"], "dtype": "float"}]
+    assert m["profile"]["features"] == {"min": [1, 80, 3000], "opt": [1, 80, 3000], "max": [2, 80, 3000]}
     assert [o["name"] for o in m["outputs"]] == ["cross_k", "cross_v", "audio_embeds"]
     assert m["outputs"][2]["shape"][0] == "b" and m["outputs"][2]["shape"][2] == 32  # [B, Q, d_llm]
     assert m["outputs"] == graph_signature(encoder)["outputs"]

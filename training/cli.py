@@ -100,6 +100,8 @@ def register_cli(subparsers: Any) -> None:
     e.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     e.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch",
                    help="torch, or onnx for a directory from `desta-edge export onnx` (default: torch)")
+    e.add_argument("--encoder-padding-s", type=float, default=None, metavar="S",
+                   help="evaluate with the encoder reading the clip plus S s of silence (default: the 30 s window)")
     e.add_argument("--out", default=None, help="directory for eval.json and eval.md")
     e.add_argument("--json", action="store_true", help="print the JSON result instead of the markdown table")
     e.set_defaults(func=_cmd_eval)
@@ -217,7 +219,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not (options.corpus_dir / "metadata.jsonl").is_file():
             raise FileNotFoundError(f"{options.corpus_dir}/metadata.jsonl not found: build the corpus first")
         model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.device,
-                                           progress=not args.json)
+                                           progress=not args.json, encoder_padding_s=args.encoder_padding_s)
         result = evaluate(model, options)
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)

@@ -331,6 +331,7 @@ def evaluate(model, options: EvalOptions) -> dict[str, Any]:
     wer = word_error_rate([(c["transcript"], transcripts[c["id"]]) for c in speech]) if speech else None
     result = {
         "model": model.name, "backend": model.backend_name, "split": options.split, "clips": len(clips),
+        "encoder_padding_s": model.encoder_padding_s,
         "options": _jsonable(asdict(options)),
         "paralinguistic": paralinguistic(model, clips, transcripts, options, root),
         "language_preservation": language_preservation(model, options),
@@ -365,6 +366,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     lp, qa, wer = result["language_preservation"], result["spoken_qa"], result["wer"]
     lines += ["", "| check | value |", "|---|---|",
               f"| model, backend, split | {result['model']}, {result.get('backend', 'torch')}, {result['split']} |",
+              *([f"| encoder window | the clip + {result['encoder_padding_s']:g} s of silence |"]
+                if result.get("encoder_padding_s") else []),
               f"| language preservation (text-only ids identical to the backbone) | {lp['identical']}/{lp['n']} |"]
     if qa.get("n"):
         lines += [f"| spoken QA accuracy, by voice (n={qa['n']}) | {_pct(qa['voice'])} % |",

@@ -176,6 +176,8 @@ class DestaModel:
         dtype while the connector and LLM keep `dtype` (e.g. torch.bfloat16 on a CPU with AMX).
         encoder_padding_s: see `set_encoder_padding` (None: the full 30 s window).
         """
+        if encoder_padding_s is not None:
+            encoder_frames(0, encoder_padding_s)  # a bad value fails before the slow load
         model = cls._load(name_or_path, backend=backend, device=device, dtype=dtype, whisper_dtype=whisper_dtype,
                           audio_features=audio_features, progress=progress, ort_provider=ort_provider,
                           ort_options=ort_options)

@@ -1,13 +1,15 @@
 """The same spoken questions through every available backend, side by side in one run.
 
     python benchmarks/backends.py [--model tiny] [--onnx EXPORT_DIR ...] [--devices cpu,cuda]
-                                  [--whisper-dtype bfloat16] [--limit N] [--max-new-tokens 32]
+                                  [--whisper-dtype bfloat16] [--encoder-padding-s S] [--limit N]
+                                  [--max-new-tokens 32]
                                   [--out benchmarks/results] [--json]
 
 Variants: PyTorch on each device (and, with --whisper-dtype, again with Whisper in that dtype);
 each `--onnx` export (fp32, int8, ...) on each ONNX Runtime
 provider that can run here (CPU; CUDA; TensorRT). Variants that cannot run are listed with the
-reason. Each variant runs in its own process, so that its peak memory (max RSS; on CUDA also
+reason. With --encoder-padding-s S every variant runs the shorter encoder window
+(`DestaModel.set_encoder_padding`); those that cannot say why in the table. Each variant runs in its own process, so that its peak memory (max RSS; on CUDA also
 torch's max_memory_allocated) is its own; all see the same clips and prompts, one after the other.
 
 Per clip the runtime's own stage timings (`timings_ms`, as in `desta-edge ask --json`) are
@@ -27,7 +29,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +52,21 @@ class Variant:
     device: str
     ort_provider: str | None = None
     whisper_dtype: str | None = None  # torch only: Whisper in this dtype (runtime.backends.WHISPER_DTYPES)
+    encoder_padding_s: float | None = None  # the encoder reads the clip + this many s (None: the 30 s window)
 
 
 # ---------------------------------------------------------------------- which variants can run
 
 
-def plan(model: str, onnx_dirs: list[str], devices: list[str],
-         whisper_dtype: str | None = None) -> tuple[list[Variant], list[dict]]:
+def plan(model: str, onnx_dirs: list[str], devices: list[str], whisper_dtype: str | None = None,
+         encoder_padding_s: float | None = None) -> tuple[list[Variant], list[dict]]:
     """(variants to run, skipped ones with the reason)."""
+    runs, skipped = _plan(model, onnx_dirs, devices, whisper_dtype)
+    return [replace(v, encoder_padding_s=encoder_padding_s) for v in runs], skipped
+
+
+def _plan(model: str, onnx_dirs: list[str], devices: list[str],
+          whisper_dtype: str | None) -> tuple[list[Variant], list[dict]]:
     import torch
 
     runs: list[Variant] = []
@@ -127,7 +136,7 @@ def run_variant(v: Variant, clips: list[str], max_new_tokens: int) -> dict:
     t0 = time.perf_counter()
     model = DestaModel.from_pretrained(v.source, backend=v.backend, device=v.device, ort_provider=v.ort_provider,
                                        whisper_dtype=WHISPER_DTYPES[v.whisper_dtype] if v.whisper_dtype else None,
-                                       progress=False)
+                                       encoder_padding_s=v.encoder_padding_s, progress=False)
     load_s = time.perf_counter() - t0
     model.generate(conversation(clips[0]), max_new_tokens=2)  # warm-up (also fills the prompt-prefix cache)
     if torch.cuda.is_available():
@@ -224,6 +233,8 @@ def markdown(result: dict) -> str:
         lines.append(f"- skipped {s['variant']}: {s['reason']}")
     lines.append(f"\n{result['clips']} clips, up to {result['max_new_tokens']} answer tokens, medians over clips; "
                  f"speed-up = PyTorch time / variant time on the same device type, same run. machine: {result['machine']}")
+    if result.get("encoder_padding_s"):
+        lines.append(f"encoder window: each clip + {result['encoder_padding_s']:g} s of silence (every variant)")
     return "\n".join(lines)
 
 
@@ -238,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", default="cpu,cuda", help="comma-separated: cpu, cuda (unavailable ones are skipped)")
     p.add_argument("--whisper-dtype", default=None, choices=[k for k in WHISPER_DTYPES if k != "float32"],
                    help="also run PyTorch with Whisper in this dtype (bfloat16 on CPUs with AMX)")
+    p.add_argument("--encoder-padding-s", type=float, default=None, metavar="S",
+                   help="every variant with the encoder reading the clip + S s instead of the 30 s window")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--timeout-s", type=float, default=1800, help="per variant")
@@ -252,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--devices: unknown {bad}; use cpu and/or cuda")
     out = Path(args.out)
     clips = [str(c.path) for c in question_clips(out / "backend_clips", limit=args.limit)]
-    runs, skipped = plan(args.model, args.onnx, devices, args.whisper_dtype)
+    runs, skipped = plan(args.model, args.onnx, devices, args.whisper_dtype, args.encoder_padding_s)
     variants = {v.label: v for v in runs}
     results: dict[str, dict] = {}
     for v in runs:
@@ -266,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": args.onnx,
         "clips": len(clips),
         "max_new_tokens": args.max_new_tokens,
+        "encoder_padding_s": args.encoder_padding_s,
         "variants": results,
         "skipped": skipped,
     }

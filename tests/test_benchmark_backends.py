@@ -84,3 +84,12 @@ def test_whisper_dtype_adds_a_torch_variant_per_device():
                                                           ("torch (cpu), whisper bfloat16", "bfloat16")]
     runs, _ = bench.plan("tiny", [], ["cpu"])
     assert [v.label for v in runs] == ["torch (cpu)"]
+
+
+def test_encoder_padding_applies_to_every_variant_and_shows_in_the_table():
+    bench = load_bench()
+    runs, _ = bench.plan("tiny", [], ["cpu"], whisper_dtype="bfloat16", encoder_padding_s=5.0)
+    assert len(runs) == 2 and all(v.encoder_padding_s == 5.0 for v in runs)
+    table = bench.markdown({"variants": {}, "skipped": [], "clips": 1, "max_new_tokens": 4, "machine": "m",
+                            "encoder_padding_s": 5.0})
+    assert "each clip + 5 s of silence" in table

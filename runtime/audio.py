@@ -161,6 +161,12 @@ def has_speech(samples: np.ndarray, *, min_speech_ms: int = MIN_SPEECH_MS) -> bo
 # ----------------------------------------------------------------------------- features
 
 
+def check_encoder_padding(padding_s: float | None) -> None:
+    """A ValueError unless `padding_s` is None (the 30 s window) or a positive number of seconds."""
+    if padding_s is not None and padding_s <= 0:
+        raise ValueError(f"encoder padding must be > 0 seconds (or None for the 30 s window), got {padding_s}")
+
+
 def encoder_frames(n_samples: int, padding_s: float | None) -> int:
     """Mel frames the encoder reads for a clip (or a batch whose longest clip) of `n_samples`.
 
@@ -170,10 +176,9 @@ def encoder_frames(n_samples: int, padding_s: float | None) -> int:
     quarter of the full window. Whisper needs that silence after the speech; with 1-3 s, tiny.en
     loops on some clips (README, "Latency").
     """
+    check_encoder_padding(padding_s)
     if padding_s is None:
         return N_FRAMES
-    if padding_s <= 0:
-        raise ValueError(f"encoder padding must be > 0 seconds (or None for the 30 s window), got {padding_s}")
     return min(N_FRAMES, math.ceil(n_samples / SAMPLE_RATE + padding_s) * FRAMES_PER_SECOND)
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import N_FRAMES, Audio, AudioError, LogMel, encoder_frames, has_speech, load_audio, prepare_audio
+from .audio import (N_FRAMES, Audio, AudioError, LogMel, check_encoder_padding, encoder_frames, has_speech,
+                    load_audio, prepare_audio)
 from .backends import Backend, EncodedAudio
 from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_adapter, read_weights, save_checkpoint
 from .config import DestaConfig
@@ -140,11 +141,10 @@ class DestaModel:
         whole 30 s window (None, the default and the reference). About 4x less encoder work for a
         short query, but the connector was trained on the full window: measured costs in the
         README ("Latency"). Backends whose encoder takes only the full window refuse it."""
-        if seconds is not None:
-            encoder_frames(0, seconds)  # validates
-            if getattr(self.backend, "full_window_only", False):
-                raise ValueError(f"the {self.backend_name} encoder takes only the full 30 s window "
-                                 f"({N_FRAMES} frames): {self.backend.full_window_only}")
+        check_encoder_padding(seconds)
+        if seconds is not None and getattr(self.backend, "full_window_only", False):
+            raise ValueError(f"the {self.backend_name} encoder takes only the full 30 s window "
+                             f"({N_FRAMES} frames): {self.backend.full_window_only}")
         self.encoder_padding_s = seconds
 
     # ------------------------------------------------------------------ construction
@@ -176,8 +176,7 @@ class DestaModel:
         dtype while the connector and LLM keep `dtype` (e.g. torch.bfloat16 on a CPU with AMX).
         encoder_padding_s: see `set_encoder_padding` (None: the full 30 s window).
         """
-        if encoder_padding_s is not None:
-            encoder_frames(0, encoder_padding_s)  # a bad value fails before the slow load
+        check_encoder_padding(encoder_padding_s)  # a bad value fails before the slow load
         model = cls._load(name_or_path, backend=backend, device=device, dtype=dtype, whisper_dtype=whisper_dtype,
                           audio_features=audio_features, progress=progress, ort_provider=ort_provider,
                           ort_options=ort_options)

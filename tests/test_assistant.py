@@ -123,18 +123,22 @@ class FakeStream:
             time.sleep(0.01)
 
 
-def test_barge_in_cancels_the_answer_in_progress():
-    model = SlowModel()
-    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
-
-    def wait_for_answer(audio_s):  # hold the second utterance back until the first answer streams
-        if audio_s == pytest.approx(1.9):
+def hold_until_answering(model, at_s: float):
+    """A `before_chunk` hook: at stream position `at_s`, wait until the first answer streams."""
+    def hook(audio_s):
+        if audio_s == pytest.approx(at_s):
             deadline = time.monotonic() + 5
             while not model.streams and time.monotonic() < deadline:
                 time.sleep(0.005)
             assert model.streams and model.streams[0].started.wait(5)
+    return hook
 
-    events, stats = listen(model, x, AssistantOptions(barge_in=True), before_chunk=wait_for_answer)
+
+def test_barge_in_cancels_the_answer_in_progress():
+    model = SlowModel()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
+    # the second utterance is held back until the first answer streams
+    events, stats = listen(model, x, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
     cancelled = [e for e in events if e["type"] == "cancelled"]
     assert stats.cancelled == 1 and cancelled[0]["utterance"] == 0 and model.streams[0].cancelled
     assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1
@@ -144,15 +148,8 @@ def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():
     """A 200 ms "mhm" during the answer is a new (discarded) utterance, not a barge-in."""
     model = SlowModel()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
-
-    def wait_for_answer(audio_s):
-        if audio_s == pytest.approx(1.9):
-            deadline = time.monotonic() + 5
-            while not model.streams and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert model.streams and model.streams[0].started.wait(5)
-
-    events, stats = listen(model, x, AssistantOptions(barge_in=True, barge_in_ms=300), before_chunk=wait_for_answer)
+    events, stats = listen(model, x, AssistantOptions(barge_in=True, barge_in_ms=300),
+                           before_chunk=hold_until_answering(model, 1.9))
     assert stats.cancelled == 0 and not model.streams[0].cancelled
     assert stats.answers == 1 and len(next(e for e in events if e["type"] == "answer")["text"]) == 40
     assert stats.discarded_short == 1  # the "mhm" itself: too short to be a query

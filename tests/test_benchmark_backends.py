@@ -1,29 +1,16 @@
 """benchmarks/backends.py end to end on the tiny random model and its ONNX export (2 clips)."""
 
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "backends.py"
-
-
-def load_bench():
-    """benchmarks/ is not a package: import the script by path (registered, as dataclasses need)."""
-    if "bench_backends" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_backends", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_backends"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_backends"]
+from conftest import load_benchmark
 
 
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")
 def test_backend_benchmark_runs_every_variant_and_reports_sane_numbers(tiny_checkpoint, tiny_onnx_export, tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("backends")
     out = tmp_path / "results"
     assert bench.main(["--model", str(tiny_checkpoint), "--onnx", str(tiny_onnx_export), "--onnx", str(tmp_path / "nope"),
                        "--limit", "2", "--max-new-tokens", "4", "--out", str(out), "--json"]) == 0
@@ -54,7 +41,7 @@ def test_backend_benchmark_runs_every_variant_and_reports_sane_numbers(tiny_chec
 
 
 def test_speedups_are_computed_against_torch_on_the_same_device():
-    bench = load_bench()
+    bench = load_benchmark("backends")
     summary = lambda ms, tps: {"median_ms": {k: ms for k in bench.STAGES}, "decode_tokens_per_s": tps,  # noqa: E731
                                "load_s": 2.0}
     clips = [{"transcript": "a", "answer_ids": [1, 2]}]
@@ -78,7 +65,7 @@ def test_speedups_are_computed_against_torch_on_the_same_device():
 
 
 def test_whisper_dtype_adds_a_torch_variant_per_device():
-    bench = load_bench()
+    bench = load_benchmark("backends")
     runs, _ = bench.plan("tiny", [], ["cpu"], whisper_dtype="bfloat16")
     assert [(v.label, v.whisper_dtype) for v in runs] == [("torch (cpu)", None),
                                                           ("torch (cpu), whisper bfloat16", "bfloat16")]
@@ -87,7 +74,7 @@ def test_whisper_dtype_adds_a_torch_variant_per_device():
 
 
 def test_encoder_padding_applies_to_every_variant_and_shows_in_the_table():
-    bench = load_bench()
+    bench = load_benchmark("backends")
     runs, _ = bench.plan("tiny", [], ["cpu"], whisper_dtype="bfloat16", encoder_padding_s=5.0)
     assert len(runs) == 2 and all(v.encoder_padding_s == 5.0 for v in runs)
     table = bench.markdown({"variants": {}, "skipped": [], "clips": 1, "max_new_tokens": 4, "machine": "m",

@@ -1,28 +1,16 @@
 """benchmarks/endpointing.py: backgrounds at a known SNR, and the table over a real run (one layout)."""
 
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "endpointing.py"
-
-
-def load_bench():
-    if "bench_endpointing" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_endpointing", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_endpointing"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_endpointing"]
+from conftest import load_benchmark
 
 
 def test_backgrounds_are_finite_and_colored_noise_tilts_low():
-    bench = load_bench()
+    bench = load_benchmark("endpointing")
     rng = np.random.default_rng(0)
     talkers = [np.sin(np.arange(8000) / 8.0).astype(np.float32)]
     n = 32000
@@ -38,7 +26,7 @@ def test_backgrounds_are_finite_and_colored_noise_tilts_low():
 
 
 def test_segment_scores_found_split_missed_and_merged():
-    bench = load_bench()
+    bench = load_benchmark("endpointing")
     from desta_edge.streaming.vad import SpeechEnd
 
     class Script:  # stands in for the endpointer: replays fixed utterances
@@ -67,7 +55,7 @@ def test_segment_scores_found_split_missed_and_merged():
 
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")
 def test_endpointing_benchmark_writes_its_table(tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("endpointing")
     out = tmp_path / "results"
     assert bench.main(["--noises", "white,babble", "--snrs", "20", "--seeds", "1", "--out", str(out), "--json"]) == 0
     (result_file,) = out.glob("endpointing-*.json")

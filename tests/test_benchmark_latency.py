@@ -1,27 +1,14 @@
 """benchmarks/latency.py's reference-style pipeline: two encoder passes, the same answer."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-
-
-def load_bench():
-    if "bench_latency" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_latency", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_latency"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["bench_latency"]
+from conftest import load_benchmark
 
 
 def test_two_pass_backend_encodes_twice_and_keeps_the_connector_output(tiny_model):
     """The reference-style pipeline pays for the second encoder pass but answers from the first
     pass's audio embeddings, so its answers equal desta-edge's one-pass answers."""
-    bench = load_bench()
+    bench = load_benchmark("latency")
     rng = np.random.default_rng(0)
     t = np.arange(24000) / 16000
     clip = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))

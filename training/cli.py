@@ -21,9 +21,15 @@ EXIT_BAD_INPUT = 2
 
 def register_cli(subparsers: Any) -> None:
     """Add the `corpus`, `datagen`, `train`, `eval` and `ship` subcommands to an argparse subparsers object."""
-    c = subparsers.add_parser("corpus", help="synthesize the labelled speech/sound corpus")
+    c = subparsers.add_parser("corpus", help="synthesize the labelled speech/sound corpus, or label real recordings")
     c.add_argument("--out", required=True, help="output directory (audio/ + metadata.jsonl)")
-    c.add_argument("--size", type=int, required=True, help="number of clips")
+    what = c.add_mutually_exclusive_group(required=True)
+    what.add_argument("--size", type=int, help="number of synthetic clips")
+    what.add_argument("--recordings", metavar="MANIFEST",
+                      help="instead: an evaluation corpus from real recordings listed in a JSONL manifest "
+                           "(README, \"Real voices\"); labels measured by the same rules")
+    c.add_argument("--no-variants", action="store_true",
+                   help="--recordings: only the recordings as they are, without the quiet, loud and noisy copies")
     c.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     c.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")
@@ -119,13 +125,18 @@ def register_cli(subparsers: Any) -> None:
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
     from .corpus import CorpusOptions, build_corpus, read_metadata
+    from .recordings import RecordingsOptions, build_recordings
 
     t0 = time.perf_counter()
     try:
-        options = CorpusOptions(out_dir=Path(args.out), size=args.size, seed=args.seed, workers=args.workers,
-                                overwrite=args.overwrite, progress=not args.json)
-        meta = build_corpus(options)
-    except ValueError as e:
+        if args.recordings:
+            meta = build_recordings(RecordingsOptions(
+                manifest=Path(args.recordings), out_dir=Path(args.out), variants=not args.no_variants,
+                seed=args.seed, overwrite=args.overwrite, progress=not args.json))
+        else:
+            meta = build_corpus(CorpusOptions(out_dir=Path(args.out), size=args.size, seed=args.seed,
+                                              workers=args.workers, overwrite=args.overwrite, progress=not args.json))
+    except (ValueError, FileNotFoundError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:
         return _fail(str(e), 1)
@@ -137,7 +148,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(f"{clips} clips in {seconds:.1f} s -> {meta}")
-        for key in ("split", "kind", "synthesizer"):
+        keys = ("gender", "pitch", "speed", "volume", "noise") if args.recordings else ("split", "kind", "synthesizer")
+        for key in keys:
             print(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"][key].items()))
     return 0
 

@@ -1,0 +1,146 @@
+"""An evaluation corpus from real recordings: manifest checks, measured labels, derived copies, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import load_benchmark
+from desta_edge.training import acoustics, labels
+from desta_edge.training.cli import register_cli
+from desta_edge.training.corpus import read_metadata
+from desta_edge.training.evaluate import QUESTIONS, expected_label, labelled
+from desta_edge.training.recordings import (LOUD_DBFS, QUIET_DBFS, RecordingsOptions, build_recordings,
+                                            load_segment, read_manifest)
+
+SR = acoustics.SAMPLE_RATE
+
+
+def voiced(f0: float, seconds: float, rate: int = SR, amp: float = 0.1) -> np.ndarray:
+    """A steady harmonic 'voice' at `f0` (its active span is the whole signal)."""
+    t = np.arange(int(seconds * rate)) / rate
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+    return (amp * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def write(path, x, rate=SR):
+    sf.write(path, x, rate, subtype="PCM_16")
+    return path
+
+
+def manifest(tmp_path, rows):
+    p = tmp_path / "manifest.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_manifest_errors_name_the_line_and_the_problem(tmp_path):
+    cases = [
+        ("not json", "not valid JSON"),
+        (json.dumps({"path": "a.wav"}), 'an "audio" path'),
+        (json.dumps({"audio": "a.wav", "gender": "male"}), "gender must be one of"),
+        (json.dumps({"audio": "a.wav", "noise": "loud"}), "noise must be one of"),
+        (json.dumps({"audio": "a.wav", "start_s": 3, "end_s": 2}), "start_s < end_s"),
+        (json.dumps({"audio": "a.wav", "speakr": "x"}), "unknown field"),
+        (json.dumps({"audio": "a.wav", "transcript": " ... "}), "no words"),
+    ]
+    for line, message in cases:
+        p = tmp_path / "m.jsonl"
+        p.write_text(json.dumps({"audio": "ok.wav"}) + "\n" + line + "\n")
+        with pytest.raises(ValueError, match=message) as e:
+            read_manifest(p)
+        assert f"{p}:2" in str(e.value)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="no recordings"):
+        read_manifest(tmp_path / "empty.jsonl")
+    with pytest.raises(FileNotFoundError):
+        read_manifest(tmp_path / "missing.jsonl")
+
+
+def test_segments_are_cut_resampled_and_never_truncated(tmp_path):
+    stereo = np.stack([voiced(200.0, 4.0, rate=44_100), voiced(200.0, 4.0, rate=44_100)], axis=1)
+    path = write(tmp_path / "a.wav", stereo, rate=44_100)
+    seg = load_segment({"audio": str(path), "start_s": 1.0, "end_s": 2.5})
+    assert len(seg) == pytest.approx(1.5 * SR, abs=2)
+    with pytest.raises(ValueError, match="outside the file"):
+        load_segment({"audio": str(path), "start_s": 5.0})
+    long = write(tmp_path / "long.wav", np.zeros(31 * SR, np.float32))
+    with pytest.raises(ValueError, match="30 s"):
+        load_segment({"audio": str(long)})
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not audio")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_segment({"audio": str(tmp_path / "bad.wav")})
+
+
+def test_labels_are_measured_and_copies_carry_their_constructed_labels(tmp_path):
+    write(tmp_path / "low.wav", voiced(110.0, 2.0))
+    high = write(tmp_path / "high.wav", voiced(260.0, 2.0, amp=0.3))
+    m = manifest(tmp_path, [
+        {"audio": "low.wav", "gender": "Male", "transcript": "one two three four five six", "noise": "Clean",
+         "speaker": "a"},
+        {"audio": str(high), "gender": "Male", "speaker": "b"},  # 260 Hz is implausible for Male: no gender label
+    ])
+    meta = build_recordings(RecordingsOptions(manifest=m, out_dir=tmp_path / "out", seed=3))
+    recs = {r["id"]: r for r in read_metadata(meta.parent)}
+    assert len(recs) == 8 and {r["split"] for r in recs.values()} == {"test"}
+
+    a = recs["rec-0000-as_recorded"]
+    assert a["gender"] == "Male" and a["f0_hz"] == pytest.approx(110.0, rel=0.02)
+    assert a["pitch"] == labels.pitch_label(a["f0_hz"], "Male")
+    assert a["words_per_second"] == pytest.approx(6 / 2.0, rel=0.05) and a["speed"] == "Normal"
+    assert a["noise"] == "Clean"
+    assert recs["rec-0000-quiet"]["rms_dbfs"] == pytest.approx(QUIET_DBFS, abs=0.2)
+    assert recs["rec-0000-quiet"]["volume"] == "Quiet"
+    assert recs["rec-0000-loud"]["rms_dbfs"] == pytest.approx(LOUD_DBFS, abs=0.2)
+    assert recs["rec-0000-loud"]["volume"] == "Loud"
+    noisy = recs["rec-0000-noisy"]
+    assert noisy["noise"] == labels.noise_label(noisy["snr_db"]) != "Clean"
+    assert noisy["noise_type"] in ("white", "pink", "brown") and 0.0 <= noisy["snr_db"] <= 10.0
+    # the added noise is at the stated SNR against the recording's own active level
+    clean, _ = sf.read(meta.parent / a["audio"], dtype="float32")
+    y, _ = sf.read(meta.parent / noisy["audio"], dtype="float32")
+    scale = 10 ** ((noisy["rms_dbfs"] - a["rms_dbfs"]) / 20)
+    added = y - clean * scale
+    snr = acoustics.active_rms_dbfs(clean * scale) - 10 * np.log10(np.mean(added.astype(np.float64) ** 2))
+    assert snr == pytest.approx(noisy["snr_db"], abs=0.3)
+
+    b = recs["rec-0001-as_recorded"]
+    assert b["gender"] is None and b["voice_gender"] == "Male" and b["speed"] is None and b["noise"] is None
+    assert b["pitch"] == labels.pitch_label(b["f0_hz"], None)
+    # what eval asks: gender only where labelled; noise of b's own recording not asked, its noisy copy is
+    assert labelled("gender", a) and not labelled("gender", b)
+    assert not labelled("noise", b) and labelled("noise", recs["rec-0001-noisy"])
+    assert expected_label("noise", noisy[QUESTIONS["noise"][0]]) == "Noisy"
+    # same seed, same corpus
+    again = build_recordings(RecordingsOptions(manifest=m, out_dir=tmp_path / "again", seed=3))
+    assert [r["snr_db"] for r in read_metadata(again.parent)] == [r["snr_db"] for r in recs.values()]
+
+
+def test_cli_builds_a_recordings_corpus(tmp_path, capsys):
+    write(tmp_path / "x.wav", voiced(200.0, 1.5))
+    m = manifest(tmp_path, [{"audio": "x.wav", "gender": "Female"}])
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["corpus", "--recordings", str(m), "--out", str(tmp_path / "c"), "--no-variants",
+                              "--json"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["clips"] == 1 and result["counts"]["gender"] == {"Female": 1}
+    args = parser.parse_args(["corpus", "--recordings", str(m), "--out", str(tmp_path / "c"), "--json"])
+    assert args.func(args) == 2  # exists: needs --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --size and --recordings are exclusive
+        parser.parse_args(["corpus", "--recordings", str(m), "--size", "3", "--out", str(tmp_path / "d")])
+
+
+def test_real_voices_phone_call_turns_drop_overlap(tmp_path):
+    real_voices = load_benchmark("real_voices")
+    rttm = tmp_path / "call.rttm"
+    rttm.write_text("SPEAKER call 1 0.00 3.00 <NA> <NA> a <NA> <NA>\n"  # a: 0-3, overlapped by b from 2.5
+                    "SPEAKER call 1 2.50 4.00 <NA> <NA> b <NA> <NA>\n"  # b: 2.5-6.5: keeps 3-6.5
+                    "SPEAKER call 1 7.00 0.50 <NA> <NA> a <NA> <NA>\n")  # too short
+    assert real_voices._call_turns(rttm) == [("a", 0.0, 2.5), ("b", 3.0, 6.5)]

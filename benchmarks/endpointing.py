@@ -1,7 +1,7 @@
 """Endpointing in noise: the benchmark questions over several backgrounds, with and without the noise gate.
 
     python benchmarks/endpointing.py [--noises white,pink,brown,hum,babble,music] [--snrs 20,10,5]
-                                     [--seeds 3] [--out benchmarks/results]
+                                     [--seeds 3] [--recordings MANIFEST] [--out benchmarks/results]
 
 The ten spoken questions of `latency.py` (two of them hesitant, with a pause mid-sentence) are
 laid out with 1.2-2.0 s gaps and mixed with one background at a given SNR (speech power over
@@ -10,6 +10,9 @@ background power):
 - hum: a 50 Hz mains hum with its harmonics over brown noise;
 - babble: six other synthetic talkers (espeak-ng and flite) saying other sentences at once;
 - music: random three-note chords of harmonic tones, a new one every 0.5 s, each decaying.
+With `--recordings` (a manifest from `real_voices.py`), the requests are instead the manifest's
+whole-file recordings of people (single phrases and sentences: corpus prompts, digits, words,
+channel names), so onsets, endings and pauses are real speech's.
 Only the endpointer runs (webrtcvad, default options), so this takes seconds and needs no model.
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
@@ -42,6 +45,7 @@ BABBLE = [  # other talkers: (sentence, engine, voice)
     ("They painted the fence blue and then changed their minds about it.", "flite", "rms"),
 ]
 CHORD_NOTES_HZ = (220, 247, 262, 294, 330, 349, 392, 440)
+RECORDED_LEVEL_DBFS = -26.0  # --recordings: every request's active level before the background is added
 COUNTS = ("once", "split", "missed", "merged", "no_question", "max_length")
 
 
@@ -117,9 +121,25 @@ def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointO
     }
 
 
-def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions()) -> dict:
+def recorded_requests(manifest: Path) -> list[np.ndarray]:
+    """The manifest's whole-file recordings (rows without a segment), 16 kHz mono, each brought to
+    RECORDED_LEVEL_DBFS active RMS so the SNR of a row holds for every request (the recordings
+    themselves differ by 20 dB)."""
+    from desta_edge.training.acoustics import set_level
+    from desta_edge.training.recordings import load_segment, read_manifest
+
+    rows = [r for r in read_manifest(manifest) if "start_s" not in r and "end_s" not in r]
+    return [set_level(load_segment(r), RECORDED_LEVEL_DBFS) for r in rows]
+
+
+def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions(),
+        recordings: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav") for i, (text, engine, voice) in enumerate(QUESTIONS)]
+        if recordings is None:
+            speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav")
+                      for i, (text, engine, voice) in enumerate(QUESTIONS)]
+        else:
+            speech = recorded_requests(recordings)
         talkers = [_speak(text, engine, voice, Path(tmp) / f"b{i}.wav") for i, (text, engine, voice) in enumerate(BABBLE)]
     speech_power = float(np.mean(np.concatenate(speech) ** 2))
     variants = {"webrtcvad only": replace(opts, noise_gate_db=0.0), "with the noise gate": opts}
@@ -139,7 +159,8 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
                         totals[name][key] += value
             rows += [{"background": kind, "snr_db": snr, "variant": name, **counts} for name, counts in totals.items()]
             print(f"{kind} {snr:g} dB done", file=sys.stderr)
-    return {"questions": len(QUESTIONS) * seeds, "seeds": seeds, "noise_gate_db": opts.noise_gate_db,
+    requests = f"{len(speech)} recordings of people ({recordings})" if recordings else f"the {len(speech)} questions"
+    return {"questions": len(speech) * seeds, "requests": requests, "seeds": seeds, "noise_gate_db": opts.noise_gate_db,
             "noise_window_ms": opts.noise_window_ms, "rows": rows}
 
 
@@ -150,7 +171,7 @@ def markdown(result: dict) -> str:
         lines.append("| " + " | ".join(str(x) for x in [
             r["background"], f"{r['snr_db']:g}", r["variant"], f"{r['once']}/{result['questions']}", r["split"],
             r["missed"], r["merged"], r["no_question"], r["max_length"]]) + " |")
-    lines += ["", f"{result['seeds']} layouts of the 10 questions per row; noise gate {result['noise_gate_db']:g} dB "
+    lines += ["", f"{result['seeds']} layouts of {result['requests']} per row; noise gate {result['noise_gate_db']:g} dB "
                   f"over a {result['noise_window_ms']} ms window"]
     return "\n".join(lines)
 
@@ -160,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noises", default=",".join(NOISES), help=f"comma-separated, of {', '.join(NOISES)}")
     p.add_argument("--snrs", default="20,10,5", help="comma-separated SNRs in dB (default 20,10,5)")
     p.add_argument("--seeds", type=int, default=3, help="random layouts per background and SNR (default 3)")
+    p.add_argument("--recordings", type=Path, metavar="MANIFEST",
+                   help="requests: the whole-file recordings of a real_voices.py manifest instead of synthetic questions")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     args = p.parse_args(argv)
@@ -169,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown backgrounds {unknown} (expected some of {NOISES})" if unknown else "--seeds must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds)
+    result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, recordings=args.recordings)
     write_results(out, "endpointing", result, markdown(result), as_json=args.json)
     return 0
 

@@ -66,3 +66,25 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
     white_plain = next(r for r in result["rows"] if r["background"] == "white" and r["variant"] == "webrtcvad only")
     assert white_plain["once"] == 10  # light white noise: webrtcvad alone finds every question
     assert "| babble | 20 | with the noise gate |" in next(out.glob("endpointing-*.md")).read_text()
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")
+def test_endpointing_benchmark_on_the_recordings_of_a_manifest(tmp_path):
+    bench = load_benchmark("endpointing")
+    import soundfile as sf
+
+    rows = []
+    for i, (text, engine, voice) in enumerate(bench.QUESTIONS[:3]):
+        x = bench._speak(text, engine, voice, tmp_path / f"q{i}.wav") * (0.02 if i == 0 else 0.5)
+        sf.write(tmp_path / f"r{i}.wav", x, bench.RATE)
+        rows.append({"audio": f"r{i}.wav"})
+    rows.append({"audio": "r1.wav", "start_s": 0.0, "end_s": 0.5})  # a segment: not a whole request, left out
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    requests = bench.recorded_requests(manifest)
+    assert len(requests) == 3
+    from desta_edge.training.acoustics import active_rms_dbfs
+    assert [round(active_rms_dbfs(x)) for x in requests] == [bench.RECORDED_LEVEL_DBFS] * 3  # one level for all
+    result = bench.run(["white"], [20.0], 1, recordings=manifest)
+    assert result["questions"] == 3 and "3 recordings of people" in result["requests"]
+    assert all(r["once"] == 3 for r in result["rows"])  # light white noise: each request found once

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import load_benchmark
+from conftest import build_tiny_model, load_benchmark
 from desta_edge.training import acoustics, labels
 from desta_edge.training.cli import register_cli
 from desta_edge.training.corpus import read_metadata
-from desta_edge.training.evaluate import QUESTIONS, expected_label, labelled
+from desta_edge.training.evaluate import QUESTIONS, EvalOptions, _described_questions, evaluate, expected_label, labelled
 from desta_edge.training.recordings import (LOUD_DBFS, QUIET_DBFS, RecordingsOptions, build_recordings,
                                             load_segment, read_manifest)
 
@@ -144,3 +144,21 @@ def test_real_voices_phone_call_turns_drop_overlap(tmp_path):
                     "SPEAKER call 1 2.50 4.00 <NA> <NA> b <NA> <NA>\n"  # b: 2.5-6.5: keeps 3-6.5
                     "SPEAKER call 1 7.00 0.50 <NA> <NA> a <NA> <NA>\n")  # too short
     assert real_voices._call_turns(rttm) == [("a", 0.0, 2.5), ("b", 3.0, 6.5)]
+
+
+def test_eval_runs_on_a_recordings_corpus_without_reference_transcripts(tmp_path):
+    write(tmp_path / "a.wav", voiced(120.0, 1.5))
+    write(tmp_path / "b.wav", voiced(230.0, 1.5))
+    m = manifest(tmp_path, [{"audio": "a.wav", "gender": "Male", "transcript": "turn on the lights please"},
+                            {"audio": "b.wav", "gender": "Female"}])
+    corpus = build_recordings(RecordingsOptions(manifest=m, out_dir=tmp_path / "c")).parent
+    clips = list(read_metadata(corpus))
+    # the description-in-text variant describes a clip without a reference transcript with the model's own
+    asr = {c["id"]: "what the model heard" for c in clips}
+    convs = _described_questions(clips, "Is the speaker male or female?", asr)
+    assert "what the model heard" in convs[-1][-1]["content"] and "turn on the lights" in convs[0][-1]["content"]
+    result = evaluate(build_tiny_model(), EvalOptions(corpus_dir=corpus, batch_size=4, label_max_new_tokens=2,
+                                                      qa_max_new_tokens=2, text_max_new_tokens=2))
+    assert result["clips"] == 8 and result["paralinguistic"]["attributes"]["gender"]["n"] == 8
+    assert result["wer"]["n"] == 4  # only the recording with a reference transcript (and its copies)
+    assert result["spoken_qa"] == {"n": 0}

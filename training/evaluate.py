@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
-from .corpus import SPOKEN_QA, read_metadata
+from .corpus import SPEECH, SPOKEN_QA, read_metadata
 from .datagen import SYSTEM_PROMPT, USER_TEMPLATE
 from .descriptions import seed_description
 from .metrics import normalize_words, word_error_rate
@@ -196,12 +196,17 @@ def _audio_questions(model, items: list[tuple[str, str, str]]) -> list:
     return [[{"role": "user", "content": f"{loc}\n{q}", "audios": [{"audio": p, "text": t}]}] for p, t, q in items]
 
 
-def _described_questions(clips: list[dict[str, Any]], question: str) -> list:
-    """The question about each clip with its seed description as text, framed as datagen frames it."""
+def _described_questions(clips: list[dict[str, Any]], question: str, transcripts: dict[str, str]) -> list:
+    """The question about each clip with its seed description as text, framed as datagen frames it.
+
+    A speech clip with no reference transcript (a real recording) is described with the model's own.
+    """
     system = [{"role": "system", "content": SYSTEM_PROMPT}] if SYSTEM_PROMPT else []
+    described = [c if c.get("kind") != SPEECH or c.get("transcript") else {**c, "transcript": transcripts[c["id"]]}
+                 for c in clips]
     return [system + [{"role": "user",
                        "content": USER_TEMPLATE.format(description=seed_description(c), prompt=question)}]
-            for c in clips]
+            for c in described]
 
 
 def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, str], options: EvalOptions,
@@ -220,7 +225,7 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
                                  "examples": []}
         for variant in variants:
             if variant == DESCRIPTION_IN_TEXT:
-                convs = _described_questions(rows, question)
+                convs = _described_questions(rows, question, transcripts)
             else:
                 convs = _audio_questions(model, items)
             with transcript_only(model) if variant == "transcript_only" else _no_context():

@@ -77,6 +77,7 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
         assert all(0 <= entry[v] <= 1 for v in ("model", "transcript_only", "description_in_text", "majority"))
         for v in ("model", "transcript_only", "description_in_text"):  # the histogram covers every clip
             assert sum(entry["predicted"][v].values()) == entry["n"]
+        assert "by_clip_variant" not in entry  # only a recordings corpus has clip variants
     assert "sound" in para["attributes"] and "gender" in para["attributes"]
     lp = result["language_preservation"]
     assert lp["identical"] == lp["n"] == 4  # text-only conversations are exactly the backbone's

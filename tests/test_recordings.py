@@ -13,7 +13,8 @@ from conftest import build_tiny_model, load_benchmark
 from desta_edge.training import acoustics, labels
 from desta_edge.training.cli import register_cli
 from desta_edge.training.corpus import read_metadata
-from desta_edge.training.evaluate import QUESTIONS, EvalOptions, _described_questions, evaluate, expected_label, labelled
+from desta_edge.training.evaluate import (QUESTIONS, EvalOptions, _described_questions, evaluate, expected_label,
+                                         labelled, markdown_table)
 from desta_edge.training.recordings import (LOUD_DBFS, QUIET_DBFS, RecordingsOptions, build_recordings,
                                             load_segment, read_manifest)
 
@@ -162,3 +163,9 @@ def test_eval_runs_on_a_recordings_corpus_without_reference_transcripts(tmp_path
     assert result["clips"] == 8 and result["paralinguistic"]["attributes"]["gender"]["n"] == 8
     assert result["wer"]["n"] == 4  # only the recording with a reference transcript (and its copies)
     assert result["spoken_qa"] == {"n": 0}
+    per = result["paralinguistic"]["attributes"]["gender"]["by_clip_variant"]
+    assert set(per) == {"model", "transcript_only", "description_in_text"}
+    assert set(per["model"]) == {"as_recorded", "quiet", "loud", "noisy"}
+    assert all(0 <= v <= 1 for v in per["model"].values())
+    table = markdown_table(result)
+    assert "model % by clip variant" in table and "| gender | " in table.split("by clip variant")[1]

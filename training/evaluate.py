@@ -221,6 +221,7 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
             continue
         expected = [expected_label(attr, c[key]) for c in rows]
         items = [(str(root / c["audio"]), transcripts[c["id"]], question) for c in rows]
+        groups = sorted({c["variant"] for c in rows if c.get("variant")})  # a recordings corpus's copies
         entry: dict[str, Any] = {"n": len(rows), "majority": Counter(expected).most_common(1)[0][1] / len(rows),
                                  "examples": []}
         for variant in variants:
@@ -233,6 +234,10 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
             predicted = [score_answer(attr, a) for a in answers]
             entry[variant] = sum(p == e for p, e in zip(predicted, expected)) / len(rows)
             entry.setdefault("predicted", {})[variant] = dict(Counter(str(p) for p in predicted).most_common())
+            if groups:
+                entry.setdefault("by_clip_variant", {})[variant] = {
+                    g: _mean([p == e for p, e, c in zip(predicted, expected, rows) if c.get("variant") == g])
+                    for g in groups}
             entry["examples"].append({"variant": variant, "id": rows[0]["id"], "expected": expected[0],
                                       "answer": answers[0], "predicted": predicted[0]})
         result["attributes"][attr] = entry
@@ -240,6 +245,10 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
         accs = [e[variant] for e in result["attributes"].values()]
         result[f"average_{variant}"] = sum(accs) / len(accs) if accs else None
     return result
+
+
+def _mean(xs: list[bool]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 @contextmanager
@@ -368,6 +377,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([attr, str(e["n"]), *[_pct(e[v]) for v in variants], _pct(e["majority"])]) + " |")
     lines.append("| **average** | | " + " | ".join(f"**{_pct(para[f'average_{v}'])}**" for v in variants)
                  + f" | {_pct(para['average_majority'])} |")
+    lines += _by_clip_variant_table(para)
     lp, qa, wer = result["language_preservation"], result["spoken_qa"], result["wer"]
     lines += ["", "| check | value |", "|---|---|",
               f"| model, backend, split | {result['model']}, {result.get('backend', 'torch')}, {result['split']} |",
@@ -382,6 +392,20 @@ def markdown_table(result: dict[str, Any]) -> str:
             lines.append(f"| spoken QA accuracy, by voice, transcript-only ablation | {_pct(qa['voice_transcript_only'])} % |")
     lines.append(f"| transcript WER (n={wer['n']}) | {_pct(wer['wer'])} % |")
     return "\n".join(lines) + "\n"
+
+
+def _by_clip_variant_table(para: dict[str, Any]) -> list[str]:
+    """A recordings corpus: the model's accuracy per attribute on each kind of clip (as recorded, quiet, ...)."""
+    attrs = {a: e["by_clip_variant"] for a, e in para["attributes"].items() if "by_clip_variant" in e}
+    if not attrs:
+        return []
+    variant = para["variants"][0]  # the model, or the ablation if there is no connector
+    groups = sorted({g for per in attrs.values() for g in per[variant]})
+    lines = ["", f"{variant.replace('_', '-')} % by clip variant:", "",
+             "| attribute | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
+    for a, per in attrs.items():
+        lines.append(f"| {a} | " + " | ".join(_pct(per[variant].get(g)) for g in groups) + " |")
+    return lines
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

@@ -83,6 +83,30 @@ def test_collate_masks_all_but_response_and_end_of_turn(tmp_path):
     assert batch.attention_mask[:, -1].all()
 
 
+def test_mixed_encoder_windows_per_batch(tmp_path):
+    model = build_tiny_model()
+    data = list(AQADataset(write_data(tmp_path, n=4)))  # clips of 0.5-1.25 s
+    pairs = [[data[i], data[j]] for i in range(4) for j in range(4) if i != j]
+    mixed = Collator(model, encoder_padding_s=2.0, short_window_share=0.5)
+    frames = [mixed(p).features.shape[-1] for p in pairs]
+    # short batches: the longest clip (<= 1.25 s) + 2 s, in whole seconds; the rest the full window
+    assert set(frames) <= {300, 400, 3000} and 3000 in frames and min(frames) < 3000
+    assert frames == [mixed(p).features.shape[-1] for p in pairs]  # decided by the record ids: reproducible
+    short = mixed(pairs[frames.index(min(frames))])
+    full = Collator(model)(pairs[frames.index(min(frames))])
+    assert torch.equal(short.features, full.features[..., : short.features.shape[-1]])  # the full window's start
+    assert torch.equal(short.input_ids, full.input_ids) and torch.equal(short.labels, full.labels)
+    loss, _ = training_loss(model, model.connector, short)  # the encoder and connector take the shorter window
+    assert torch.isfinite(loss)
+    assert 3000 not in {Collator(model, encoder_padding_s=2.0, short_window_share=1.0)(p).features.shape[-1]
+                        for p in pairs}
+    assert {Collator(model, encoder_padding_s=2.0, short_window_share=0.0)(p).features.shape[-1] for p in pairs} == {3000}
+    with pytest.raises(ValueError, match="short_window_share"):
+        Collator(model, encoder_padding_s=2.0, short_window_share=1.5)
+    with pytest.raises(ValueError, match="encoder padding"):
+        Collator(model, encoder_padding_s=0.0)
+
+
 def test_template_without_a_prefix_is_refused(tmp_path):
     model = build_tiny_model()
     model.tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|im_end|>{% endfor %}"

@@ -92,6 +92,11 @@ def register_cli(subparsers: Any) -> None:
     t.add_argument("--lora", choices=LORA_SCOPES, default=None,
                    help="also train LoRA r=16 on the LLM's q/k/v: on every token (all, as the reference) or only "
                         "from a conversation's first audio position on (audio: text-only answers stay the backbone's)")
+    t.add_argument("--encoder-padding-s", type=float, default=None, metavar="S",
+                   help="also train on the shorter encoder window of inference's --encoder-padding-s (the clip + S s "
+                        "of silence) in --short-window-share of the batches, so the adapter serves both windows")
+    t.add_argument("--short-window-share", type=float, default=0.5, metavar="F",
+                   help="with --encoder-padding-s: share of the batches on the shorter window (default: 0.5)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--no-plot", action="store_true", help="do not write loss.png (which needs matplotlib)")
     t.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
@@ -202,7 +207,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
             save_every=args.save_every, seed=args.seed, limit=args.limit, num_workers=args.workers,
             device=args.device, resume=args.resume, loss_plot=not args.no_plot, progress=not args.json,
-            precision=args.precision, lora=args.lora,
+            precision=args.precision, lora=args.lora, encoder_padding_s=args.encoder_padding_s,
+            short_window_share=args.short_window_share,
         )
         result = train(options)
     except (ValueError, FileNotFoundError) as e:

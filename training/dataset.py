@@ -21,19 +21,24 @@ Design choices:
   `MAX_TRAIN_TRANSCRIPT_TOKENS` LLM tokens as the reference does; a missing text is `" "`
   (the reference's no-speech transcript).
 - Audio longer than the 30 s window is cut to it (logged), as Whisper's window would.
+- Encoder window: the full 30 s by default. With `encoder_padding_s`, a `short_window_share` of
+  the batches instead get the clip plus that much silence (runtime `encoder_frames`), the opt-in
+  shorter window of inference, so one connector serves both. Which batches is decided by a hash
+  of their record ids: the same on every run, every worker and after a resume.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from desta_edge.runtime.audio import load_audio
+from desta_edge.runtime.audio import N_FRAMES, check_encoder_padding, encoder_frames, load_audio
 from desta_edge.runtime.prompt import Splice, conversation_ids, render
 
 from .aqa5m import iter_aqa5m
@@ -85,7 +90,7 @@ class AQADataset(torch.utils.data.Dataset):
 @dataclass
 class TrainBatch:
     ids: list[str]  # record ids, one per row
-    features: torch.Tensor  # [n_clips, n_mels, 3000] log-mel of every clip, in order
+    features: torch.Tensor  # [n_clips, n_mels, n_frames] log-mel of every clip, in order (3000: the full window)
     transcript_ids: list[torch.Tensor]  # n_clips x [n_text] LLM token ids
     input_ids: torch.Tensor  # [B, L] left-padded; placeholders where audio/transcript go
     attention_mask: torch.Tensor  # [B, L] 0 on padding
@@ -106,7 +111,12 @@ class Collator:
     workers can run it).
     """
 
-    def __init__(self, model, *, audio_features: bool = True) -> None:
+    def __init__(self, model, *, audio_features: bool = True, encoder_padding_s: float | None = None,
+                 short_window_share: float = 0.5) -> None:
+        check_encoder_padding(encoder_padding_s)
+        if not 0.0 <= short_window_share <= 1.0:
+            raise ValueError(f"short_window_share must be in [0, 1], got {short_window_share}")
+        self.encoder_padding_s, self.short_window_share = encoder_padding_s, short_window_share
         self.tokenizer = model.tokenizer
         self.features = model.features
         self.audio_locator: str = model.config.audio_locator
@@ -136,9 +146,18 @@ class Collator:
         raise ValueError(f"record {example.id}: the chat template ends the assistant turn with none of the "
                          f"end-of-turn ids {sorted(self.end_ids)}")
 
+    def n_frames(self, examples: list[Example], clips: list) -> int:
+        """The encoder window of this batch: 3000 frames, or the longest clip plus the padding."""
+        if self.encoder_padding_s is None or not clips:
+            return N_FRAMES
+        key = zlib.crc32(",".join(ex.id for ex in examples).encode()) / 2**32
+        if key >= self.short_window_share:
+            return N_FRAMES
+        return encoder_frames(max(len(c) for c in clips), self.encoder_padding_s)
+
     def __call__(self, examples: list[Example]) -> TrainBatch:
         clips = [load_audio(p, allow_truncate=True).samples for ex in examples for p in ex.audios]
-        features = self.features(clips)  # [n_clips, n_mels, 3000]
+        features = self.features(clips, self.n_frames(examples, clips))  # [n_clips, n_mels, n_frames]
         text_ids = [self.transcript_ids(t) for ex in examples for t in ex.transcripts]
         rows: list[tuple[list[int], list[int], list[int]]] = []  # (ids, labels, clip starts)
         k = 0

@@ -113,6 +113,8 @@ class TrainOptions:
     num_workers: int = 0  # DataLoader worker processes (audio loading + log-mel)
     limit: int | None = None  # use only the first N records
     lora: str | None = None  # add a fresh LoRA with this scope ("all" or "audio") and train it too
+    encoder_padding_s: float | None = None  # also train on the shorter encoder window (clip + this much silence) ...
+    short_window_share: float = 0.5  # ... in this share of the batches (the rest: the full 30 s window)
     loss_plot: bool = True  # write loss.png (needs matplotlib)
     progress: bool = False  # show a progress bar (rank 0)
 
@@ -375,7 +377,8 @@ def _train(options: TrainOptions, model, d: _Dist, on_step, t_start: float) -> T
     for p in params:
         p.requires_grad_(True)
     dataset = AQADataset(options.data, options.data_root, limit=options.limit)
-    batches = _MicroBatches(dataset, Collator(model), options, d)
+    batches = _MicroBatches(dataset, Collator(model, encoder_padding_s=options.encoder_padding_s,
+                                                 short_window_share=options.short_window_share), options, d)
     total = options.steps if options.steps is not None else math.ceil(options.epochs * batches.per_epoch / options.grad_accum)
     warmup = options.warmup_steps if options.warmup_steps is not None else min(REFERENCE_WARMUP_STEPS, int(WARMUP_FRACTION * total))
     settings = {"batch_size": options.batch_size, "grad_accum": options.grad_accum, "seed": options.seed,

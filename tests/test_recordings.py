@@ -84,10 +84,13 @@ def test_labels_are_measured_and_copies_carry_their_constructed_labels(tmp_path)
         {"audio": "low.wav", "gender": "Male", "transcript": "one two three four five six", "noise": "Clean",
          "speaker": "a"},
         {"audio": str(high), "gender": "Male", "speaker": "b"},  # 260 Hz is implausible for Male: no gender label
+        {"audio": "low.wav", "transcript": "front center"},  # too few words for a speed, still a transcript
     ])
     meta = build_recordings(RecordingsOptions(manifest=m, out_dir=tmp_path / "out", seed=3))
     recs = {r["id"]: r for r in read_metadata(meta.parent)}
-    assert len(recs) == 8 and {r["split"] for r in recs.values()} == {"test"}
+    assert len(recs) == 12 and {r["split"] for r in recs.values()} == {"test"}
+    c = recs["rec-0002-as_recorded"]
+    assert c["transcript"] == "front center" and c["words_per_second"] is None and c["speed"] is None
 
     a = recs["rec-0000-as_recorded"]
     assert a["gender"] == "Male" and a["f0_hz"] == pytest.approx(110.0, rel=0.02)

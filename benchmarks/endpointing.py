@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recording import QUESTIONS, RATE, _speak  # noqa: E402
+from recording import QUESTIONS, RATE, _speak, recorded_requests  # noqa: E402
 from report import write_results  # noqa: E402
 
 from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd  # noqa: E402
@@ -45,7 +45,6 @@ BABBLE = [  # other talkers: (sentence, engine, voice)
     ("They painted the fence blue and then changed their minds about it.", "flite", "rms"),
 ]
 CHORD_NOTES_HZ = (220, 247, 262, 294, 330, 349, 392, 440)
-RECORDED_LEVEL_DBFS = -26.0  # --recordings: every request's active level before the background is added
 COUNTS = ("once", "split", "missed", "merged", "no_question", "max_length")
 
 
@@ -121,17 +120,6 @@ def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointO
     }
 
 
-def recorded_requests(manifest: Path) -> list[np.ndarray]:
-    """The manifest's whole-file recordings (rows without a segment), 16 kHz mono, each brought to
-    RECORDED_LEVEL_DBFS active RMS so the SNR of a row holds for every request (the recordings
-    themselves differ by 20 dB)."""
-    from desta_edge.training.acoustics import set_level
-    from desta_edge.training.recordings import load_segment, read_manifest
-
-    rows = [r for r in read_manifest(manifest) if "start_s" not in r and "end_s" not in r]
-    return [set_level(load_segment(r), RECORDED_LEVEL_DBFS) for r in rows]
-
-
 def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions(),
         recordings: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +127,7 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
             speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav")
                       for i, (text, engine, voice) in enumerate(QUESTIONS)]
         else:
-            speech = recorded_requests(recordings)
+            speech = [x for _, _, x in recorded_requests(recordings)]
         talkers = [_speak(text, engine, voice, Path(tmp) / f"b{i}.wav") for i, (text, engine, voice) in enumerate(BABBLE)]
     speech_power = float(np.mean(np.concatenate(speech) ** 2))
     variants = {"webrtcvad only": replace(opts, noise_gate_db=0.0), "with the noise gate": opts}

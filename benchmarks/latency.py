@@ -1,7 +1,7 @@
 """End of speech -> first answer token, on a noisy multi-question recording fed at real-time pace.
 
     python benchmarks/latency.py [--model tiny] [--onnx EXPORT_DIR] [--whisper-dtype bfloat16]
-                                 [--hangover-ms 500] [--fast] [--out benchmarks/results]
+                                 [--hangover-ms 500] [--recordings MANIFEST] [--fast] [--out benchmarks/results]
 
 Pipelines on the same models and recording, one after the other in the same run:
 - reference-style: waits for the endpoint, runs the encoder twice per clip (as the reference
@@ -13,7 +13,10 @@ Pipelines on the same models and recording, one after the other in the same run:
 - with --onnx: desta-edge on ONNX Runtime;
 - with --encoder-padding-s S: the last of these again, its encoder reading the clip plus S s of
   silence instead of the 30 s window (`DestaModel.set_encoder_padding`).
-The recording includes hesitant requests (a pause mid-sentence) that must not be split.
+The recording includes hesitant requests (a pause mid-sentence) that must not be split. With
+--recordings MANIFEST (from real_voices.py) the requests are instead recordings of people: the
+manifest's whole-file recordings, each cut to its active span (so its true end is known) and
+brought to one level; WER counts only those with a known transcript.
 Latency is measured from the *true* end of each spoken question (known by construction) to the
 first answer token, so it includes the endpointer's silence wait. Prints a markdown table and
 writes JSON + markdown under --out. Not a pass/fail test: the numbers depend on the machine.
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recording import Utterance, build  # noqa: E402
+from recording import Utterance, build, recorded_requests  # noqa: E402
 from report import machine, write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
@@ -120,7 +123,8 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
         first = firsts.get(a["utterance"], started_at + a["wall_s"])
         lat = (first - arrival(arrivals, u.end_s)) * 1000
         latencies.append(lat)
-        pairs.append((u.text, a["transcript"]))
+        if u.text:  # a recording of people without a known transcript has no WER
+            pairs.append((u.text, a["transcript"]))
         rows.append({"question": u.text, "voice": u.voice, "true_end_s": round(u.end_s, 3),
                      "detected_end_s": ends[a["utterance"]]["speech_end_s"], "latency_ms": round(lat, 1),
                      "transcript": a["transcript"], "answer": a["text"], "stages_ms": a["timings_ms"]})
@@ -167,6 +171,7 @@ def markdown(result: dict) -> str:
             s.get("endpoint_wait"), s.get("features"), s.get("encoder"), s.get("asr"), s.get("turn_check", "-"),
             s.get("prefill"), r["decode_tokens_per_s"], r["wer"]]) + " |")
     lines.append("")
+    lines.append(f"requests: {result.get('requests', 'the 10 questions')}")
     lines.append(f"p50 speed-up: reference-style p50 / the pipeline's p50, same run; end-of-turn silence "
                  f"{result['endpoint']['turn_end_ms']} ms")
     lines.append(f"machine: {result['machine']}; hangover {result['endpoint']['hangover_ms']} ms, "
@@ -188,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-padding-s", type=float, default=None, metavar="S",
                    help="also run the last variant with the encoder reading the clip + S s (not the 30 s window)")
     p.add_argument("--turn-end-ms", type=int, default=None, help="default: the endpointer's (200, within pause/hangover)")
+    p.add_argument("--recordings", type=Path, metavar="MANIFEST",
+                   help="requests: the whole-file recordings of people of a real_voices.py manifest instead of the "
+                        "synthetic questions (each cut to its active span and brought to one level)")
     p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test; latency meaningless)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wav = out / "latency_recording.wav"
-    truth = build(wav)
+    truth = build(wav, requests=recorded_requests(args.recordings) if args.recordings else None)
     pause = min(args.pause_ms, args.hangover_ms)
     endpoint = EndpointOptions(hangover_ms=args.hangover_ms, pause_ms=pause, turn_end_ms=args.turn_end_ms)
     model = DestaModel.from_pretrained(args.model, device=args.device)
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": machine(),
         "model": args.model,
+        "requests": f"{len(truth)} recordings of people ({args.recordings})" if args.recordings else "the 10 questions",
         "realtime": not args.fast,
         "endpoint": {"hangover_ms": endpoint.hangover_ms, "pause_ms": endpoint.pause_ms,
                      "turn_end_ms": endpoint.turn_end_ms},

@@ -61,19 +61,48 @@ def _synth(text: str, engine: str, voice: str, path: Path) -> np.ndarray:
     return x[loud[0] : loud[-1] + 1]  # trim the synthesizer's own leading/trailing silence
 
 
-def build(out: Path, *, gap_s: tuple[float, float] = (1.2, 2.0), snr_db: float = 20.0, seed: int = 0) -> list[Utterance]:
-    """Write the recording to `out` (16 kHz WAV) and return the true utterance boundaries."""
+RECORDED_LEVEL_DBFS = -26.0  # recordings of people: every request's active level, so one SNR holds for all
+
+
+def recorded_requests(manifest: Path) -> list[tuple[str, str, np.ndarray]]:
+    """(transcript or "", speaker, samples) of a real_voices.py manifest's whole-file recordings.
+
+    Each is cut to its active span (its own leading and trailing room tone removed, so the true
+    end of speech is known) and brought to RECORDED_LEVEL_DBFS (the recordings differ by 20 dB).
+    """
+    from desta_edge.training.acoustics import FRAME_S, HOP_S, active_mask, set_level
+    from desta_edge.training.recordings import load_segment, read_manifest
+
+    out = []
+    for r in read_manifest(manifest):
+        if "start_s" in r or "end_s" in r:
+            continue
+        x = load_segment(r)
+        idx = np.flatnonzero(active_mask(x))
+        x = x[int(idx[0] * HOP_S * RATE): int((idx[-1] * HOP_S + FRAME_S) * RATE)]
+        out.append((r.get("transcript") or "", str(r.get("speaker")), set_level(x, RECORDED_LEVEL_DBFS)))
+    return out
+
+
+def build(out: Path, *, gap_s: tuple[float, float] = (1.2, 2.0), snr_db: float = 20.0, seed: int = 0,
+          requests: list[tuple[str, str, np.ndarray]] | None = None) -> list[Utterance]:
+    """Write the recording to `out` (16 kHz WAV) and return the true utterance boundaries.
+
+    The requests are QUESTIONS, synthesized, unless `requests` gives (text, voice, samples).
+    """
     rng = np.random.default_rng(seed)
     parts: list[np.ndarray] = []
     truth: list[Utterance] = []
     t = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (text, engine, voice) in enumerate(QUESTIONS):
+        if requests is None:
+            requests = [(said(text), f"{engine}:{voice}", _speak(text, engine, voice, Path(tmp) / f"{i}.wav"))
+                        for i, (text, engine, voice) in enumerate(QUESTIONS)]
+        for text, voice, speech in requests:
             gap = np.zeros(int(rng.uniform(*gap_s) * RATE), dtype=np.float32)
-            speech = _speak(text, engine, voice, Path(tmp) / f"{i}.wav")
             parts += [gap, speech]
             t += len(gap) / RATE
-            truth.append(Utterance(said(text), f"{engine}:{voice}", t, t + len(speech) / RATE))
+            truth.append(Utterance(text, voice, t, t + len(speech) / RATE))
             t += len(speech) / RATE
     parts.append(np.zeros(int(1.5 * RATE), dtype=np.float32))
     audio = np.concatenate(parts)

@@ -81,10 +81,13 @@ def test_endpointing_benchmark_on_the_recordings_of_a_manifest(tmp_path):
     rows.append({"audio": "r1.wav", "start_s": 0.0, "end_s": 0.5})  # a segment: not a whole request, left out
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    requests = bench.recorded_requests(manifest)
-    assert len(requests) == 3
-    from desta_edge.training.acoustics import active_rms_dbfs
-    assert [round(active_rms_dbfs(x)) for x in requests] == [bench.RECORDED_LEVEL_DBFS] * 3  # one level for all
+    recording = load_benchmark("recording")
+    requests = recording.recorded_requests(manifest)
+    assert len(requests) == 3 and [t for t, _, _ in requests] == ["", "", ""]  # no transcripts stated
+    from desta_edge.training.acoustics import active_rms_dbfs, active_span_s
+    assert [round(active_rms_dbfs(x)) for _, _, x in requests] == [recording.RECORDED_LEVEL_DBFS] * 3  # one level
+    # each cut to its active span: the synthesizer's own silence around it is gone
+    assert all(abs(active_span_s(x) - len(x) / bench.RATE) < 0.05 for _, _, x in requests)
     result = bench.run(["white"], [20.0], 1, recordings=manifest)
     assert result["questions"] == 3 and "3 recordings of people" in result["requests"]
     assert all(r["once"] == 3 for r in result["rows"])  # light white noise: each request found once

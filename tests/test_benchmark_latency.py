@@ -32,3 +32,20 @@ def test_two_pass_backend_encodes_twice_and_keeps_the_connector_output(tiny_mode
         del inner.encode
     assert calls == [True, False]  # the connector's pass, then whisper.generate's own
     assert two_pass.generated_ids == one_pass.generated_ids and two_pass.audios == one_pass.audios
+
+
+def test_recording_from_given_requests_knows_their_boundaries(tmp_path):
+    """latency.py --recordings: the requests are laid out as given, and the truth says where each is."""
+    import soundfile as sf
+
+    recording = load_benchmark("recording")
+    t = np.arange(8000) / 16000
+    a = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    b = (0.3 * np.sin(2 * np.pi * 120 * t[:4000])).astype(np.float32)
+    truth = recording.build(tmp_path / "r.wav", requests=[("front center", "alsa", a), ("", "call", b)], snr_db=40.0)
+    assert [u.text for u in truth] == ["front center", ""] and [u.voice for u in truth] == ["alsa", "call"]
+    assert [round(u.end_s - u.start_s, 3) for u in truth] == [0.5, 0.25]
+    x, sr = sf.read(tmp_path / "r.wav", dtype="float32")
+    assert sr == 16000 and 1.2 <= truth[0].start_s <= 2.0 and truth[1].start_s - truth[0].end_s >= 1.2
+    i = int(truth[0].start_s * sr)
+    assert np.corrcoef(x[i : i + 8000], a)[0, 1] > 0.99  # the request itself, under 40 dB of noise

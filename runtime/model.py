@@ -320,6 +320,12 @@ class DestaModel:
         return getattr(self.backend, "connector", None)
 
     @property
+    def has_connector(self) -> bool:
+        """Whether this model can make audio embeddings: a trained connector in PyTorch, or one
+        inside an export's encoder graph (an ONNX export has no torch connector)."""
+        return self.connector is not None or bool(getattr(self.backend, "manifest", {}).get("has_connector"))
+
+    @property
     def lora(self) -> LoRA | None:
         return getattr(self.backend, "lora", None)
 

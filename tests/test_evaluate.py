@@ -131,5 +131,11 @@ def test_evaluate_an_onnx_export_against_its_pytorch_source(corpus, tiny_onnx_ex
     assert result["backend"] == model.backend_name and "onnx" in result["backend"]
     lp = result["language_preservation"]  # compared with the torch model the export came from
     assert lp["identical"] == lp["n"] == 4  # fp32 export: the same greedy tokens
-    assert "transcript_only" in result["paralinguistic"]["variants"] and result["wer"]["n"] >= 0
+    assert result["paralinguistic"]["variants"] == ["model", "transcript_only", "description_in_text"]
+    assert "voice_transcript_only" in result["spoken_qa"]  # the export's connector is scored, not skipped
     assert f"| model, backend, split | {tiny_onnx_export}, {model.backend_name}, test |" in markdown_table(result)
+    source = evaluate(DestaModel.from_pretrained(str(model.backend.manifest["source"]), device="cpu"),
+                      FAST(corpus, limit=2))
+    for attr, entry in result["paralinguistic"]["attributes"].items():  # fp32 export: the same answers
+        assert entry["predicted"] == source["paralinguistic"]["attributes"][attr]["predicted"], attr
+    assert result["wer"] == source["wer"]

@@ -216,7 +216,7 @@ def _described_questions(clips: list[dict[str, Any]], question: str, transcripts
 def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, str], options: EvalOptions,
                    root: Path) -> dict[str, Any]:
     """Accuracy per attribute: the model, its transcript-only ablation, and the description read as text."""
-    with_connector = model.audio_features and model.connector is not None
+    with_connector = model.audio_features and model.has_connector
     variants = (["model"] if with_connector else []) + ["transcript_only", DESCRIPTION_IN_TEXT]
     result: dict[str, Any] = {"attributes": {}, "variants": variants}
     for attr, (key, question) in QUESTIONS.items():
@@ -322,7 +322,7 @@ def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], op
               "voice_given_text_correct": kept / sum(t_ok) if any(t_ok) else None,
               "examples": [{"question": rows[0]["question"], "answer": rows[0]["answer"], "voice": voice[0],
                             "text": text[0]}]}
-    if model.audio_features and model.connector is not None:
+    if model.audio_features and model.has_connector:
         # the same spoken questions without the audio embeddings: separates ASR errors from the adapter's effect
         with transcript_only(model):
             result["voice_transcript_only"] = sum(correct(answers(voice_convs, "spoken qa (transcript-only)"))) / len(rows)

@@ -70,7 +70,7 @@ def recorded_requests(manifest: Path) -> list[tuple[str, str, np.ndarray]]:
     Each is cut to its active span (its own leading and trailing room tone removed, so the true
     end of speech is known) and brought to RECORDED_LEVEL_DBFS (the recordings differ by 20 dB).
     """
-    from desta_edge.training.acoustics import FRAME_S, HOP_S, active_mask, set_level
+    from desta_edge.training.acoustics import active_bounds_s, set_level
     from desta_edge.training.recordings import load_segment, read_manifest
 
     out = []
@@ -78,8 +78,8 @@ def recorded_requests(manifest: Path) -> list[tuple[str, str, np.ndarray]]:
         if "start_s" in r or "end_s" in r:
             continue
         x = load_segment(r)
-        idx = np.flatnonzero(active_mask(x))
-        x = x[int(idx[0] * HOP_S * RATE): int((idx[-1] * HOP_S + FRAME_S) * RATE)]
+        start, end = active_bounds_s(x)
+        x = x[int(start * RATE): int(end * RATE)]
         out.append((r.get("transcript") or "", str(r.get("speaker")), set_level(x, RECORDED_LEVEL_DBFS)))
     return out
 

@@ -63,12 +63,18 @@ def active_rms_dbfs(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:
     return float(dbfs(np.mean(f[mask] ** 2)))
 
 
-def active_span_s(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:
-    """Seconds from the first to the last active frame (the speaking time, pauses included)."""
+def active_bounds_s(x: np.ndarray, sr: int = SAMPLE_RATE) -> tuple[float, float] | None:
+    """(start of the first active frame, end of the last) in seconds; None if nothing is active."""
     idx = np.flatnonzero(active_mask(x, sr))
     if len(idx) == 0:
-        return 0.0
-    return float((idx[-1] - idx[0]) * HOP_S + FRAME_S)
+        return None
+    return float(idx[0] * HOP_S), float(idx[-1] * HOP_S + FRAME_S)
+
+
+def active_span_s(x: np.ndarray, sr: int = SAMPLE_RATE) -> float:
+    """Seconds from the first to the last active frame (the speaking time, pauses included)."""
+    bounds = active_bounds_s(x, sr)
+    return 0.0 if bounds is None else bounds[1] - bounds[0]
 
 
 def f0_track(x: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:

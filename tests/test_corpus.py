@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -108,6 +109,41 @@ def test_label_bins_and_gender_check():
     assert labels.volume_label(-40) == "Quiet" and labels.volume_label(-25) == "Normal" and labels.volume_label(-10) == "Loud"
     assert labels.noise_label(None) == "Clean" and labels.noise_label(2.0) == "Very noisy"
     assert labels.noise_label(10.0) == "Noisy" and labels.noise_label(18.0) == "Slightly noisy"
+    assert labels.noise_label(29.9) == "Slightly noisy" and labels.noise_label(35.0) == "Clean"  # a room's background
+
+
+def test_room_response_decays_at_its_rt60_with_the_stated_direct_to_reverb_ratio():
+    rng = np.random.default_rng(0)
+    h = acoustics.room_response(0.5, 6.0, rng)
+    assert h[0] == 1.0 and len(h) == int(0.5 * SR) + int(acoustics.ROOM_PREDELAY_S * SR) + 1
+    tail = h[1:]
+    assert 10 * np.log10(np.sum(tail**2)) == pytest.approx(-6.0, abs=1e-6)
+    first, last = tail[: SR // 20], tail[-SR // 20 :]  # 50 ms at each end of a 500 ms tail
+    assert 10 * np.log10(np.sum(first**2) / np.sum(last**2)) == pytest.approx(54.0, abs=3.0)
+    x = harmonic(150.0)
+    y = acoustics.convolve(x, h)
+    assert len(y) == len(x) and acoustics.median_f0(y) == pytest.approx(150.0, rel=0.02)
+    with pytest.raises(ValueError, match="rt60"):
+        acoustics.room_response(0.0, 6.0, rng)
+
+
+def test_band_limit_passes_the_band_and_rolls_off_outside_it():
+    t = np.arange(SR) / SR
+
+    def gain_db(f: float) -> float:
+        x = np.sin(2 * np.pi * f * t).astype(np.float32)
+        return float(10 * np.log10(np.mean(acoustics.band_limit(x, 300.0, 3400.0) ** 2) / np.mean(x**2)))
+
+    assert abs(gain_db(1000.0)) < 0.1
+    assert gain_db(100.0) < -30 and gain_db(7000.0) < -20
+    with pytest.raises(ValueError, match="low_hz"):
+        acoustics.band_limit(t, 3400.0, 300.0)
+
+
+def test_room_tone_is_unit_rms_and_not_silent():
+    y = acoustics.room_tone(SR, np.random.default_rng(2))
+    assert np.sqrt(np.mean(y.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-3)
+    assert acoustics.frame_db(y).min() > acoustics.SILENCE_DBFS + 60
 
 
 # ------------------------------------------------------------------ sentences, plans and splits
@@ -150,6 +186,29 @@ def test_plan_is_deterministic_and_splits_are_disjoint_by_sentence_and_voice():
     assert any(p.kind == SOUND for p in plans)
 
 
+def test_room_and_channel_choices_leave_the_rest_of_the_plan_unchanged():
+    voices = all_voices({"espeak-ng": True, "flite": True, "festival": True})
+    plain = plan_corpus(CorpusOptions(out_dir="unused", size=600, seed=4, room_fraction=0, reverb_fraction=0,
+                                      channel_fraction=0), voices)
+    full = plan_corpus(CorpusOptions(out_dir="unused", size=600, seed=4, room_fraction=1, reverb_fraction=1,
+                                     channel_fraction=1), voices)
+    default = plan_corpus(CorpusOptions(out_dir="unused", size=600, seed=4), voices)
+    augmented = ("room_snr_db", "reverb", "channel_hz")
+    for a, b, c in zip(plain, full, default):
+        assert a == dataclasses.replace(b, **{k: None for k in augmented})
+        assert a == dataclasses.replace(c, **{k: None for k in augmented})
+        assert a.room_snr_db is None and a.reverb is None and a.channel_hz is None
+        if b.kind == SPEECH:  # every speech clip gets a room and a channel; room tone only under clean speech
+            assert b.reverb is not None and b.channel_hz is not None
+            assert (b.room_snr_db is not None) == (b.noise_type is None)
+            if b.room_snr_db is not None:
+                assert labels.noise_label(b.room_snr_db) == labels.CLEAN
+    speech = [c for c in default if c.kind == SPEECH]
+    for field, share in (("reverb", 0.3), ("channel_hz", 0.3)):
+        assert abs(sum(getattr(c, field) is not None for c in speech) / len(speech) - share) < 0.08, field
+
+
+
 def test_plan_rejects_bad_options():
     with pytest.raises(ValueError, match="size"):
         plan_corpus(CorpusOptions(out_dir="x", size=0), all_voices(ESPEAK_ONLY))
@@ -184,7 +243,8 @@ def test_build_writes_16k_mono_wavs_with_measured_labels(small_corpus):
             assert r["transcript"] and r["pitch"] and r["speed"] and r["volume"] and r["noise"]
             assert r["volume"] == labels.volume_label(r["rms_dbfs"])
             assert r["pitch"] == labels.pitch_label(r["f0_hz"], r["gender"])
-            assert (r["snr_db"] is None) == (r["noise"] == "Clean")
+            assert r["noise"] == labels.noise_label(r["snr_db"])
+            assert (r["snr_db"] is None) == (r["noise_type"] is None)
         else:
             assert r["transcript"] is None and r["sound"] in acoustics.SOUND_KINDS
     kinds = {r["kind"] for r in recs}
@@ -201,6 +261,23 @@ def test_clean_speech_label_matches_remeasured_audio(small_corpus):
         assert acoustics.active_rms_dbfs(y) == pytest.approx(r["rms_dbfs"], abs=0.5)
         if r["f0_hz"]:
             assert acoustics.median_f0(y) == pytest.approx(r["f0_hz"], rel=0.05)
+
+
+def test_rooms_and_channels_keep_every_label_and_leave_no_digital_silence(tmp_path):
+    common = dict(size=8, seed=3, workers=1, sound_fraction=0.0, noisy_fraction=0.5)
+    build_corpus(CorpusOptions(out_dir=tmp_path / "dry", room_fraction=0, reverb_fraction=0, channel_fraction=0, **common))
+    build_corpus(CorpusOptions(out_dir=tmp_path / "room", room_fraction=1, reverb_fraction=1, channel_fraction=1, **common))
+    dry, room = list(read_metadata(tmp_path / "dry")), list(read_metadata(tmp_path / "room"))
+    assert any(r["noise_type"] == "room" for r in room) and any(r["noise_type"] not in (None, "room") for r in room)
+    for a, b in zip(dry, room):
+        for key in ("id", "transcript", "gender", "pitch", "speed", "volume", "noise", "duration_s"):
+            assert a[key] == b[key], (a["id"], key)
+        y, _ = sf.read(str(tmp_path / "room" / b["audio"]), dtype="float32")
+        if b["noise_type"] == "room":  # the speech level, re-measured, is the labelled one
+            assert acoustics.active_rms_dbfs(y) == pytest.approx(b["rms_dbfs"], abs=0.5)
+            assert b["noise"] == labels.CLEAN and 30.0 <= b["snr_db"] <= 50.0
+            assert acoustics.frame_db(y).min() > acoustics.SILENCE_DBFS + 30  # the pauses hold the room, not zeros
+        assert b["settings"]["channel_hz"] is not None and b["settings"]["reverb_rt60_s_drr_db"] is not None
 
 
 def test_build_is_deterministic_and_refuses_to_overwrite(small_corpus, tmp_path):
@@ -220,3 +297,13 @@ def test_corpus_cli_json(tmp_path, capsys):
     assert result["clips"] == 3 and (tmp_path / "c" / "metadata.jsonl").exists()
     args = parser.parse_args(["corpus", "--out", str(tmp_path / "c"), "--size", "3", "--json"])
     assert args.func(args) == 2  # exists, no --overwrite
+    args = parser.parse_args(["corpus", "--out", str(tmp_path / "e"), "--size", "3", "--room-fraction", "1.5", "--json"])
+    assert args.func(args) == 2  # a share above 1 is bad input
+    assert "room_fraction" in capsys.readouterr().err
+    args = parser.parse_args(["corpus", "--out", str(tmp_path / "d"), "--size", "6", "--workers", "1", "--json",
+                              "--room-fraction", "0", "--reverb-fraction", "1", "--channel-fraction", "0"])
+    assert args.func(args) == 0
+    recs = list(read_metadata(tmp_path / "d"))
+    assert all(r["noise_type"] != "room" for r in recs)
+    assert all(r["settings"]["channel_hz"] is None for r in recs)
+    assert all(r["settings"]["reverb_rt60_s_drr_db"] is not None for r in recs if r["kind"] == SPEECH)

@@ -10,6 +10,10 @@ Design choices:
   is true by construction. Noise colours come from shaping white noise in the frequency domain.
 - Non-speech clips (tones, beeps, chirps, clicks, noises, hum, chords, silence) are generated
   here too; each maker takes an explicit `np.random.Generator` so clips are reproducible.
+- Rooms and channels, so synthetic speech does not sound only like a synthesizer in a void: the
+  faint background of a quiet room (`room_tone`), a synthetic room response (`room_response`:
+  a direct path plus exponentially decaying noise, its energy set by RT60 and the
+  direct-to-reverberant ratio) and a microphone or telephone band (`band_limit`, zero-phase).
 """
 
 from __future__ import annotations
@@ -159,6 +163,51 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, sr: int = S
     noise_power = float(np.mean(noise**2)) + EPS
     scale = np.sqrt(speech_power / (noise_power * 10 ** (snr_db / 10)))
     return (speech + scale * noise).astype(np.float32)
+
+
+# ------------------------------------------------------------------ rooms and channels
+
+ROOM_PREDELAY_S = 0.003  # gap between the direct path and the first reflections
+BAND_ORDER = 4  # steepness of band_limit's edges (Butterworth-like magnitude, 24 dB/octave)
+
+
+def room_tone(n: int, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Unit-RMS background of a quiet room: pink or brown noise, sometimes with faint mains hum."""
+    y = colored_noise(n, ("pink", "brown")[int(rng.integers(2))], rng).astype(np.float64)
+    if rng.random() < 0.3:
+        y += 0.3 * hum(n, rng, sr)
+    return (y / (np.sqrt(np.mean(y**2)) + EPS)).astype(np.float32)
+
+
+def room_response(rt60_s: float, direct_to_reverb_db: float, rng: np.random.Generator,
+                  sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A synthetic room impulse response: a unit direct path, then Gaussian noise whose energy falls
+    60 dB in `rt60_s`, scaled so the direct path has `direct_to_reverb_db` more energy than the tail."""
+    if rt60_s <= 0:
+        raise ValueError(f"rt60_s must be > 0, got {rt60_s}")
+    t = np.arange(max(1, int(rt60_s * sr))) / sr
+    tail = rng.standard_normal(len(t)) * 10 ** (-3.0 * t / rt60_s)  # amplitude: -60 dB at rt60
+    tail *= np.sqrt(10 ** (-direct_to_reverb_db / 10) / np.sum(tail**2))
+    return np.concatenate([[1.0], np.zeros(int(ROOM_PREDELAY_S * sr)), tail])
+
+
+def convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """x filtered by the impulse response h (FFT convolution), cut to x's length."""
+    n = len(x) + len(h) - 1
+    size = 1 << max(0, n - 1).bit_length()
+    y = np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(h, size), size)[: len(x)]
+    return y.astype(np.float32)
+
+
+def band_limit(x: np.ndarray, low_hz: float, high_hz: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """x with what lies outside [low_hz, high_hz] rolled off (zero phase), as a microphone or a
+    telephone line passes it."""
+    if not 0 < low_hz < high_hz:
+        raise ValueError(f"need 0 < low_hz < high_hz, got {low_hz}, {high_hz}")
+    f = np.fft.rfftfreq(len(x), 1 / sr)
+    f[0] = f[1] if len(f) > 1 else 1.0
+    gain = 1 / np.sqrt((1 + (low_hz / f) ** (2 * BAND_ORDER)) * (1 + (f / high_hz) ** (2 * BAND_ORDER)))
+    return np.fft.irfft(np.fft.rfft(x) * gain, len(x)).astype(np.float32)
 
 
 # ------------------------------------------------------------------ non-speech sounds

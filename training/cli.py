@@ -21,6 +21,8 @@ EXIT_BAD_INPUT = 2
 
 def register_cli(subparsers: Any) -> None:
     """Add the `corpus`, `datagen`, `train`, `eval` and `ship` subcommands to an argparse subparsers object."""
+    from .corpus import CorpusOptions
+
     c = subparsers.add_parser("corpus", help="synthesize the labelled speech/sound corpus, or label real recordings")
     c.add_argument("--out", required=True, help="output directory (audio/ + metadata.jsonl)")
     what = c.add_mutually_exclusive_group(required=True)
@@ -31,6 +33,14 @@ def register_cli(subparsers: Any) -> None:
     c.add_argument("--no-variants", action="store_true",
                    help="--recordings: only the recordings as they are, without the quiet, loud and noisy copies")
     c.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    c.add_argument("--room-fraction", type=float, default=CorpusOptions.room_fraction,
+                   help="share of clean speech clips with a room's faint background, 30-50 dB under the speech "
+                        f"(still labelled Clean; default: {CorpusOptions.room_fraction})")
+    c.add_argument("--reverb-fraction", type=float, default=CorpusOptions.reverb_fraction,
+                   help=f"share of speech clips played through a synthetic room (default: {CorpusOptions.reverb_fraction})")
+    c.add_argument("--channel-fraction", type=float, default=CorpusOptions.channel_fraction,
+                   help="share of speech clips band-limited like a telephone or a cheap microphone "
+                        f"(default: {CorpusOptions.channel_fraction})")
     c.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")
     c.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
@@ -139,8 +149,10 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
                 manifest=Path(args.recordings), out_dir=Path(args.out), variants=not args.no_variants,
                 seed=args.seed, overwrite=args.overwrite, progress=not args.json))
         else:
-            meta = build_corpus(CorpusOptions(out_dir=Path(args.out), size=args.size, seed=args.seed,
-                                              workers=args.workers, overwrite=args.overwrite, progress=not args.json))
+            meta = build_corpus(CorpusOptions(
+                out_dir=Path(args.out), size=args.size, seed=args.seed, room_fraction=args.room_fraction,
+                reverb_fraction=args.reverb_fraction, channel_fraction=args.channel_fraction,
+                workers=args.workers, overwrite=args.overwrite, progress=not args.json))
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:

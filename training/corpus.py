@@ -13,6 +13,12 @@ Design choices:
   questions with known answers (sentences.heldout_questions) are only in the test split and
   are listed again in `spoken_qa.jsonl` for the spoken-QA evaluation.
 - Babble noise is a sum of training-voice utterances, built once per worker from a fixed seed.
+- Rooms and channels: a share of speech clips is played through a synthetic room (reverberation),
+  a microphone or telephone band, and, when no noise is added, a room's faint background 30-50 dB
+  under the speech (still labelled Clean: real "clean" recordings are never digitally silent).
+  Labels are measured on the dry speech; the processed speech is brought back to its measured
+  level. These choices come from a second random stream, so the rest of a seed's plan (and every
+  label) is the same with or without them.
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ SOUND_SECONDS = (1.0, 6.0)  # length range of non-speech clips
 SOUND_LEVEL_DBFS = (-40.0, -10.0)  # active RMS range of non-speech clips
 BABBLE_TALKERS = 4  # utterances summed into one babble signal
 BABBLE_SEED = 1234  # babble is the same in every worker and every corpus
+ROOM_SNR_DB = (30.0, 50.0)  # room tone under clean speech, uniform (labels.CLEAN_MIN_SNR_DB and up)
+REVERB_RT60_S = (0.2, 0.8)  # reverberation time of the synthetic room, uniform
+REVERB_DRR_DB = (0.0, 12.0)  # direct-to-reverberant energy ratio, uniform
+CHANNEL_BANDS_HZ = ((300.0, 3400.0), (100.0, 7000.0), (150.0, 5000.0), (80.0, 4000.0))  # telephone, headset, laptop, cheap mic
+AUGMENT_STREAM = 1  # the room/channel choices draw from default_rng([seed, AUGMENT_STREAM])
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,9 @@ class CorpusOptions:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/validation/test share of clips
     heldout_qa_fraction: float = 0.3  # share of test speech clips that are held-out spoken questions
     speed_perturb_fraction: float = 0.25  # share of speech clips resampled by SPEED_FACTOR_RANGE
+    room_fraction: float = 0.7  # share of clean speech clips with room tone (ROOM_SNR_DB), still Clean
+    reverb_fraction: float = 0.3  # share of speech clips played through a synthetic room
+    channel_fraction: float = 0.3  # share of speech clips band-limited to one of CHANNEL_BANDS_HZ
     workers: int = 2  # synthesis processes (1 = in this process)
     overwrite: bool = False  # replace an existing corpus in out_dir
     progress: bool = False  # show a progress bar
@@ -86,6 +100,9 @@ class ClipPlan:
     snr_db: float | None = None  # SNR of the added noise
     sound: str | None = None  # one of acoustics.SOUND_KINDS (non-speech)
     sound_seconds: float = 0.0  # length of the non-speech clip
+    room_snr_db: float | None = None  # room tone under clean speech (noise_type is then None)
+    reverb: tuple[float, float] | None = None  # (RT60 s, direct-to-reverberant dB) of the synthetic room
+    channel_hz: tuple[float, float] | None = None  # pass band of the microphone / line
 
     @property
     def audio_path(self) -> str:
@@ -103,7 +120,8 @@ def _check(options: CorpusOptions) -> None:
         raise ValueError(f"size must be >= 1, got {options.size}")
     if abs(sum(options.split_fractions) - 1) > 1e-6 or min(options.split_fractions) < 0:
         raise ValueError(f"split_fractions must be >= 0 and sum to 1, got {options.split_fractions}")
-    for name in ("sound_fraction", "noisy_fraction", "heldout_qa_fraction", "speed_perturb_fraction"):
+    for name in ("sound_fraction", "noisy_fraction", "heldout_qa_fraction", "speed_perturb_fraction",
+                 "room_fraction", "reverb_fraction", "channel_fraction"):
         if not 0 <= getattr(options, name) <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(options, name)}")
     if options.workers < 1:
@@ -114,6 +132,7 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
     """Every clip's random choices, deterministic in `options.seed` (no audio is made)."""
     _check(options)
     rng = np.random.default_rng(options.seed)
+    augment = np.random.default_rng([options.seed, AUGMENT_STREAM])
     voices = all_voices() if voices is None else voices
     by_split_voice = {s: [v for v in voices if v.split == s] for s in SPLITS}
     pools: dict[tuple[str, str], list[Sentence]] = {}
@@ -158,6 +177,9 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
         voice = _pick_voice(by_split_voice[split], rng)
         noisy = rng.random() < options.noisy_fraction
         perturb = rng.random() < options.speed_perturb_fraction
+        u = augment.random(3)  # always 3 + 4 draws per speech clip, so the stream stays aligned
+        room_snr, rt60, drr, band = (augment.uniform(*ROOM_SNR_DB), augment.uniform(*REVERB_RT60_S),
+                                     augment.uniform(*REVERB_DRR_DB), int(augment.integers(len(CHANNEL_BANDS_HZ))))
         plans.append(ClipPlan(
             id=f"{split}-{i:06d}", split=split, kind=SPEECH, seed=clip_seed, pad_s=pad,
             level_dbfs=float(rng.uniform(*LEVEL_RANGE_DBFS)), sentence=sentence, voice=voice,
@@ -165,6 +187,9 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
             speed_factor=float(np.round(rng.uniform(*SPEED_FACTOR_RANGE), 3)) if perturb else 1.0,
             noise_type=NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))] if noisy else None,
             snr_db=float(np.round(rng.uniform(*SNR_RANGE_DB), 1)) if noisy else None,
+            room_snr_db=float(np.round(room_snr, 1)) if not noisy and u[0] < options.room_fraction else None,
+            reverb=(round(float(rt60), 2), round(float(drr), 1)) if u[1] < options.reverb_fraction else None,
+            channel_hz=CHANNEL_BANDS_HZ[band] if u[2] < options.channel_fraction else None,
         ))
     return plans
 
@@ -246,22 +271,43 @@ def render_clip(plan: ClipPlan) -> tuple[np.ndarray, dict[str, Any]]:
                         plan.id, plan.voice.id, _r(f0), plan.voice.gender)
         pad = [np.zeros(int(p * SR), np.float32) for p in plan.pad_s]
         y = np.concatenate([pad[0], speech, pad[1]])
+        y, level = _room_and_channel(y, level, plan)
         if plan.noise_type is not None:
+            voice = y
             y = acoustics.mix_at_snr(y, _noise(plan.noise_type, len(y), rng), plan.snr_db)
             peak = float(np.max(np.abs(y)))
             if peak > 0.99:  # keep the SNR, lower both: the volume label is re-measured below
                 y = y * (0.99 / peak)
-                level = acoustics.active_rms_dbfs(speech * (0.99 / peak))
+                level = acoustics.active_rms_dbfs(voice * (0.99 / peak))
+        elif plan.room_snr_db is not None:
+            y = acoustics.mix_at_snr(y, acoustics.room_tone(len(y), np.random.default_rng([plan.seed, AUGMENT_STREAM])),
+                                     plan.room_snr_db)
+        snr = plan.snr_db if plan.noise_type is not None else plan.room_snr_db
         rec.update(transcript=plan.sentence.text, sentence_type=plan.sentence.kind, answer=plan.sentence.answer,
                    synthesizer=plan.voice.engine, voice=plan.voice.name, voice_gender=plan.voice.gender,
                    gender=gender, f0_hz=_r(f0), pitch=labels.pitch_label(f0, gender),
                    words_per_second=_r(wps, 2), speed=labels.speed_label(wps), rms_dbfs=_r(level),
-                   volume=labels.volume_label(level), noise=labels.noise_label(plan.snr_db),
-                   noise_type=plan.noise_type, snr_db=plan.snr_db, sound=None)
+                   volume=labels.volume_label(level), noise=labels.noise_label(snr),
+                   noise_type=plan.noise_type or ("room" if snr is not None else None), snr_db=snr, sound=None)
     rec["duration_s"] = round(len(y) / SR, 2)
     rec["settings"] = {"prosody": asdict(plan.prosody) if plan.prosody else None, "speed_factor": plan.speed_factor,
-                       "target_dbfs": round(plan.level_dbfs, 1), "seed": plan.seed}
+                       "target_dbfs": round(plan.level_dbfs, 1), "seed": plan.seed,
+                       "reverb_rt60_s_drr_db": plan.reverb, "channel_hz": plan.channel_hz}
     return y.astype(np.float32), rec
+
+
+def _room_and_channel(y: np.ndarray, level: float, plan: ClipPlan) -> tuple[np.ndarray, float]:
+    """The padded speech through the plan's room and channel, brought back to its measured level
+    (re-measured: the peak limit can lower it)."""
+    if plan.reverb is None and plan.channel_hz is None:
+        return y, level
+    if plan.reverb is not None:
+        rng = np.random.default_rng([plan.seed, AUGMENT_STREAM, 1])
+        y = acoustics.convolve(y, acoustics.room_response(*plan.reverb, rng))
+    if plan.channel_hz is not None:
+        y = acoustics.band_limit(y, *plan.channel_hz)
+    y = acoustics.set_level(y, level)
+    return y, acoustics.active_rms_dbfs(y)
 
 
 def _render_to(args: tuple[ClipPlan, str]) -> dict[str, Any]:

@@ -24,8 +24,10 @@ SPEED_WORDS = ("Slow", "Normal", "Fast")
 # volume: RMS dBFS of the active frames (RMS 1.0 = 0 dBFS)
 VOLUME_EDGES_DBFS = (-32.0, -20.0)
 VOLUME_WORDS = ("Quiet", "Normal", "Loud")
-# noise: SNR in dB of the noise that was added (None = nothing added)
+# noise: SNR in dB of the noise that was added (None = nothing added); a room's faint background,
+# CLEAN_MIN_SNR_DB or more below the speech, still counts as clean
 CLEAN = "Clean"
+CLEAN_MIN_SNR_DB = 30.0
 NOISE_EDGES_DB = (5.0, 15.0)
 NOISE_WORDS = ("Very noisy", "Noisy", "Slightly noisy")
 
@@ -59,4 +61,4 @@ def volume_label(rms_dbfs: float) -> str:
 
 
 def noise_label(snr_db: float | None) -> str:
-    return CLEAN if snr_db is None else _bin(snr_db, NOISE_EDGES_DB, NOISE_WORDS)
+    return CLEAN if snr_db is None or snr_db >= CLEAN_MIN_SNR_DB else _bin(snr_db, NOISE_EDGES_DB, NOISE_WORDS)

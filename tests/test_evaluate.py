@@ -90,6 +90,13 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
     assert "description-in-text %" in table
     j, m = write_report(result, tmp_path / "report")
     assert json.loads(j.read_text())["clips"] == len(clips) and m.read_text() == table
+    assert "answers" not in json.loads(j.read_text())["paralinguistic"]
+    rows = [json.loads(x) for x in (tmp_path / "report" / "answers.jsonl").read_text().splitlines()]
+    for attr, entry in para["attributes"].items():  # one row per clip, attribute and variant; they add up
+        for variant in para["variants"]:
+            mine = [r for r in rows if r["attribute"] == attr and r["variant"] == variant]
+            assert len(mine) == entry["n"]
+            assert sum(r["predicted"] == r["expected"] for r in mine) / len(mine) == pytest.approx(entry[variant])
 
 
 def test_ablation_switch_and_model_without_connector(corpus):

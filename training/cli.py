@@ -241,7 +241,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from desta_edge import DestaModel
 
-    from .evaluate import EvalOptions, evaluate, markdown_table, write_report
+    from .evaluate import EvalOptions, evaluate, markdown_table, summary, write_report
 
     try:
         options = EvalOptions(corpus_dir=Path(args.corpus), split=args.split, limit=args.limit,
@@ -257,7 +257,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _fail(str(e), 1)
     if args.out:
         write_report(result, Path(args.out))
-    print(json.dumps(result) if args.json else markdown_table(result), end="" if not args.json else "\n")
+    print(json.dumps(summary(result)) if args.json else markdown_table(result), end="" if not args.json else "\n")
     return 0
 
 

@@ -91,6 +91,7 @@ NEGATIONS = frozenset({"no", "not", "without", "never", "neither", "nor", "isn't
                        "don't", "hardly"})
 NEGATION_REACH = 2
 DESCRIPTION_IN_TEXT = "description_in_text"  # the variant that reads the seed description as text
+ANSWERS = "answers.jsonl"  # write_report: every attribute answer, one JSON object per line
 NOISY_LABELS = ("Slightly noisy", "Noisy", "Very noisy")  # corpus noise labels scored as "Noisy"
 # fixed text-only conversations for the language-preservation check
 TEXT_CONVERSATIONS: list[list[dict[str, str]]] = [
@@ -218,7 +219,7 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
     """Accuracy per attribute: the model, its transcript-only ablation, and the description read as text."""
     with_connector = model.audio_features and model.has_connector
     variants = (["model"] if with_connector else []) + ["transcript_only", DESCRIPTION_IN_TEXT]
-    result: dict[str, Any] = {"attributes": {}, "variants": variants}
+    result: dict[str, Any] = {"attributes": {}, "variants": variants, "answers": []}
     for attr, (key, question) in QUESTIONS.items():
         rows = [c for c in clips if labelled(attr, c)]
         if not rows:
@@ -244,6 +245,9 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
                     for g in groups}
             entry["examples"].append({"variant": variant, "id": rows[0]["id"], "expected": expected[0],
                                       "answer": answers[0], "predicted": predicted[0]})
+            result["answers"] += [{"id": c["id"], "attribute": attr, "variant": variant, "expected": e, "predicted": p,
+                                   "answer": a, "transcript": transcripts[c["id"]]}
+                                  for c, e, p, a in zip(rows, expected, predicted, answers)]
         result["attributes"][attr] = entry
     for variant in variants + ["majority"]:
         accs = [e[variant] for e in result["attributes"].values()]
@@ -412,9 +416,20 @@ def _by_clip_variant_table(para: dict[str, Any]) -> list[str]:
     return lines
 
 
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without the per-clip answers (those go to answers.jsonl)."""
+    para = {k: v for k, v in result["paralinguistic"].items() if k != "answers"}
+    return {**result, "paralinguistic": para}
+
+
 def write_report(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """eval.json (the summary), eval.md (its tables) and answers.jsonl (every attribute answer, one per line:
+    clip id, attribute, variant, expected and predicted label, the answer and the clip's transcript)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     j, m = out_dir / "eval.json", out_dir / "eval.md"
-    j.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    j.write_text(json.dumps(summary(result), indent=2, ensure_ascii=False) + "\n")
     m.write_text(markdown_table(result))
+    with open(out_dir / ANSWERS, "w") as f:
+        for row in result["paralinguistic"].get("answers", []):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return j, m

@@ -1,7 +1,8 @@
 """Endpointing in noise: the benchmark questions over several backgrounds, with and without the noise gate.
 
     python benchmarks/endpointing.py [--noises white,pink,brown,hum,babble,music] [--snrs 20,10,5]
-                                     [--seeds 3] [--recordings MANIFEST] [--out benchmarks/results]
+                                     [--seeds 3] [--recordings MANIFEST] [--talker-drop-db 6,10]
+                                     [--out benchmarks/results]
 
 The ten spoken questions of `latency.py` (two of them hesitant, with a pause mid-sentence) are
 laid out with 1.2-2.0 s gaps and mixed with one background at a given SNR (speech power over
@@ -13,7 +14,8 @@ background power):
 With `--recordings` (a manifest from `real_voices.py`), the requests are instead the manifest's
 whole-file recordings of people (single phrases and sentences: corpus prompts, digits, words,
 channel names), so onsets, endings and pauses are real speech's.
-Only the endpointer runs (webrtcvad, default options), so this takes seconds and needs no model.
+Only the endpointer runs (webrtcvad, default options; with `--talker-drop-db`, also with the
+talker gate at each drop), so this takes seconds and needs no model.
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
 cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.
@@ -121,7 +123,7 @@ def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointO
 
 
 def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions(),
-        recordings: Path | None = None) -> dict:
+        recordings: Path | None = None, talker_drop_db: list[float] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if recordings is None:
             speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav")
@@ -130,7 +132,9 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
             speech = [x for _, _, x in recorded_requests(recordings)]
         talkers = [_speak(text, engine, voice, Path(tmp) / f"b{i}.wav") for i, (text, engine, voice) in enumerate(BABBLE)]
     speech_power = float(np.mean(np.concatenate(speech) ** 2))
-    variants = {"webrtcvad only": replace(opts, noise_gate_db=0.0), "with the noise gate": opts}
+    variants = {"webrtcvad only": replace(opts, noise_gate_db=0.0, talker_drop_db=0.0),
+                "with the noise gate": replace(opts, talker_drop_db=0.0)}
+    variants |= {f"noise gate + talker gate {d:g} dB": replace(opts, talker_drop_db=d) for d in talker_drop_db}
     rows = []
     for kind in noises:
         for snr in snrs:
@@ -171,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="random layouts per background and SNR (default 3)")
     p.add_argument("--recordings", type=Path, metavar="MANIFEST",
                    help="requests: the whole-file recordings of a real_voices.py manifest instead of synthetic questions")
+    p.add_argument("--talker-drop-db", default="",
+                   help="comma-separated: also run the talker gate at these drops in dB (EndpointOptions.talker_drop_db)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     args = p.parse_args(argv)
@@ -180,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown backgrounds {unknown} (expected some of {NOISES})" if unknown else "--seeds must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, recordings=args.recordings)
+    drops = [float(d) for d in args.talker_drop_db.split(",") if d]
+    result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, recordings=args.recordings,
+                 talker_drop_db=drops)
     write_results(out, "endpointing", result, markdown(result), as_json=args.json)
     return 0
 

@@ -25,6 +25,11 @@ In quiet rooms the gate never engages. Over the babble of six synthetic talkers 
 10 dB SNR, webrtcvad alone ran the benchmark questions together into 30 s cuts; with the gate
 there are no cuts and every question is found, though a few neighbours still merge. Music and
 a single background talker are beyond it (benchmarks/endpointing.py; README, "Endpointing in noise").
+An opt-in talker gate (`talker_drop_db`) goes one step further in the same saturating background:
+within an utterance, a frame more than that far below the median level of the utterance's own
+voiced frames no longer continues it, so the loud moments of a crowd or of music in the gap
+after a request stop carrying it into the next one. It merges fewer requests and splits a few
+more, which is why it is off by default.
 
 `turn_check(utterance) -> bool` is an optional callable (the assistant's end-of-turn detector),
 asked once per pause, at the frame where the silence reaches `turn_end_ms`. The machine stays
@@ -33,6 +38,7 @@ exact: its decision depends only on the samples seen and on that answer.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +57,7 @@ NOISE_FLOOR_PERCENTILE = 10  # the background level: this percentile of recent f
 # of a stream is never gated away, at the price of taking up to this much of a loud background
 # at the start for speech
 NOISE_MIN_HISTORY_MS = 1000
+TALKER_MIN_MS = 200  # voiced audio an utterance needs before its talker's level is trusted
 SILENCE_DB = -70.0  # frame energies are floored here (digital silence has no level)
 
 
@@ -71,6 +78,9 @@ class EndpointOptions:
     max_utterance_s: float = 30.0  # forced cut (the model's window is 30 s)
     noise_gate_db: float = 6.0  # in saturating background, voiced = this far above its level (0: off)
     noise_window_ms: int = 5000  # recent audio the noise gate judges the background from
+    # in saturating background, a frame this far below the utterance's own talker no longer
+    # continues it (the median level of its voiced frames; 0: off)
+    talker_drop_db: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frame_ms not in VALID_FRAME_MS:
@@ -90,6 +100,8 @@ class EndpointOptions:
             raise ValueError(f"max_utterance_s must be in (0, 30], got {self.max_utterance_s}")
         if self.tail_ms > self.pause_ms:
             raise ValueError("tail_ms must not exceed pause_ms (a speculative start must see the final audio)")
+        if self.talker_drop_db < 0:
+            raise ValueError(f"talker_drop_db must be >= 0, got {self.talker_drop_db}")
         if self.noise_gate_db < 0 or self.noise_window_ms < NOISE_MIN_HISTORY_MS:
             raise ValueError(f"need noise_gate_db >= 0 and noise_window_ms >= {NOISE_MIN_HISTORY_MS}, got "
                              f"{self.noise_gate_db} and {self.noise_window_ms}")
@@ -167,6 +179,7 @@ class Endpointer:
         self._next_id = 0
         self.vad_errors = 0  # frames webrtcvad refused (counted, logged, treated as silence)
         self.gated_frames = 0  # frames webrtcvad called voiced that the noise gate judged background
+        self.talker_gated_frames = 0  # voiced frames too far below the utterance's talker to continue it
         n = opts.frames(opts.noise_window_ms)
         self._energies: deque[float] = deque(maxlen=n)  # dB of recent frames
         self._vad_votes: deque[bool] = deque(maxlen=n)  # webrtcvad's verdicts on them
@@ -180,6 +193,7 @@ class Endpointer:
         self._voiced = 0
         self._silence = 0  # consecutive unvoiced frames
         self._paused = False
+        self._talker: list[float] = []  # dB of the utterance's voiced frames, sorted
 
     @property
     def voiced_ms(self) -> int:
@@ -218,24 +232,35 @@ class Endpointer:
             logger.warning("webrtcvad rejected frame %d (%s); counted as silence", self._frame_index, e)
             return False
 
-    def _gated(self, frame: np.ndarray, voiced: bool) -> bool:
+    def _gated(self, energy: float, voiced: bool) -> bool:
         """webrtcvad's verdict, overruled for frames no louder than a background it keeps calling voiced."""
-        if self.opts.noise_gate_db <= 0:
-            return voiced
-        energy = max(SILENCE_DB, 10 * float(np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12)))
         self._energies.append(energy)
         self._vad_votes.append(voiced)
-        if (not voiced or len(self._vad_votes) < self.opts.frames(NOISE_MIN_HISTORY_MS)
+        if (not voiced or self.opts.noise_gate_db <= 0 and self.opts.talker_drop_db <= 0
+                or len(self._vad_votes) < self.opts.frames(NOISE_MIN_HISTORY_MS)
                 or sum(self._vad_votes) < NOISE_SATURATION * len(self._vad_votes)):
             return voiced
-        background = float(np.percentile(self._energies, NOISE_FLOOR_PERCENTILE))
-        if energy >= background + self.opts.noise_gate_db:
-            return True
-        self.gated_frames += 1
-        return False
+        if self.opts.noise_gate_db > 0:
+            background = float(np.percentile(self._energies, NOISE_FLOOR_PERCENTILE))
+            if energy < background + self.opts.noise_gate_db:
+                self.gated_frames += 1
+                return False
+        if self.in_speech and self._below_talker(energy):
+            self.talker_gated_frames += 1
+            return False
+        return True
+
+    def _below_talker(self, energy: float) -> bool:
+        """Within an utterance, in saturating background: is this frame too far below its talker?"""
+        if self.opts.talker_drop_db <= 0 or len(self._talker) < self.opts.frames(TALKER_MIN_MS):
+            return False
+        return energy < self._talker[len(self._talker) // 2] - self.opts.talker_drop_db
 
     def _frame(self, frame: np.ndarray) -> list[Event]:
-        voiced = self._gated(frame, self._is_speech(frame))
+        energy = max(SILENCE_DB, 10 * float(np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12)))
+        voiced = self._gated(energy, self._is_speech(frame))
+        if voiced and self.in_speech:
+            bisect.insort(self._talker, energy)
         idx = self._frame_index
         self._frame_index += 1
         if not self.in_speech:

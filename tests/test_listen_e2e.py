@@ -33,6 +33,7 @@ def test_noisy_multi_question_recording_is_segmented_and_answered(tmp_path):
     truth = build(wav)
     events = listen("--source", str(wav), "--fast")
     assert events[-1]["type"] == "summary" and events[-1]["errors"] == events[-1]["vad_errors"] == 0
+    assert events[-1]["talker_gated_frames"] == 0  # the talker gate is opt-in
     ends = [e for e in events if e["type"] == "speech_end"]
     answers = [e for e in events if e["type"] == "answer"]
     assert len(ends) == len(answers) == len(truth)  # every question once: none split, none merged, none missed
@@ -62,6 +63,9 @@ def test_listen_reports_a_bad_file():
     r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--talker-drop-db",
+                        "-3"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "talker_drop_db" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_display_shows_latency_only_when_audio_is_live(capsys):

@@ -144,7 +144,7 @@ def test_state_stays_bounded_over_many_utterances():
     ({"frame_ms": 25}, "frame_ms"), ({"aggressiveness": 4}, "aggressiveness"),
     ({"pause_ms": 600}, "pause_ms"), ({"max_utterance_s": 31}, "max_utterance_s"),
     ({"tail_ms": 200}, "tail_ms"), ({"turn_end_ms": 100}, "turn_end_ms"), ({"turn_end_ms": 600}, "turn_end_ms"),
-    ({"noise_gate_db": -1}, "noise_gate_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
+    ({"noise_gate_db": -1}, "noise_gate_db"), ({"talker_drop_db": -1}, "talker_drop_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -175,6 +175,26 @@ def test_noise_gate_stays_out_of_a_quiet_room():
     gated, ep = run(x)
     plain, _ = run(x, EndpointOptions(noise_gate_db=0))
     assert ep.gated_frames == 0 and [(type(e), e.audio_s) for e in gated] == [(type(e), e.audio_s) for e in plain]
+    talker, ep = run(x, EndpointOptions(talker_drop_db=10))
+    assert ep.talker_gated_frames == 0 and [(type(e), e.audio_s) for e in talker] == [(type(e), e.audio_s) for e in plain]
+
+
+def test_talker_gate_ends_a_request_that_a_fluctuating_background_would_carry_on():
+    """A background the VAD calls voiced whose loud moments (every other 100 ms, 14 dB under the
+    talker) pass the noise gate: they keep the second request going to the end of the stream. The
+    talker gate, 10 dB under the utterance's own median level, ends it where the talker stopped."""
+    x = signal(("v", 1.2), ("s", 1.5), ("v", 1.0), ("s", 1.5))
+    t = np.arange(len(x)) / RATE
+    x = x + (np.where((t * 10).astype(int) % 2 == 0, 0.006, 0.06) * np.sin(2 * np.pi * 90 * t)).astype(np.float32)
+    vad = lambda: EnergyVad(threshold=0.003)  # noqa: E731
+    events, ep = run(x, vad=vad())
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert ends[-1].speech_end_s == pytest.approx(len(x) / RATE) and ep.talker_gated_frames == 0
+    events, ep = run(x, EndpointOptions(talker_drop_db=10), vad=vad())
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert ends[-1].speech_end_s == pytest.approx(3.7) and ends[-1].reason == "silence"
+    assert ends[-1].start_s == pytest.approx(2.7 - 0.3)  # the request, with its pre-roll
+    assert ep.talker_gated_frames > 0
 
 
 def test_webrtcvad_on_synthesized_speech_in_noise(tmp_path):

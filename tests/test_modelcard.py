@@ -12,7 +12,7 @@ from desta_edge.runtime.checkpoint import read_weights
 from desta_edge.training import datagen as dg
 from desta_edge.training.cli import register_cli
 from desta_edge.training.corpus import CorpusOptions, build_corpus
-from desta_edge.training.evaluate import EvalOptions, evaluate, write_report
+from desta_edge.training.evaluate import EvalOptions, evaluate, summary, write_report
 from desta_edge.training.trainer import TrainOptions, train
 
 from conftest import build_tiny_model
@@ -52,7 +52,8 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{answers.written} records kept, {answers.rejected} answers set aside" in card
     assert "`desta-edge datagen --seed 0 --max-new-tokens 64 --limit 5 --splits test --retries 1 --candidates 2`" in card
-    assert "`desta-edge train --steps 3 --batch-size 2" in card and "| **average** |" in card
+    assert "`desta-edge train --model tiny --steps 3 --batch-size 2" in card and "| **average** |" in card
+    assert "`desta-edge corpus --size 6 --seed 3 --room-fraction 0.7 --reverb-fraction 0.3 --channel-fraction 0.3`" in card
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert f"{sum(losses) / len(losses):.3f}" in card  # 3 steps: first and last windows are all of them
     assert card.rstrip().endswith("Synthetic voices only.")
@@ -61,7 +62,7 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     else:
         assert "a LoRA (r=16, q/k/v of every LLM layer, active from a conversation's first audio position" in card
         assert "--seed 0 --lora audio --precision bf16`" in card and any(".lora_B." in k for k in shipped)
-    assert json.loads((out / "eval.json").read_text()) == result
+    assert json.loads((out / "eval.json").read_text()) == summary(result)
 
 
 def test_ship_names_what_is_missing(tmp_path, capsys):

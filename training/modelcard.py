@@ -142,7 +142,10 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         "",
         "## Data recipe",
         "",
-        f"- Corpus (`desta-edge corpus --size {corpus_opts['size']} --seed {corpus_opts['seed']}`): "
+        f"- Corpus (`desta-edge corpus --size {corpus_opts['size']} --seed {corpus_opts['seed']}"
+        # a corpus made before rooms and channels existed has none
+        f" --room-fraction {corpus_opts.get('room_fraction', 0):g} --reverb-fraction {corpus_opts.get('reverb_fraction', 0):g}"
+        f" --channel-fraction {corpus_opts.get('channel_fraction', 0):g}`): "
         f"{sum(counts['split'].values())} clips, splits {counts['split']}; {counts['kind'].get('speech', 0)} speech, "
         f"{counts['kind'].get('sound', 0)} non-speech. Synthesizers: {counts['synthesizer']}.",
         f"- Voices: {len(corpus['voices']['train'])} in train, {len(corpus['voices']['validation'])} in validation, "
@@ -155,7 +158,7 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         "",
         "## Training",
         "",
-        f"- `desta-edge train --steps {run['steps']} --batch-size {opts['batch_size']} --grad-accum {opts['grad_accum']} "
+        f"- `desta-edge train --model {opts.get('model', 'tiny')} --steps {run['steps']} --batch-size {opts['batch_size']} --grad-accum {opts['grad_accum']} "
         f"--lr {opts['lr']} --seed {opts['seed']}{extra_opts}`: {run['records']} records, "
         f"warm-up {run['warmup_steps']} steps then "
         f"cosine, AdamW, grad clipping {opts['max_grad_norm']}, on `{run['device']}` ({run['world_size']} process(es)).",

@@ -236,7 +236,7 @@ class Endpointer:
         """webrtcvad's verdict, overruled for frames no louder than a background it keeps calling voiced."""
         self._energies.append(energy)
         self._vad_votes.append(voiced)
-        if (not voiced or self.opts.noise_gate_db <= 0 and self.opts.talker_drop_db <= 0
+        if (not voiced or (self.opts.noise_gate_db <= 0 and self.opts.talker_drop_db <= 0)
                 or len(self._vad_votes) < self.opts.frames(NOISE_MIN_HISTORY_MS)
                 or sum(self._vad_votes) < NOISE_SATURATION * len(self._vad_votes)):
             return voiced

@@ -208,7 +208,6 @@ def test_room_and_channel_choices_leave_the_rest_of_the_plan_unchanged():
         assert abs(sum(getattr(c, field) is not None for c in speech) / len(speech) - share) < 0.08, field
 
 
-
 def test_plan_rejects_bad_options():
     with pytest.raises(ValueError, match="size"):
         plan_corpus(CorpusOptions(out_dir="x", size=0), all_voices(ESPEAK_ONLY))

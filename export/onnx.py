@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -85,6 +86,11 @@ QUANTIZATIONS = ("int8", "int4")
 GRAPHS = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "llm": LLM_FILE}  # graph name -> file
 NBITS_BLOCK_SIZE = 32  # weights per quantization block (one scale and zero point each) for int4
 NBITS_ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (the fastest CPU kernels)
+# MatMuls that int8 leaves in fp32: each feed-forward block's output projection (LLM `mlp.down_proj`,
+# Whisper `fc2`, the Q-Former's `output.dense`), whose input, after the gated activation, carries the
+# outliers one int8 scale per tensor cannot hold, and the vocabulary projections (`lm_head`, Whisper's
+# `proj_out`), whose argmax is the answer. Measured on the tiny preset (README, Backends and export).
+INT8_KEEP_FP32 = re.compile(r"/mlp/down_proj|/lm_head/|/fc2|/proj_out/|/layer\.\d+/output/dense")
 
 
 def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = OPSET, quantize: str | None = None,
@@ -92,7 +98,8 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
     """Export `model` (a float32 CPU PyTorch DestaModel loaded from `source`) into `out_dir`.
 
     quantize="int8": after the fp32 graphs pass the parity check, their MatMul/Gemm weights are
-    quantized to int8 (ONNX Runtime dynamic quantization; activations stay float).
+    quantized to int8 (ONNX Runtime dynamic quantization: activations are quantized per call), all
+    but those `INT8_KEEP_FP32` names.
     quantize="int4": their MatMul weights become 4-bit blocks of `NBITS_BLOCK_SIZE` with a scale and
     zero point each (ONNX Runtime's MatMulNBits). The accuracy cost of either is measured, not
     bounded here: see the README and `desta-edge eval`.
@@ -164,8 +171,9 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
         parity["llm"] = _parity(llm_step, llm_args, tmp / LLM_FILE, llm_in)
 
         quantized = [g for g in GRAPHS if g in quantize_graphs] if quantize else []  # in a fixed order
+        kept_fp32: dict[str, int] = {}
         if quantize == "int8":
-            _quantize_int8(tmp, tuple(GRAPHS[g] for g in quantized))
+            kept_fp32 = _quantize_int8(tmp, {g: GRAPHS[g] for g in quantized})
         elif quantize == "int4":
             _quantize_int4(tmp, tuple(GRAPHS[g] for g in quantized))
 
@@ -189,13 +197,23 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
             "signatures": {g: graph_signature(tmp / f) for g, f in GRAPHS.items()},
             "quantization": quantize,
             "quantized_graphs": quantized,
+            "int8_fp32_matmuls": kept_fp32,  # per quantized graph, MatMuls int8 left in fp32 (INT8_KEEP_FP32)
             "torch_version": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _quantize_int8(directory: Path, files: tuple[str, ...]) -> None:
+def int8_kept_nodes(path: Path) -> list[str]:
+    """Names of the MatMul/Gemm nodes of the graph at `path` that int8 keeps in fp32 (INT8_KEEP_FP32)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and INT8_KEEP_FP32.search(n.name)]
+
+
+def _quantize_int8(directory: Path, files: dict[str, str]) -> dict[str, int]:
+    """Quantize the graphs `files` (name -> file) in place; returns how many MatMuls each kept in fp32."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:  # pragma: no cover - onnxruntime ships it
@@ -203,14 +221,18 @@ def _quantize_int8(directory: Path, files: tuple[str, ...]) -> None:
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # quantize_dynamic logs a pre-processing hint on the root logger
+    kept = {}
     try:
-        for name in files:
+        for graph, name in files.items():
             src, dst = directory / name, directory / (name + ".int8")
-            logger.info("quantizing %s to int8 weights", name)
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            keep = int8_kept_nodes(src)
+            logger.info("quantizing %s to int8 weights (%d MatMuls kept in fp32)", name, len(keep))
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep)
             os.replace(dst, src)
+            kept[graph] = len(keep)
     finally:
         root.setLevel(level)
+    return kept
 
 
 def _quantize_int4(directory: Path, files: tuple[str, ...]) -> None:

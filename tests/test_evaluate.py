@@ -14,6 +14,7 @@ from desta_edge.training.evaluate import (
     AMBIGUOUS, QUESTIONS, EvalOptions, answer_correct, evaluate, expected_label, markdown_table, score_answer,
     transcript_only, write_report,
 )
+from desta_edge.training.metrics import word_error_rate
 
 from conftest import build_tiny_model
 
@@ -84,6 +85,19 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
     qa = result["spoken_qa"]
     assert qa["n"] == len((corpus / "spoken_qa.jsonl").read_text().splitlines()) > 0
     assert 0 <= qa["voice_transcript_only"] <= 1  # the same spoken questions without the audio embeddings
+    answers = qa["answers"]  # one row per question; the rates are their means
+    assert [a["question"] for a in answers] == [json.loads(x)["question"] for x in
+                                                (corpus / "spoken_qa.jsonl").read_text().splitlines()]
+    for k in ("voice", "text", "voice_true_transcript"):
+        assert qa[k] == pytest.approx(sum(a[f"{k}_correct"] for a in answers) / qa["n"])
+    engines = {c["id"]: c["synthesizer"] for c in clips}
+    assert {a["synthesizer"] for a in answers} == set(qa["by_synthesizer"]) <= set(engines.values())
+    assert all(a["synthesizer"] == engines[a["id"]] for a in answers)
+    assert sum(g["n"] for g in qa["by_synthesizer"].values()) == qa["n"]
+    for e, g in qa["by_synthesizer"].items():
+        mine = [a for a in answers if a["synthesizer"] == e]
+        assert g["voice_true_transcript"] == pytest.approx(sum(a["voice_true_transcript_correct"] for a in mine) / len(mine))
+        assert g["wer"] == word_error_rate([(a["question"], a["transcript"]) for a in mine])
     assert result["wer"]["n"] == sum(1 for c in clips if c["transcript"]) and result["wer"]["wer"] >= 0
     table = markdown_table(result)
     assert "| **average** |" in table and "transcript-only %" in table and "spoken QA" in table
@@ -91,6 +105,9 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
     j, m = write_report(result, tmp_path / "report")
     assert json.loads(j.read_text())["clips"] == len(clips) and m.read_text() == table
     assert "answers" not in json.loads(j.read_text())["paralinguistic"]
+    assert "answers" not in json.loads(j.read_text())["spoken_qa"] and "true transcript" in table
+    qa_rows = [json.loads(x) for x in (tmp_path / "report" / "qa_answers.jsonl").read_text().splitlines()]
+    assert qa_rows == answers
     rows = [json.loads(x) for x in (tmp_path / "report" / "answers.jsonl").read_text().splitlines()]
     for attr, entry in para["attributes"].items():  # one row per clip, attribute and variant; they add up
         for variant in para["variants"]:

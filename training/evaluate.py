@@ -26,7 +26,9 @@ Design choices:
   `ASSISTANT_SYSTEM` + `ASSISTANT_PROMPT`, as `desta-edge ask`) and the same questions asked in text
   to the backbone; an answer is correct if the expected answer's words appear in it, in order.
   A model with a connector also answers the spoken questions without its audio embeddings
-  (`voice_transcript_only`), which separates what ASR errors cost from what the adapter changes.
+  (`voice_transcript_only`: what the adapter changes), and every model answers them once more with
+  the true transcript handed in (`voice_true_transcript`: what ASR errors cost). All three, and the
+  WER of the questions, are also reported per synthesizer of the question's voice (`by_synthesizer`).
 - Each attribute also records how often each label was predicted per variant (`predicted`): an
   adapter that answers the same label for every clip shows up there at once.
 - WER of the model's transcripts on the held-out speech clips (`metrics.word_error_rate`).
@@ -45,7 +47,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -92,6 +94,7 @@ NEGATIONS = frozenset({"no", "not", "without", "never", "neither", "nor", "isn't
 NEGATION_REACH = 2
 DESCRIPTION_IN_TEXT = "description_in_text"  # the variant that reads the seed description as text
 ANSWERS = "answers.jsonl"  # write_report: every attribute answer, one JSON object per line
+QA_ANSWERS = "qa_answers.jsonl"  # write_report: every spoken question's answers, one JSON object per line
 NOISY_LABELS = ("Slightly noisy", "Noisy", "Very noisy")  # corpus noise labels scored as "Noisy"
 # fixed text-only conversations for the language-preservation check
 TEXT_CONVERSATIONS: list[list[dict[str, str]]] = [
@@ -302,14 +305,22 @@ def language_preservation(model, options: EvalOptions) -> dict[str, Any]:
 
 
 def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], options: EvalOptions,
-              root: Path) -> dict[str, Any]:
-    """Held-out questions by voice vs the same questions in text to the backbone."""
+              root: Path, synthesizers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Held-out questions by voice vs the same questions in text to the backbone.
+
+    Also by voice with the true transcript handed in (ASR skipped, the audio still encoded), which
+    puts a number on what transcription errors cost; and all three per synthesizer of the question's
+    voice (`synthesizers`: clip id -> engine), with the WER of its transcripts.
+    """
     if not rows:
         return {"n": 0}
     loc = model.config.audio_locator
-    voice_convs = [[{"role": "system", "content": ASSISTANT_SYSTEM},
-                    {"role": "user", "content": f"{loc}\n{ASSISTANT_PROMPT}",
-                     "audios": [{"audio": str(root / r["audio"]), "text": transcripts.get(r["id"])}]}] for r in rows]
+
+    def voice_convs(text_of: Callable[[dict[str, Any]], str | None]) -> list:
+        return [[{"role": "system", "content": ASSISTANT_SYSTEM},
+                 {"role": "user", "content": f"{loc}\n{ASSISTANT_PROMPT}",
+                  "audios": [{"audio": str(root / r["audio"]), "text": text_of(r)}]}] for r in rows]
+
     text_convs = [[{"role": "system", "content": ASSISTANT_SYSTEM}, {"role": "user", "content": r["question"]}]
                   for r in rows]
 
@@ -319,17 +330,27 @@ def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], op
     def correct(got: list[str]) -> list[bool]:
         return [answer_correct(r["answer"], a) for r, a in zip(rows, got)]
 
-    voice, text = answers(voice_convs, "spoken qa"), answers(text_convs, "text qa")
-    v_ok, t_ok = correct(voice), correct(text)
-    kept = sum(v and t for v, t in zip(v_ok, t_ok))
-    result = {"n": len(rows), "voice": sum(v_ok) / len(rows), "text": sum(t_ok) / len(rows),
-              "voice_given_text_correct": kept / sum(t_ok) if any(t_ok) else None,
-              "examples": [{"question": rows[0]["question"], "answer": rows[0]["answer"], "voice": voice[0],
-                            "text": text[0]}]}
+    by_asr = voice_convs(lambda r: transcripts.get(r["id"]))
+    got = {"voice": answers(by_asr, "spoken qa"), "text": answers(text_convs, "text qa"),
+           "voice_true_transcript": answers(voice_convs(lambda r: r["question"]), "spoken qa (true transcript)")}
+    ok = {k: correct(v) for k, v in got.items()}
+    kept = sum(v and t for v, t in zip(ok["voice"], ok["text"]))
+    result = {"n": len(rows), **{k: sum(v) / len(rows) for k, v in ok.items()},
+              "voice_given_text_correct": kept / sum(ok["text"]) if any(ok["text"]) else None,
+              "examples": [{"question": rows[0]["question"], "answer": rows[0]["answer"], "voice": got["voice"][0],
+                            "text": got["text"][0]}]}
     if model.audio_features and model.has_connector:
         # the same spoken questions without the audio embeddings: separates ASR errors from the adapter's effect
         with transcript_only(model):
-            result["voice_transcript_only"] = sum(correct(answers(voice_convs, "spoken qa (transcript-only)"))) / len(rows)
+            result["voice_transcript_only"] = sum(correct(answers(by_asr, "spoken qa (transcript-only)"))) / len(rows)
+    engine = [(synthesizers or {}).get(r["id"], "unknown") for r in rows]
+    result["by_synthesizer"] = {
+        e: {"n": len(idx), **{k: sum(v[i] for i in idx) / len(idx) for k, v in ok.items()},
+            "wer": word_error_rate([(rows[i]["question"], transcripts.get(rows[i]["id"]) or "") for i in idx])}
+        for e in sorted(set(engine)) for idx in [[i for i, x in enumerate(engine) if x == e]]}
+    result["answers"] = [{"id": r["id"], "synthesizer": engine[i], "question": r["question"], "expected": r["answer"],
+                          "transcript": transcripts.get(r["id"]), **{k: got[k][i] for k in got},
+                          **{f"{k}_correct": ok[k][i] for k in ok}} for i, r in enumerate(rows)]
     return result
 
 
@@ -337,7 +358,8 @@ def evaluate(model, options: EvalOptions) -> dict[str, Any]:
     """All four evaluations on `options.split` of the corpus; returns a JSON-ready dict."""
     t0 = time.perf_counter()
     root = Path(options.corpus_dir)
-    clips = [c for c in read_metadata(root) if c["split"] == options.split]
+    meta = list(read_metadata(root))
+    clips = [c for c in meta if c["split"] == options.split]
     if options.limit is not None:
         clips = clips[: options.limit]
     if not clips:
@@ -357,7 +379,8 @@ def evaluate(model, options: EvalOptions) -> dict[str, Any]:
         "options": _jsonable(asdict(options)),
         "paralinguistic": paralinguistic(model, clips, transcripts, options, root),
         "language_preservation": language_preservation(model, options),
-        "spoken_qa": spoken_qa(model, qa_rows, transcripts, options, root),
+        "spoken_qa": spoken_qa(model, qa_rows, transcripts, options, root,
+                               {c["id"]: c.get("synthesizer") or "unknown" for c in meta}),
         "wer": {"n": len(speech), "wer": wer},
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -398,7 +421,16 @@ def markdown_table(result: dict[str, Any]) -> str:
                   f"| by voice, of those the backbone answers in text | {_pct(qa['voice_given_text_correct'])} % |"]
         if "voice_transcript_only" in qa:
             lines.append(f"| spoken QA accuracy, by voice, transcript-only ablation | {_pct(qa['voice_transcript_only'])} % |")
+        if "voice_true_transcript" in qa:
+            lines.append(f"| spoken QA accuracy, by voice with the true transcript (ASR skipped) | "
+                         f"{_pct(qa['voice_true_transcript'])} % |")
     lines.append(f"| transcript WER (n={wer['n']}) | {_pct(wer['wer'])} % |")
+    if qa.get("by_synthesizer"):
+        lines += ["", "Spoken QA by the synthesizer of the question's voice:", "",
+                  "| synthesizer | n | by voice % | true transcript % | in text % | WER of the questions % |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {e} | {g['n']} | {_pct(g['voice'])} | {_pct(g['voice_true_transcript'])} | {_pct(g['text'])} "
+                  f"| {_pct(g['wer'])} |" for e, g in qa["by_synthesizer"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -417,19 +449,24 @@ def _by_clip_variant_table(para: dict[str, Any]) -> list[str]:
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The result without the per-clip answers (those go to answers.jsonl)."""
+    """The result without the per-clip and per-question answers (those go to answers.jsonl and qa_answers.jsonl)."""
     para = {k: v for k, v in result["paralinguistic"].items() if k != "answers"}
-    return {**result, "paralinguistic": para}
+    qa = {k: v for k, v in result["spoken_qa"].items() if k != "answers"}
+    return {**result, "paralinguistic": para, "spoken_qa": qa}
 
 
 def write_report(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """eval.json (the summary), eval.md (its tables) and answers.jsonl (every attribute answer, one per line:
-    clip id, attribute, variant, expected and predicted label, the answer and the clip's transcript)."""
+    """eval.json (the summary), eval.md (its tables), answers.jsonl (every attribute answer, one per line:
+    clip id, attribute, variant, expected and predicted label, the answer and the clip's transcript) and,
+    when there were spoken questions, qa_answers.jsonl (per question: its transcript, the three answers and
+    whether each is correct)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     j, m = out_dir / "eval.json", out_dir / "eval.md"
     j.write_text(json.dumps(summary(result), indent=2, ensure_ascii=False) + "\n")
     m.write_text(markdown_table(result))
-    with open(out_dir / ANSWERS, "w") as f:
-        for row in result["paralinguistic"].get("answers", []):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    for name, rows in ((ANSWERS, result["paralinguistic"].get("answers", [])),
+                       (QA_ANSWERS, result["spoken_qa"].get("answers", []))):
+        if rows or name == ANSWERS:
+            with open(out_dir / name, "w") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return j, m

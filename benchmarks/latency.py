@@ -1,6 +1,6 @@
 """End of speech -> first answer token, on a noisy multi-question recording fed at real-time pace.
 
-    python benchmarks/latency.py [--model tiny] [--onnx EXPORT_DIR] [--whisper-dtype bfloat16]
+    python benchmarks/latency.py [--model tiny] [--onnx EXPORT_DIR ...] [--whisper-dtype bfloat16]
                                  [--hangover-ms 500] [--recordings MANIFEST] [--fast] [--out benchmarks/results]
 
 Pipelines on the same models and recording, one after the other in the same run:
@@ -10,7 +10,8 @@ Pipelines on the same models and recording, one after the other in the same run:
   pause, prompt-prefix KV cache, the whole hangover before every answer;
 - desta-edge: the same, and a request the LLM judges finished ends after turn_end_ms of silence;
 - with --whisper-dtype: desta-edge with Whisper in that dtype (the LLM stays float32);
-- with --onnx: desta-edge on ONNX Runtime;
+- with --onnx (repeatable: an fp32 export and a quantized one side by side): desta-edge on ONNX
+  Runtime, named by the export's quantization;
 - with --encoder-padding-s S: the last of these again, its encoder reading the clip plus S s of
   silence instead of the 30 s window (`DestaModel.set_encoder_padding`).
 The recording includes hesitant requests (a pause mid-sentence) that must not be split. With
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hangover-ms", type=int, default=EndpointOptions().hangover_ms)
     p.add_argument("--pause-ms", type=int, default=EndpointOptions().pause_ms)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--onnx", default=None, help="also run desta-edge with this ONNX export (desta-edge export onnx)")
+    p.add_argument("--onnx", action="append", default=[],
+                   help="also run desta-edge with this ONNX export (desta-edge export onnx); repeatable")
     p.add_argument("--whisper-dtype", default=None, choices=[k for k in WHISPER_DTYPES if k != "float32"],
                    help="also run desta-edge with Whisper in this dtype (bfloat16 for CPUs with AMX)")
     p.add_argument("--encoder-padding-s", type=float, default=None, metavar="S",
@@ -222,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         model.backend.set_whisper_dtype(WHISPER_DTYPES[args.whisper_dtype])
         run(f"desta-edge, whisper {args.whisper_dtype}", model, reference=False)
     last, last_name = model, f"desta-edge, whisper {args.whisper_dtype}" if args.whisper_dtype else "desta-edge"
-    if args.onnx:
-        fast = DestaModel.from_pretrained(args.onnx, backend="onnx", device=args.device)
+    for export in args.onnx:
+        fast = DestaModel.from_pretrained(export, backend="onnx", device=args.device)
         fast.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)
-        run("desta-edge (onnx)", fast, reference=False)
-        last, last_name = fast, "desta-edge (onnx)"
+        last, last_name = fast, onnx_variant_name(fast.backend.manifest)
+        run(last_name, fast, reference=False)
     if args.encoder_padding_s:
         last.set_encoder_padding(args.encoder_padding_s)
         run(f"{last_name}, clip + {args.encoder_padding_s:g} s window", last, reference=False)
@@ -245,6 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_results(out, "latency", result, markdown(result), as_json=args.json)
     return 0
+
+
+def onnx_variant_name(manifest: dict) -> str:
+    """"desta-edge (onnx)" for an fp32 export, else its quantization and, if not all, the graphs it covers."""
+    quant, graphs = manifest.get("quantization"), manifest.get("quantized_graphs") or []
+    if not quant:
+        return "desta-edge (onnx)"
+    only = "" if len(graphs) == 3 else f", {'+'.join(graphs)} only"
+    return f"desta-edge (onnx {quant}{only})"
 
 
 if __name__ == "__main__":

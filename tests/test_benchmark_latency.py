@@ -49,3 +49,12 @@ def test_recording_from_given_requests_knows_their_boundaries(tmp_path):
     assert sr == 16000 and 1.2 <= truth[0].start_s <= 2.0 and truth[1].start_s - truth[0].end_s >= 1.2
     i = int(truth[0].start_s * sr)
     assert np.corrcoef(x[i : i + 8000], a)[0, 1] > 0.99  # the request itself, under 40 dB of noise
+
+
+def test_onnx_variants_are_named_by_their_quantization():
+    name = load_benchmark("latency").onnx_variant_name
+    graphs = ["encoder", "decoder", "llm"]
+    assert name({"quantization": None, "quantized_graphs": []}) == "desta-edge (onnx)"
+    assert name({"quantization": "int8", "quantized_graphs": graphs}) == "desta-edge (onnx int8)"
+    assert name({"quantization": "int8", "quantized_graphs": ["llm"]}) == "desta-edge (onnx int8, llm only)"
+    assert name({"quantization": "int4", "quantized_graphs": ["decoder", "llm"]}) == "desta-edge (onnx int4, decoder+llm only)"

@@ -22,7 +22,8 @@ def register_cli(sub) -> None:
     onnx.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
     onnx.add_argument("--out", required=True, help="export directory (replaced if it exists)")
     onnx.add_argument("--quantize", choices=("int8", "int4"), default=None,
-                      help="int8 (dynamic) or int4 (block-wise MatMulNBits) weights for CPU; measured accuracy cost")
+                      help="int8 (dynamic; feed-forward output and vocabulary projections stay fp32) or int4 "
+                           "(block-wise MatMulNBits) weights for CPU; measured accuracy cost in the README")
     onnx.add_argument("--quantize-graphs", default="encoder,decoder,llm",
                       help="comma-separated graphs --quantize applies to (default: encoder,decoder,llm); "
                            "'llm' keeps the speech graphs, and so the transcripts, exactly fp32")

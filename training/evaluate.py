@@ -340,14 +340,16 @@ def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], op
               "examples": [{"question": rows[0]["question"], "answer": rows[0]["answer"], "voice": got["voice"][0],
                             "text": got["text"][0]}]}
     if model.audio_features and model.has_connector:
-        # the same spoken questions without the audio embeddings: separates ASR errors from the adapter's effect
+        # the same spoken questions without the audio embeddings: what the adapter changes
         with transcript_only(model):
             result["voice_transcript_only"] = sum(correct(answers(by_asr, "spoken qa (transcript-only)"))) / len(rows)
     engine = [(synthesizers or {}).get(r["id"], "unknown") for r in rows]
-    result["by_synthesizer"] = {
-        e: {"n": len(idx), **{k: sum(v[i] for i in idx) / len(idx) for k, v in ok.items()},
-            "wer": word_error_rate([(rows[i]["question"], transcripts.get(rows[i]["id"]) or "") for i in idx])}
-        for e in sorted(set(engine)) for idx in [[i for i, x in enumerate(engine) if x == e]]}
+    result["by_synthesizer"] = {}
+    for e in sorted(set(engine)):
+        idx = [i for i, x in enumerate(engine) if x == e]
+        pairs = [(rows[i]["question"], transcripts.get(rows[i]["id"]) or "") for i in idx]
+        result["by_synthesizer"][e] = {"n": len(idx), **{k: sum(v[i] for i in idx) / len(idx) for k, v in ok.items()},
+                                       "wer": word_error_rate(pairs)}
     result["answers"] = [{"id": r["id"], "synthesizer": engine[i], "question": r["question"], "expected": r["answer"],
                           "transcript": transcripts.get(r["id"]), **{k: got[k][i] for k in got},
                           **{f"{k}_correct": ok[k][i] for k in ok}} for i, r in enumerate(rows)]
@@ -457,16 +459,15 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """eval.json (the summary), eval.md (its tables), answers.jsonl (every attribute answer, one per line:
-    clip id, attribute, variant, expected and predicted label, the answer and the clip's transcript) and,
-    when there were spoken questions, qa_answers.jsonl (per question: its transcript, the three answers and
-    whether each is correct)."""
+    clip id, attribute, variant, expected and predicted label, the answer and the clip's transcript) and
+    qa_answers.jsonl (per spoken question: its transcript, the answers and whether each is correct;
+    empty for a corpus without spoken questions)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     j, m = out_dir / "eval.json", out_dir / "eval.md"
     j.write_text(json.dumps(summary(result), indent=2, ensure_ascii=False) + "\n")
     m.write_text(markdown_table(result))
     for name, rows in ((ANSWERS, result["paralinguistic"].get("answers", [])),
                        (QA_ANSWERS, result["spoken_qa"].get("answers", []))):
-        if rows or name == ANSWERS:
-            with open(out_dir / name, "w") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        with open(out_dir / name, "w") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return j, m

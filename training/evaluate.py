@@ -343,7 +343,7 @@ def spoken_qa(model, rows: list[dict[str, Any]], transcripts: dict[str, str], op
         # the same spoken questions without the audio embeddings: what the adapter changes
         with transcript_only(model):
             result["voice_transcript_only"] = sum(correct(answers(by_asr, "spoken qa (transcript-only)"))) / len(rows)
-    engine = [(synthesizers or {}).get(r["id"], "unknown") for r in rows]
+    engine = [(synthesizers or {}).get(r["id"]) or "unknown" for r in rows]
     result["by_synthesizer"] = {}
     for e in sorted(set(engine)):
         idx = [i for i, x in enumerate(engine) if x == e]
@@ -382,7 +382,7 @@ def evaluate(model, options: EvalOptions) -> dict[str, Any]:
         "paralinguistic": paralinguistic(model, clips, transcripts, options, root),
         "language_preservation": language_preservation(model, options),
         "spoken_qa": spoken_qa(model, qa_rows, transcripts, options, root,
-                               {c["id"]: c.get("synthesizer") or "unknown" for c in meta}),
+                               {c["id"]: c.get("synthesizer") for c in meta}),
         "wer": {"n": len(speech), "wer": wer},
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)

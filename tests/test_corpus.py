@@ -76,6 +76,22 @@ def test_noise_colors_have_the_expected_spectral_tilt():
     assert slopes["brown"] == pytest.approx(-20, abs=1.5)
 
 
+def test_noise_power_is_audible_whatever_the_clip_length():
+    # brown noise used to put nearly all its power below 1 Hz: a "0 dB SNR" clip sounded clean,
+    # and the longer the clip, the quieter its audible part
+    rng = np.random.default_rng(4)
+    for color in ("white", "pink", "brown"):
+        shares = []
+        for seconds in (1, 3, 10):
+            y = acoustics.colored_noise(seconds * SR, color, rng)
+            power = np.abs(np.fft.rfft(y.astype(np.float64))) ** 2
+            f = np.fft.rfftfreq(len(y), 1 / SR)
+            assert power[f < acoustics.NOISE_LOW_CUT_HZ].sum() < 1e-9 * power.sum(), (color, seconds)
+            shares.append(power[f >= 100].sum() / power.sum())
+        assert min(shares) > 0.15, (color, shares)  # brown: about 20% above 100 Hz
+        assert max(shares) < 1.5 * min(shares), (color, shares)  # before the cut: 8x apart from 3 s to 10 s
+
+
 def test_sounds_have_requested_length_and_silence_is_silent():
     rng = np.random.default_rng(3)
     for kind in acoustics.SOUND_KINDS:

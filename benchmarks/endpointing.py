@@ -7,7 +7,7 @@
 The ten spoken questions of `latency.py` (two of them hesitant, with a pause mid-sentence) are
 laid out with 1.2-2.0 s gaps and mixed with one background at a given SNR (speech power over
 background power):
-- white, pink (1/f) and brown (1/f^2) noise;
+- white, pink (1/f) and brown (1/f^2) noise (the corpus's generator: nothing below 20 Hz);
 - hum: a 50 Hz mains hum with its harmonics over brown noise;
 - babble: six other synthetic talkers (espeak-ng and flite) saying other sentences at once;
 - music: random three-note chords of harmonic tones, a new one every 0.5 s, each decaying.
@@ -36,6 +36,7 @@ from recording import QUESTIONS, RATE, _speak, recorded_requests  # noqa: E402
 from report import write_results  # noqa: E402
 
 from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd  # noqa: E402
+from desta_edge.training.acoustics import colored_noise  # noqa: E402
 
 NOISES = ("white", "pink", "brown", "hum", "babble", "music")
 BABBLE = [  # other talkers: (sentence, engine, voice)
@@ -63,25 +64,15 @@ def layout(speech: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarr
     return np.concatenate(parts), truth
 
 
-def _colored(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    freqs = np.fft.rfftfreq(n)
-    freqs[0] = freqs[1]
-    spectrum = (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) / freqs ** (exponent / 2)
-    return np.fft.irfft(spectrum, n)
-
-
 def background(kind: str, n: int, rng: np.random.Generator, talkers: list[np.ndarray]) -> np.ndarray:
     t = np.arange(n) / RATE
     if kind == "white":
         x = rng.standard_normal(n)
-    elif kind == "pink":
-        x = _colored(n, 1.0, rng)
-    elif kind == "brown":
-        x = _colored(n, 2.0, rng)
+    elif kind in ("pink", "brown"):
+        x = colored_noise(n, kind, rng, RATE)
     elif kind == "hum":
-        brown = _colored(n, 2.0, rng)
         hum = sum(np.sin(2 * np.pi * 50 * k * t) / k for k in range(1, 6))
-        x = brown / np.std(brown) * 0.5 + hum
+        x = colored_noise(n, "brown", rng, RATE) * 0.5 + hum
     elif kind == "babble":
         x = np.zeros(n)
         for talker in talkers:  # each talks on and on (with short breaths), from a random point

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import socket
@@ -18,6 +19,7 @@ from desta_edge.runtime.checkpoint import read_weights
 from desta_edge.runtime.prompt import build_batch
 from desta_edge.training.cli import register_cli
 from desta_edge.training.dataset import IGNORE_INDEX, MAX_TRAIN_TRANSCRIPT_TOKENS, AQADataset, Collator
+from desta_edge.training import trainer as trainer_module
 from desta_edge.training.trainer import TrainOptions, train, training_loss, warmup_cosine
 
 from conftest import build_tiny_model
@@ -157,10 +159,13 @@ def test_a_few_steps_overfit_a_tiny_batch(tmp_path):
     assert rows[0]["lr"] == pytest.approx(3e-3) and rows[-1]["lr"] < 1e-4  # cosine to zero
 
 
-def test_bf16_autocast_on_the_cpu_trains_fp32_weights(tmp_path):
+def test_bf16_autocast_on_the_cpu_trains_fp32_weights(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
     model = build_tiny_model()
     before = connector_state(model)
-    result = train(options(tmp_path, steps=2, precision="bf16", device="cpu"), model)
+    with caplog.at_level(logging.WARNING, logger=trainer_module.__name__):
+        result = train(options(tmp_path, steps=2, precision="bf16", device="cpu"), model)
+    assert "no native bfloat16" in caplog.text  # emulated bf16 is slow: the user is told
     rows = [json.loads(line) for line in result.metrics.read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
     after = connector_state(model)

@@ -98,7 +98,7 @@ def register_cli(subparsers: Any) -> None:
     t.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     t.add_argument("--precision", choices=("tf32", "bf16"), default="tf32",
                    help="tf32: fp32 weights (TF32 matmuls on CUDA); bf16: bf16 autocast, with bf16 backbones on CUDA "
-                        "and fp32 weights on the CPU (default: tf32)")
+                        "and fp32 weights on the CPU, where it pays only with AVX512-BF16 or AMX (default: tf32)")
     t.add_argument("--lora", choices=LORA_SCOPES, default=None,
                    help="also train LoRA r=16 on the LLM's q/k/v: on every token (all, as the reference) or only "
                         "from a conversation's first audio position on (audio: text-only answers stay the backbone's)")

@@ -20,8 +20,9 @@ Design choices:
   within 60 steps (batch 32) where the same run in TF32 trained cleanly at 0.2 s/step; the cause
   is not established, so bf16 is opt-in. On the CPU, `"bf16"` keeps every weight in fp32 and runs
   the matmuls under bf16 autocast (oneDNN uses AMX / AVX512-BF16 where the CPU has them): a
-  connector step at batch 8 with one-word targets took 3.0 s instead of 4.4 s on the 2-core
-  development CPU.
+  connector step at batch 8 with one-word targets took 3.0 s instead of 4.4 s on a 2-core Intel
+  CPU with AMX. A CPU without them emulates bf16 (a step of the shipped recipe took 282 s against
+  14 s in fp32 on a 2-core AVX2 AMD EPYC), which is logged as a warning.
 - Exact resume: the data order is a pure function of (seed, epoch, world size) through
   `DistributedSampler` (also used with one process), a resumed run skips the micro-batches already
   consumed, and `trainer_state.pt` holds the optimizer, the scheduler, the step and every rank's
@@ -64,6 +65,7 @@ from tqdm.auto import tqdm
 
 from desta_edge.runtime.checkpoint import WEIGHTS_NAME, load_adapter, read_weights, save_checkpoint
 from desta_edge.runtime.prompt import splice
+from desta_edge.runtime.torch_backend import cpu_has_native_bf16
 
 from .dataset import IGNORE_INDEX, AQADataset, Collator, TrainBatch
 
@@ -354,6 +356,9 @@ def train(options: TrainOptions, model=None, *, on_step: Callable[[dict[str, Any
         _check_plotting()
     t_start = time.perf_counter()
     d = _setup_distributed(options.device)
+    if options.precision == "bf16" and d.device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 autocast is emulated and "
+                       "much slower than --precision tf32 (20x per step, measured on an AVX2 CPU)")
     try:
         torch.manual_seed(options.seed + d.rank)
         if model is None:

@@ -12,9 +12,11 @@ text. The tensors live in a backend (`backends.py`); the PyTorch one is `torch_b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -135,6 +137,18 @@ class DestaModel:
         # with audio; text-only prompts always run whole, exactly as the backbone would)
         self.use_prefix_cache = True
         self.encoder_padding_s: float | None = None  # see set_encoder_padding
+        self._embedding_cache: dict[tuple[int, bytes], torch.Tensor] | None = None  # see audio_embedding_cache
+
+    @contextmanager
+    def audio_embedding_cache(self) -> Iterator[None]:
+        """Within this block, a clip that comes again with its transcript given (no ASR needed)
+        reuses its audio embeddings instead of running the encoder again: `eval` asks every clip
+        several questions. Keyed by the samples and the encoder window; emptied when the block ends."""
+        self._embedding_cache = {}
+        try:
+            yield
+        finally:
+            self._embedding_cache = None
 
     def set_encoder_padding(self, seconds: float | None) -> None:
         """Let the encoder read each batch's longest clip plus `seconds` of silence instead of the
@@ -439,12 +453,17 @@ class DestaModel:
                 else:
                     transcripts[i] = NO_SPEECH_TRANSCRIPT
         use_connector = self.audio_features and bool(refs)
-        audio_embeds = None
+        audio_embeds, encode_idx, cache = None, [], None
         if use_connector or need_asr:
             encode_idx = list(range(len(clips))) if use_connector else need_asr
+            frames = encoder_frames(max(len(clips[i].samples) for i in encode_idx), self.encoder_padding_s)
+            cache = self._embedding_cache if use_connector and not need_asr else None
+            if cache is not None:  # encode only the clips not seen before in this window
+                keys = [(frames, hashlib.sha1(clip.samples.tobytes()).digest()) for clip in clips]
+                encode_idx = [i for i, k in enumerate(keys) if k not in cache]
+        if encode_idx:
             t = time.perf_counter()
-            samples = [clips[i].samples for i in encode_idx]
-            feats = self.features(samples, encoder_frames(max(map(len, samples)), self.encoder_padding_s))
+            feats = self.features([clips[i].samples for i in encode_idx], frames)
             timings["features"] = (time.perf_counter() - t) * 1000
             stop_if_cancelled("features")
             t = time.perf_counter()
@@ -460,6 +479,9 @@ class DestaModel:
                 for i, text in zip(need_asr, texts):
                     transcripts[i] = text
                 stop_if_cancelled("the transcript")
+        if cache is not None:
+            cache.update((keys[i], audio_embeds[row : row + 1]) for row, i in enumerate(encode_idx))
+            audio_embeds = torch.cat([cache[k] for k in keys])
         text_ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in transcripts]
         n_audio = self.config.prompt_size if use_connector else 0
         batch = build_batch(

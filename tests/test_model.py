@@ -344,3 +344,23 @@ def test_encoder_padding_shortens_the_window_the_encoder_reads(tiny_model):
         tiny_model.set_encoder_padding(None)
         del backend.encode
     assert frames == [3000, 400, 3000]
+
+
+def test_audio_embedding_cache_encodes_each_clip_once_with_the_same_answers(tiny_model):
+    a, b = (speechlike(seed=5), 16000), (speechlike(seed=6), 16000)
+    questions = [[conv(text="one", audio=a, prompt="Who?"), conv(text="two", audio=b, prompt="Who?")],
+                 [conv(text="two", audio=b, prompt="How fast?")],
+                 [conv(text="one", audio=a, prompt="How loud?"), conv(text="two", audio=b, prompt="How loud?")]]
+    plain = [tiny_model.generate(q, max_new_tokens=3).generated_ids for q in questions]
+    calls, hook = count_encoder_passes(tiny_model)
+    try:
+        with tiny_model.audio_embedding_cache():
+            cached = [tiny_model.generate(q, max_new_tokens=3) for q in questions]
+            unknown = tiny_model.generate(conv(text=None, audio=a), max_new_tokens=1)  # needs ASR: encoded
+        again = tiny_model.generate(questions[1], max_new_tokens=3)  # the block has ended: encoded
+    finally:
+        hook.remove()
+    assert calls == [2, 1, 1], "the two clips once, then the ASR question and the call after the block"
+    assert [c.generated_ids for c in cached] == plain
+    assert cached[1].timings_ms["encoder"] == 0 and again.timings_ms["encoder"] > 0
+    assert unknown.timings_ms["asr"] > 0

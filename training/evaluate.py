@@ -20,6 +20,8 @@ Design choices:
 - Every clip is transcribed once by the model's own ASR (a one-token `generate`, the runtime's
   path), and that transcript is passed as the clip's `text` afterwards, so the questions do not
   repeat ASR; the answers are what the runtime gives a user whose clip transcribes that way.
+  Its audio embeddings are computed once too (`DestaModel.audio_embedding_cache`) and reused for
+  every later question about it.
 - Language preservation: fixed text-only conversations; the model's greedy token ids must equal the
   backbone LLM's own `generate` on the chat template's ids.
 - Spoken QA: the corpus's `spoken_qa.jsonl` questions asked by voice (the assistant's default turn,
@@ -375,16 +377,17 @@ def evaluate(model, options: EvalOptions) -> dict[str, Any]:
     transcripts = dict(zip(ids, transcribe(model, [str(root / paths[i]) for i in ids], options)))
     speech = [c for c in clips if c.get("transcript")]
     wer = word_error_rate([(c["transcript"], transcripts[c["id"]]) for c in speech]) if speech else None
-    result = {
-        "model": model.name, "backend": model.backend_name, "split": options.split, "clips": len(clips),
-        "encoder_padding_s": model.encoder_padding_s,
-        "options": _jsonable(asdict(options)),
-        "paralinguistic": paralinguistic(model, clips, transcripts, options, root),
-        "language_preservation": language_preservation(model, options),
-        "spoken_qa": spoken_qa(model, qa_rows, transcripts, options, root,
-                               {c["id"]: c.get("synthesizer") for c in meta}),
-        "wer": {"n": len(speech), "wer": wer},
-    }
+    with model.audio_embedding_cache():  # each clip is asked several questions: encode it once
+        result = {
+            "model": model.name, "backend": model.backend_name, "split": options.split, "clips": len(clips),
+            "encoder_padding_s": model.encoder_padding_s,
+            "options": _jsonable(asdict(options)),
+            "paralinguistic": paralinguistic(model, clips, transcripts, options, root),
+            "language_preservation": language_preservation(model, options),
+            "spoken_qa": spoken_qa(model, qa_rows, transcripts, options, root,
+                                   {c["id"]: c.get("synthesizer") for c in meta}),
+            "wer": {"n": len(speech), "wer": wer},
+        }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 

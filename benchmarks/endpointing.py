@@ -2,6 +2,7 @@
 
     python benchmarks/endpointing.py [--noises white,pink,brown,hum,babble,music] [--snrs 20,10,5]
                                      [--seeds 3] [--recordings MANIFEST] [--talker-drop-db 6,10]
+                                     [--spectral-gate 4:6,5:0]
                                      [--out benchmarks/results]
 
 The ten spoken questions of `latency.py` (two of them hesitant, with a pause mid-sentence) are
@@ -15,7 +16,8 @@ With `--recordings` (a manifest from `real_voices.py`), the requests are instead
 whole-file recordings of people (single phrases and sentences: corpus prompts, digits, words,
 channel names), so onsets, endings and pauses are real speech's.
 Only the endpointer runs (webrtcvad, default options; with `--talker-drop-db`, also with the
-talker gate at each drop), so this takes seconds and needs no model.
+talker gate at each drop; with `--spectral-gate S:N`, also with the spectral gate at S dB and the
+level gate at N dB, 0 turning it off), so this takes seconds and needs no model.
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
 cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.
@@ -114,7 +116,8 @@ def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointO
 
 
 def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions(),
-        recordings: Path | None = None, talker_drop_db: list[float] = ()) -> dict:
+        recordings: Path | None = None, talker_drop_db: list[float] = (),
+        spectral_gate: list[tuple[float, float]] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if recordings is None:
             speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav")
@@ -126,6 +129,8 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
     variants = {"webrtcvad only": replace(opts, noise_gate_db=0.0, talker_drop_db=0.0),
                 "with the noise gate": replace(opts, talker_drop_db=0.0)}
     variants |= {f"noise gate + talker gate {d:g} dB": replace(opts, talker_drop_db=d) for d in talker_drop_db}
+    variants |= {f"spectral gate {s:g} dB" + (f" + noise gate {n:g} dB" if n else ""):
+                 replace(opts, talker_drop_db=0.0, spectral_gate_db=s, noise_gate_db=n) for s, n in spectral_gate}
     rows = []
     for kind in noises:
         for snr in snrs:
@@ -168,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests: the whole-file recordings of a real_voices.py manifest instead of synthetic questions")
     p.add_argument("--talker-drop-db", default="",
                    help="comma-separated: also run the talker gate at these drops in dB (EndpointOptions.talker_drop_db)")
+    p.add_argument("--spectral-gate", default="", metavar="S:N,...",
+                   help="comma-separated: also run the spectral gate at S dB with the noise gate at N dB (0: off) "
+                        "(EndpointOptions.spectral_gate_db, noise_gate_db)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     args = p.parse_args(argv)
@@ -178,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     drops = [float(d) for d in args.talker_drop_db.split(",") if d]
+    try:
+        spectral = [(float(s), float(n)) for s, n in (pair.split(":") for pair in args.spectral_gate.split(",") if pair)]
+    except ValueError:
+        p.error(f"--spectral-gate takes S:N pairs in dB, e.g. 4:6,5:0; got {args.spectral_gate!r}")
     result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, recordings=args.recordings,
-                 talker_drop_db=drops)
+                 talker_drop_db=drops, spectral_gate=spectral)
     write_results(out, "endpointing", result, markdown(result), as_json=args.json)
     return 0
 

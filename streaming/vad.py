@@ -30,6 +30,14 @@ within an utterance, a frame more than that far below the median level of the ut
 voiced frames no longer continues it, so the loud moments of a crowd or of music in the gap
 after a request stop carrying it into the next one. It merges fewer requests and splits a few
 more, which is why it is off by default.
+An opt-in spectral gate (`spectral_gate_db`) judges a frame against the background band by band
+in the same saturating background: the mean, over 16 bands from 150 Hz to 7 kHz, of the frame's
+power over that band's background level (the same percentile of the window). Speech stands far
+above a steady noise in the bands it occupies even when the whole frame does not, so in steady
+noise (fans, engines, hiss, rumble) at 5-10 dB SNR it keeps quiet speech the level gate drops and
+stops a low rumble from carrying one request into the next. In a crowd the bands of the other
+talkers' speech come and go, their floors are low, and it lets too much through, which is why it
+is off by default (README, "Endpointing in noise").
 
 `turn_check(utterance) -> bool` is an optional callable (the assistant's end-of-turn detector),
 asked once per pause, at the frame where the silence reaches `turn_end_ms`. The machine stays
@@ -59,6 +67,8 @@ NOISE_FLOOR_PERCENTILE = 10  # the background level: this percentile of recent f
 NOISE_MIN_HISTORY_MS = 1000
 TALKER_MIN_MS = 200  # voiced audio an utterance needs before its talker's level is trusted
 SILENCE_DB = -70.0  # frame energies are floored here (digital silence has no level)
+SPECTRAL_FFT = 512  # FFT length of the spectral gate (covers a 30 ms frame: 480 samples)
+SPECTRAL_EDGES_HZ = np.linspace(150.0, 7000.0, 17)  # its 16 equal bands across the speech range
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,9 @@ class EndpointOptions:
     # in saturating background, a frame this far below the utterance's own talker no longer
     # continues it (the median level of its voiced frames; 0: off)
     talker_drop_db: float = 0.0
+    # in saturating background, voiced = also this far above the background on average over 16
+    # frequency bands, each against its own level (0: off; for steady noise: fans, engines, hiss)
+    spectral_gate_db: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frame_ms not in VALID_FRAME_MS:
@@ -100,8 +113,9 @@ class EndpointOptions:
             raise ValueError(f"max_utterance_s must be in (0, 30], got {self.max_utterance_s}")
         if self.tail_ms > self.pause_ms:
             raise ValueError("tail_ms must not exceed pause_ms (a speculative start must see the final audio)")
-        if self.talker_drop_db < 0:
-            raise ValueError(f"talker_drop_db must be >= 0, got {self.talker_drop_db}")
+        if self.talker_drop_db < 0 or self.spectral_gate_db < 0:
+            raise ValueError(f"need talker_drop_db >= 0 and spectral_gate_db >= 0, got {self.talker_drop_db} "
+                             f"and {self.spectral_gate_db}")
         if self.noise_gate_db < 0 or self.noise_window_ms < NOISE_MIN_HISTORY_MS:
             raise ValueError(f"need noise_gate_db >= 0 and noise_window_ms >= {NOISE_MIN_HISTORY_MS}, got "
                              f"{self.noise_gate_db} and {self.noise_window_ms}")
@@ -178,11 +192,17 @@ class Endpointer:
         self._window: deque[bool] = deque(maxlen=opts.frames(opts.start_window_ms))
         self._next_id = 0
         self.vad_errors = 0  # frames webrtcvad refused (counted, logged, treated as silence)
-        self.gated_frames = 0  # frames webrtcvad called voiced that the noise gate judged background
+        self.gated_frames = 0  # frames webrtcvad called voiced that the noise or spectral gate judged background
         self.talker_gated_frames = 0  # voiced frames too far below the utterance's talker to continue it
         n = opts.frames(opts.noise_window_ms)
         self._energies: deque[float] = deque(maxlen=n)  # dB of recent frames
         self._vad_votes: deque[bool] = deque(maxlen=n)  # webrtcvad's verdicts on them
+        self._bands: deque[np.ndarray] = deque(maxlen=n)  # band powers of recent frames (spectral gate)
+        if opts.spectral_gate_db > 0:
+            freqs = np.fft.rfftfreq(SPECTRAL_FFT, 1 / SAMPLE_RATE)
+            self._band_of = np.digitize(freqs, SPECTRAL_EDGES_HZ) - 1  # FFT bin -> band (-1, 16: outside)
+            self._in_band = (self._band_of >= 0) & (self._band_of < len(SPECTRAL_EDGES_HZ) - 1)
+            self._window_fn = np.hanning(opts.frame_samples)
         self._reset_utterance()
 
     def _reset_utterance(self) -> None:
@@ -232,17 +252,31 @@ class Endpointer:
             logger.warning("webrtcvad rejected frame %d (%s); counted as silence", self._frame_index, e)
             return False
 
-    def _gated(self, energy: float, voiced: bool) -> bool:
+    def _band_powers(self, frame: np.ndarray) -> np.ndarray:
+        """Power of the frame in each band of the spectral gate: [16]."""
+        power = np.abs(np.fft.rfft(frame * self._window_fn, SPECTRAL_FFT)) ** 2
+        n = len(SPECTRAL_EDGES_HZ) - 1
+        return np.bincount(self._band_of[self._in_band], weights=power[self._in_band], minlength=n) + 1e-12
+
+    def _gated(self, energy: float, voiced: bool, bands: np.ndarray | None) -> bool:
         """webrtcvad's verdict, overruled for frames no louder than a background it keeps calling voiced."""
+        o = self.opts
         self._energies.append(energy)
         self._vad_votes.append(voiced)
-        if (not voiced or (self.opts.noise_gate_db <= 0 and self.opts.talker_drop_db <= 0)
-                or len(self._vad_votes) < self.opts.frames(NOISE_MIN_HISTORY_MS)
+        if bands is not None:
+            self._bands.append(bands)
+        if (not voiced or (o.noise_gate_db <= 0 and o.talker_drop_db <= 0 and o.spectral_gate_db <= 0)
+                or len(self._vad_votes) < o.frames(NOISE_MIN_HISTORY_MS)
                 or sum(self._vad_votes) < NOISE_SATURATION * len(self._vad_votes)):
             return voiced
-        if self.opts.noise_gate_db > 0:
+        if o.noise_gate_db > 0:
             background = float(np.percentile(self._energies, NOISE_FLOOR_PERCENTILE))
-            if energy < background + self.opts.noise_gate_db:
+            if energy < background + o.noise_gate_db:
+                self.gated_frames += 1
+                return False
+        if bands is not None:
+            floors = np.percentile(np.stack(self._bands), NOISE_FLOOR_PERCENTILE, axis=0)  # [16]
+            if 10 * np.log10(np.mean(bands / floors)) < o.spectral_gate_db:
                 self.gated_frames += 1
                 return False
         if self.in_speech and self._below_talker(energy):
@@ -258,7 +292,8 @@ class Endpointer:
 
     def _frame(self, frame: np.ndarray) -> list[Event]:
         energy = max(SILENCE_DB, 10 * float(np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12)))
-        voiced = self._gated(energy, self._is_speech(frame))
+        bands = self._band_powers(frame) if self.opts.spectral_gate_db > 0 else None
+        voiced = self._gated(energy, self._is_speech(frame), bands)
         if voiced and self.in_speech:
             bisect.insort(self._talker, energy)
         idx = self._frame_index

@@ -144,7 +144,7 @@ def test_state_stays_bounded_over_many_utterances():
     ({"frame_ms": 25}, "frame_ms"), ({"aggressiveness": 4}, "aggressiveness"),
     ({"pause_ms": 600}, "pause_ms"), ({"max_utterance_s": 31}, "max_utterance_s"),
     ({"tail_ms": 200}, "tail_ms"), ({"turn_end_ms": 100}, "turn_end_ms"), ({"turn_end_ms": 600}, "turn_end_ms"),
-    ({"noise_gate_db": -1}, "noise_gate_db"), ({"talker_drop_db": -1}, "talker_drop_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
+    ({"noise_gate_db": -1}, "noise_gate_db"), ({"talker_drop_db": -1}, "talker_drop_db"), ({"spectral_gate_db": -1}, "spectral_gate_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -195,6 +195,39 @@ def test_talker_gate_ends_a_request_that_a_fluctuating_background_would_carry_on
     assert ends[-1].speech_end_s == pytest.approx(3.7) and ends[-1].reason == "silence"
     assert ends[-1].start_s == pytest.approx(2.7 - 0.3)  # the request, with its pre-roll
     assert ep.talker_gated_frames > 0
+
+
+def _tones_in_steady_noise() -> np.ndarray:
+    """Two 1 s requests (three harmonics of 400 Hz) in white noise that is only 3 dB quieter in all:
+    by level, a request is barely above the background; in its own bands it is far above it."""
+    x = signal(("s", 2.0), ("v", 1.0), ("s", 1.5), ("v", 1.0), ("s", 1.5))
+    t = np.arange(len(x)) / RATE
+    tone = sum(np.sin(2 * np.pi * 400 * k * t) for k in (1, 2, 3)) * (np.abs(x) > 0)
+    noise = np.random.default_rng(0).standard_normal(len(x))
+    tone *= np.sqrt(np.mean(noise**2) / np.mean(tone[tone != 0] ** 2) * 10 ** (3 / 10))
+    return (0.02 * (noise + tone)).astype(np.float32)
+
+
+def test_spectral_gate_finds_requests_the_level_gate_loses_in_steady_noise():
+    x = _tones_in_steady_noise()
+    vad = lambda: EnergyVad(threshold=0.005)  # noqa: E731  calls the noise voiced throughout
+    events, ep = run(x, vad=vad())  # the level gate: the requests are not 6 dB above the noise
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert all(e.speech_end_s < 1.5 for e in ends) and ep.gated_frames > 0  # only the ungated first second
+    events, ep = run(x, EndpointOptions(noise_gate_db=0, spectral_gate_db=5), vad=vad())
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert [e.reason for e in ends] == ["silence"] * 3 and ends[0].speech_end_s < 1.5
+    assert [round(e.speech_end_s, 2) for e in ends[1:]] == [3.0, 5.5]  # where each request stopped
+    assert ends[1].start_s == pytest.approx(2.0 - 0.3) and ep.gated_frames > 0
+    events, _ = run(x, EndpointOptions(spectral_gate_db=5), vad=vad())  # with the level gate as well: lost again
+    assert all(e.speech_end_s < 1.5 for e in events if isinstance(e, SpeechEnd))
+
+
+def test_spectral_gate_stays_out_of_a_quiet_room():
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0), ("v", 2.0), ("s", 1.0))
+    plain, _ = run(x, EndpointOptions(noise_gate_db=0))
+    gated, ep = run(x, EndpointOptions(noise_gate_db=0, spectral_gate_db=5))
+    assert ep.gated_frames == 0 and [(type(e), e.audio_s) for e in gated] == [(type(e), e.audio_s) for e in plain]
 
 
 def test_webrtcvad_on_synthesized_speech_in_noise(tmp_path):

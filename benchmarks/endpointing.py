@@ -17,7 +17,7 @@ whole-file recordings of people (single phrases and sentences: corpus prompts, d
 channel names), so onsets, endings and pauses are real speech's.
 Only the endpointer runs (webrtcvad, default options; with `--talker-drop-db`, also with the
 talker gate at each drop; with `--spectral-gate S:N`, also with the spectral gate at S dB and the
-level gate at N dB, 0 turning it off), so this takes seconds and needs no model.
+level gate at N dB, N = 0 for the spectral gate alone), so this takes seconds and needs no model.
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
 cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.

@@ -144,7 +144,8 @@ def test_state_stays_bounded_over_many_utterances():
     ({"frame_ms": 25}, "frame_ms"), ({"aggressiveness": 4}, "aggressiveness"),
     ({"pause_ms": 600}, "pause_ms"), ({"max_utterance_s": 31}, "max_utterance_s"),
     ({"tail_ms": 200}, "tail_ms"), ({"turn_end_ms": 100}, "turn_end_ms"), ({"turn_end_ms": 600}, "turn_end_ms"),
-    ({"noise_gate_db": -1}, "noise_gate_db"), ({"talker_drop_db": -1}, "talker_drop_db"), ({"spectral_gate_db": -1}, "spectral_gate_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
+    ({"noise_gate_db": -1}, "noise_gate_db"), ({"talker_drop_db": -1}, "talker_drop_db"),
+    ({"spectral_gate_db": -1}, "spectral_gate_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -68,7 +68,8 @@ NOISE_MIN_HISTORY_MS = 1000
 TALKER_MIN_MS = 200  # voiced audio an utterance needs before its talker's level is trusted
 SILENCE_DB = -70.0  # frame energies are floored here (digital silence has no level)
 SPECTRAL_FFT = 512  # FFT length of the spectral gate (covers a 30 ms frame: 480 samples)
-SPECTRAL_EDGES_HZ = np.linspace(150.0, 7000.0, 17)  # its 16 equal bands across the speech range
+SPECTRAL_BANDS = 16  # equal bands of the spectral gate across the speech range ...
+SPECTRAL_EDGES_HZ = np.linspace(150.0, 7000.0, SPECTRAL_BANDS + 1)  # ... between these edges
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,9 @@ class Endpointer:
         self._vad_votes: deque[bool] = deque(maxlen=n)  # webrtcvad's verdicts on them
         self._bands: deque[np.ndarray] = deque(maxlen=n)  # band powers of recent frames (spectral gate)
         if opts.spectral_gate_db > 0:
-            freqs = np.fft.rfftfreq(SPECTRAL_FFT, 1 / SAMPLE_RATE)
-            self._band_of = np.digitize(freqs, SPECTRAL_EDGES_HZ) - 1  # FFT bin -> band (-1, 16: outside)
-            self._in_band = (self._band_of >= 0) & (self._band_of < len(SPECTRAL_EDGES_HZ) - 1)
+            band_of = np.digitize(np.fft.rfftfreq(SPECTRAL_FFT, 1 / SAMPLE_RATE), SPECTRAL_EDGES_HZ) - 1
+            self._in_band = (band_of >= 0) & (band_of < SPECTRAL_BANDS)  # FFT bins inside the bands
+            self._band_of = band_of[self._in_band]  # their band
             self._window_fn = np.hanning(opts.frame_samples)
         self._reset_utterance()
 
@@ -255,8 +256,7 @@ class Endpointer:
     def _band_powers(self, frame: np.ndarray) -> np.ndarray:
         """Power of the frame in each band of the spectral gate: [16]."""
         power = np.abs(np.fft.rfft(frame * self._window_fn, SPECTRAL_FFT)) ** 2
-        n = len(SPECTRAL_EDGES_HZ) - 1
-        return np.bincount(self._band_of[self._in_band], weights=power[self._in_band], minlength=n) + 1e-12
+        return np.bincount(self._band_of, weights=power[self._in_band], minlength=SPECTRAL_BANDS) + 1e-12
 
     def _gated(self, energy: float, voiced: bool, bands: np.ndarray | None) -> bool:
         """webrtcvad's verdict, overruled for frames no louder than a background it keeps calling voiced."""

@@ -288,45 +288,54 @@ def default_cache_dir(export_dir: Path) -> Path:
 
 
 def open_session(path: Path, device: torch.device, threads: int | None = None, *, providers: list | None = None,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, spin: bool = True):
     """An inference session: all graph optimizations, one intra-op thread per usable core.
 
     providers: an `execution_providers` list (default: CPU, or CUDA on a CUDA device if present).
     cache_dir: for the CPU and CUDA providers, write the optimized graph there once, with its
     weights in a separate file, and later load that copy with optimizations off; the weights are
     then memory-mapped instead of parsed. TensorRT compiles its own engines: never cached here.
+    spin: idle intra-op threads busy-wait for the next run (ONNX Runtime's default). They keep
+    a core busy after the run ends, which slows whatever runs next on a small CPU.
     """
     ort = _onnxruntime()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    opts.intra_op_num_threads = threads or cores
-    opts.inter_op_num_threads = 1
+
+    def options(optimize: bool):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        opts.intra_op_num_threads = threads or cores
+        opts.inter_op_num_threads = 1
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return opts
+
     if providers is None:
         provider = resolve_provider(None, device, ort.get_available_providers())
         providers = execution_providers(provider, device_id=device.index or 0)
     first = providers[0] if isinstance(providers[0], str) else providers[0][0]
     if cache_dir is None or first == OrtProvider.TENSORRT.ep_name:
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        return ort.InferenceSession(str(path), options(True), providers=providers)
     entry = optimized_graph_dir(Path(path), Path(cache_dir), first, ort.__version__)
     if (entry / CACHED_GRAPH).is_file():
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already applied
-        try:
-            return ort.InferenceSession(str(entry / CACHED_GRAPH), opts, providers=providers)
+        try:  # optimizations were applied when the entry was written
+            return ort.InferenceSession(str(entry / CACHED_GRAPH), options(False), providers=providers)
         except Exception as e:  # a damaged cache entry must not stop the model from loading
             logger.warning("ignoring unreadable optimized graph %s (%s)", entry, e)
             shutil.rmtree(entry, ignore_errors=True)
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return _session_writing_cache(ort, Path(path), opts, providers, entry)
+    return _session_writing_cache(ort, Path(path), options, providers, entry)
 
 
-def _session_writing_cache(ort, path: Path, opts, providers: list, entry: Path):
+def _session_writing_cache(ort, path: Path, options, providers: list, entry: Path):
     """Create the session while ONNX Runtime writes the optimized graph into a private directory,
     then publish that directory under the entry's name in one rename (a concurrent loader sees
-    a complete entry or none; if another process published first, its entry is kept)."""
+    a complete entry or none; if another process published first, its entry is kept).
+    options(optimize) -> fresh SessionOptions."""
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
+        opts = options(True)
         opts.optimized_model_filepath = str(tmp / CACHED_GRAPH)
         opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", CACHED_WEIGHTS)
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
@@ -335,10 +344,7 @@ def _session_writing_cache(ort, path: Path, opts, providers: list, entry: Path):
     except Exception as e:  # read-only directory, full disk: run uncached
         shutil.rmtree(tmp, ignore_errors=True)
         logger.warning("could not cache the optimized %s (%s); loading it without the cache", path.name, e)
-        plain = ort.SessionOptions()
-        plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        plain.intra_op_num_threads, plain.inter_op_num_threads = opts.intra_op_num_threads, 1
-        return ort.InferenceSession(str(path), plain, providers=providers)
+        return ort.InferenceSession(str(path), options(True), providers=providers)
     try:
         os.replace(tmp, entry)
     except OSError:  # another process published this entry first
@@ -474,7 +480,7 @@ class OnnxBackend:
         device_id = device.index or 0
         cache_dir = Path(opts.cache_dir) if opts.cache_dir is not None else default_cache_dir(d)
 
-        def session(graph: str, file: str):
+        def session(graph: str, file: str, spin: bool = True):
             trt = None
             if self.provider is OrtProvider.TENSORRT:
                 signature = (manifest.get("signatures") or {}).get(graph) or graph_signature(d / file)
@@ -483,12 +489,15 @@ class OnnxBackend:
                 (cache_dir / "trt").mkdir(parents=True, exist_ok=True)
             providers = execution_providers(self.provider, device_id=device_id, trt=trt)
             return open_session(d / file, device, opts.threads, providers=providers,
-                                cache_dir=cache_dir if opts.optimized_cache else None)
+                                cache_dir=cache_dir if opts.optimized_cache else None, spin=spin)
 
         bind = opts.io_binding if opts.io_binding is not None else self.provider is not OrtProvider.CPU
         on = "cpu" if self.provider is OrtProvider.CPU else "cuda"
-        self.encoder = session("encoder", ENCODER_FILE)
-        self.decoder = OrtRunner(session("decoder", DECODER_FILE), bind=bind, device=on, device_id=device_id)
+        # No spinning threads in the encoder and the Whisper decoder: they would take the cores
+        # from the next stage (ASR, then the prefill) and from the Python work between decoder
+        # steps. The LLM keeps them for its own decode loop. See "Backends and export".
+        self.encoder = session("encoder", ENCODER_FILE, spin=False)
+        self.decoder = OrtRunner(session("decoder", DECODER_FILE, spin=False), bind=bind, device=on, device_id=device_id)
         self._enc_outputs = [o.name for o in self.encoder.get_outputs()]
         frames = next(i for i in self.encoder.get_inputs() if i.name == "features").shape[2]
         # a reason the encoder cannot read a shorter window (DestaModel.set_encoder_padding), or None

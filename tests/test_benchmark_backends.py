@@ -80,3 +80,19 @@ def test_encoder_padding_applies_to_every_variant_and_shows_in_the_table():
     table = bench.markdown({"variants": {}, "skipped": [], "clips": 1, "max_new_tokens": 4, "machine": "m",
                             "encoder_padding_s": 5.0})
     assert "each clip + 5 s of silence" in table
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")
+def test_spinning_benchmark_swaps_sessions_and_keeps_outputs(tiny_onnx_export, tmp_path):
+    bench = load_benchmark("ort_threads")
+    out = tmp_path / "results"
+    assert bench.main([str(tiny_onnx_export), "--limit", "2", "--repeats", "1", "--max-new-tokens", "4",
+                       "--out", str(out), "--json"]) == 0
+    (result_file,) = out.glob("ort_threads-*.json")
+    result = json.loads(result_file.read_text())
+    assert result["clips"] == 2 and [r["setting"] for r in result["rows"]] == list(bench.SETTINGS)
+    for r in result["rows"]:
+        assert r["identical"] == "2/2", r  # spinning changes timing, never outputs
+        assert 0 < r["encoder"] < r["first_token"] <= r["total"] and r["asr"] > 0 and r["prefill"] > 0, r
+    assert result["rows"][0]["speed-up first token"] == 1.0
+    assert "| no session spins |" in (out / result_file.name.replace(".json", ".md")).read_text()

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,15 +89,23 @@ def test_backend_with_io_binding_gives_the_same_transcripts_and_answers(tiny_onn
 
 
 class SessionSpy:
-    """Records which file each InferenceSession is created from."""
+    """Records which file each InferenceSession is created from, and per graph whether its idle
+    threads may spin ("0": not allowed; None: ONNX Runtime's default)."""
 
     def __init__(self, monkeypatch) -> None:
         self.paths: list[str] = []
+        self.spinning: dict[str, str | None] = {}
         real = ort.InferenceSession
 
-        def make(path, *args, **kw):
-            self.paths.append(os.path.basename(str(path)))
-            return real(path, *args, **kw)
+        def make(path, opts=None, *args, **kw):
+            path = Path(path)
+            self.paths.append(path.name)
+            graph = path.parent.name.split(".")[0] if path.name == ob.CACHED_GRAPH else path.stem
+            try:
+                self.spinning[graph] = opts.get_session_config_entry("session.intra_op.allow_spinning")
+            except RuntimeError:  # not set
+                self.spinning[graph] = None
+            return real(str(path), opts, *args, **kw)
 
         monkeypatch.setattr(ort, "InferenceSession", make)
 
@@ -134,6 +143,17 @@ def test_optimized_graphs_are_written_once_then_loaded(export_copy, monkeypatch,
     assert third.generate(convs, max_new_tokens=8).generated_ids == want.generated_ids
     assert (entry / ob.CACHED_GRAPH).stat().st_size > 1000  # rewritten
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary directories left
+
+
+def test_speech_sessions_do_not_spin(export_copy, monkeypatch):
+    """The encoder's and the Whisper decoder's idle threads must not busy-wait (they would slow
+    the stages after them); the LLM keeps ONNX Runtime's default for its decode loop."""
+    for load in ("writes the cache", "reads the cache", "no cache"):
+        spy = SessionSpy(monkeypatch)
+        DestaModel.from_pretrained(export_copy, backend="onnx", device="cpu",
+                                   ort_options=OrtOptions(optimized_cache=load != "no cache"))
+        assert spy.spinning == {"encoder": "0", "decoder": "0", "llm": None}, load
+        assert (spy.paths == [ob.CACHED_GRAPH] * 3) == (load == "reads the cache")
 
 
 def test_cache_can_be_turned_off_or_moved(export_copy, tmp_path):

@@ -106,6 +106,21 @@ def test_text_only_gives_exactly_the_backbone_llm_output(tiny_model):
     assert out.audios == []
 
 
+def test_prefill_projects_only_the_last_position_to_the_vocabulary(tiny_model):
+    """Every prompt position goes through the LLM, but only the last one through lm_head (the
+    others' logits are never read): with audio, with text only, and in a batch."""
+    head = tiny_model.backend.llm_model.lm_head
+    rows = []
+    hook = head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    try:
+        tiny_model.generate([conv(text="what is this?"), conv(text="a much longer transcript than that")],
+                            max_new_tokens=3)
+        tiny_model.generate([[{"role": "user", "content": "Name a colour."}]], max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert rows and set(rows) == {1}, rows
+
+
 def test_left_padded_batch_equals_single_runs(tiny_model):
     a, b = conv(text="short"), conv(text="a much longer transcript than the other one", prompt="Summarize.")
     batch = tiny_model.generate([a, b], max_new_tokens=8)

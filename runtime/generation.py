@@ -66,6 +66,14 @@ def ban(logits: torch.Tensor, banned_ids: tuple[tuple[int, ...], ...]) -> torch.
     return out
 
 
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once `device` has finished the work queued on it. CUDA kernels run
+    asynchronously: a stage timed without waiting would be charged to the next one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @dataclass
 class StepTimes:
     prefix_ms: float = 0.0  # computing/copying the cached prompt prefix
@@ -105,14 +113,14 @@ def generate_stream(
     t0 = time.perf_counter()
     out = _forward(llm, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=pos,
                    past_key_values=past)
-    times.prefill_ms = (time.perf_counter() - t0) * 1000
+    times.prefill_ms = (clock(mask.device) - t0) * 1000
     cache = out.past_key_values
     logits = out.logits[:, -1]
     for step in range(opts.max_new_tokens):
         nxt = choose(logits, opts)
         nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
         if step == 0:
-            times.first_token_s = time.perf_counter()
+            times.first_token_s = clock(nxt.device)
         yield nxt
         done |= torch.isin(nxt, eos)
         if bool(done.all()) or step + 1 == opts.max_new_tokens:
@@ -191,7 +199,7 @@ def stream_with_prefix(
     if prefix_ids is not None:
         t0 = time.perf_counter()
         past = prefix.get(llm, prefix_ids, prefix_tag)
-        times.prefix_ms = (time.perf_counter() - t0) * 1000
+        times.prefix_ms = (clock(prefix_ids.device) - t0) * 1000
         p = prefix_ids.shape[1]
         input_ids = None if input_ids is None else input_ids[:, p:]
         inputs_embeds = None if inputs_embeds is None else inputs_embeds[:, p:]

@@ -30,7 +30,7 @@ from .backends import Backend, EncodedAudio
 from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_adapter, read_weights, save_checkpoint
 from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
-from .generation import SamplingOptions, StepTimes
+from .generation import SamplingOptions, StepTimes, clock
 from .hf import dtype_kwarg
 from .lora import LoRA
 from .onnx_backend import (
@@ -468,7 +468,7 @@ class DestaModel:
             stop_if_cancelled("features")
             t = time.perf_counter()
             enc: EncodedAudio = self.backend.encode(feats, with_connector=use_connector)
-            timings["encoder"] = (time.perf_counter() - t) * 1000
+            timings["encoder"] = (clock(self.device) - t) * 1000
             audio_embeds = enc.audio_embeds
             stop_if_cancelled("the encoder")
             if need_asr:

@@ -379,3 +379,15 @@ def test_audio_embedding_cache_encodes_each_clip_once_with_the_same_answers(tiny
     assert [c.generated_ids for c in cached] == plain
     assert cached[1].timings_ms["encoder"] == 0 and again.timings_ms["encoder"] > 0
     assert unknown.timings_ms["asr"] > 0
+
+
+def test_stage_clock_waits_for_cuda_work(monkeypatch):
+    """CUDA runs kernels asynchronously: a stage's end is read only once the device is done."""
+    from desta_edge.runtime import generation
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synced.append)
+    generation.clock(torch.device("cpu"))
+    assert synced == []
+    generation.clock(torch.device("cuda", 0))
+    assert synced == [torch.device("cuda", 0)]

@@ -262,3 +262,14 @@ def test_unknown_precision_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="precision must be one of"):
         train(options)
     assert not (tmp_path / "out").exists()
+
+
+def test_plain_cuda_device_becomes_this_ranks_gpu(monkeypatch):
+    """`--device cuda` names no index; torch.cuda.set_device needs one (found on an H200)."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    d = trainer_module._setup_distributed("cuda")
+    assert d.device == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+    assert trainer_module._setup_distributed("cuda:0").device == torch.device("cuda", 0)

@@ -215,12 +215,9 @@ def _setup_distributed(device: str | None) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if device is not None:
-        dev = torch.device(device)
-    elif torch.cuda.is_available():
+    dev = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and dev.index is None:  # plain "cuda": this rank's GPU (set_device needs an index)
         dev = torch.device("cuda", local % torch.cuda.device_count())
-    else:
-        dev = torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns = False

@@ -40,20 +40,7 @@ def load_benchmark(name: str):
 
 def byte_tokenizer(specials: list[str], chat_template: str | None = None):
     """A byte-level BPE tokenizer with no merges: every byte is a token, plus `specials`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    vocab.update({ch: len(specials) + i for i, ch in enumerate(alphabet)})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=specials[0], pad_token=specials[0])
-    fast.add_special_tokens({"additional_special_tokens": specials[1:]})
-    if chat_template:
-        fast.chat_template = chat_template
-    return fast
+    return load_benchmark("shapes").padded_byte_tokenizer(specials, len(specials) + 256, chat_template)
 
 
 def tiny_llm():

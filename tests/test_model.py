@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROMPT_SIZE, build_tiny_model, tone
+from conftest import PROMPT_SIZE, build_tiny_model, load_benchmark, tone
 from desta_edge.runtime.audio import LogMel
 from desta_edge.runtime.model import NO_SPEECH_TRANSCRIPT
 
@@ -14,11 +14,7 @@ LOC = "<|AUDIO|>"
 
 def speechlike(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
     """Amplitude-modulated harmonic noise that webrtcvad calls speech (the tiny ASR is random anyway)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    voice = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((150, 300, 450, 900), start=1))
-    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
-    return (0.3 * voice * env + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    return load_benchmark("shapes").clip(seconds, seed)
 
 
 def conv(text=None, audio=None, prompt="What did they say?"):

@@ -148,7 +148,8 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
             rows += [{"background": kind, "snr_db": snr, "variant": name, **counts} for name, counts in totals.items()]
             print(f"{kind} {snr:g} dB done", file=sys.stderr)
     requests = f"{len(speech)} recordings of people ({recordings})" if recordings else f"the {len(speech)} questions"
-    return {"questions": len(speech) * seeds, "requests": requests, "seeds": seeds, "noise_gate_db": opts.noise_gate_db,
+    return {"questions": len(speech) * seeds, "requests": requests, "seeds": seeds, "hangover_ms": opts.hangover_ms,
+            "noise_gate_db": opts.noise_gate_db,
             "noise_window_ms": opts.noise_window_ms, "rows": rows}
 
 
@@ -159,7 +160,8 @@ def markdown(result: dict) -> str:
         lines.append("| " + " | ".join(str(x) for x in [
             r["background"], f"{r['snr_db']:g}", r["variant"], f"{r['once']}/{result['questions']}", r["split"],
             r["missed"], r["merged"], r["no_question"], r["max_length"]]) + " |")
-    lines += ["", f"{result['seeds']} layouts of {result['requests']} per row; noise gate {result['noise_gate_db']:g} dB "
+    lines += ["", f"{result['seeds']} layouts of {result['requests']} per row; hangover {result['hangover_ms']} ms; "
+                  f"noise gate {result['noise_gate_db']:g} dB "
                   f"over a {result['noise_window_ms']} ms window"]
     return "\n".join(lines)
 
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spectral-gate", default="", metavar="S:N,...",
                    help="comma-separated: also run the spectral gate at S dB with the noise gate at N dB (0: off) "
                         "(EndpointOptions.spectral_gate_db, noise_gate_db)")
+    p.add_argument("--hangover-ms", type=int, default=EndpointOptions.hangover_ms,
+                   help=f"silence that ends an utterance (default {EndpointOptions.hangover_ms})")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     args = p.parse_args(argv)
@@ -190,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         spectral = [(float(s), float(n)) for s, n in (pair.split(":") for pair in args.spectral_gate.split(",") if pair)]
     except ValueError:
         p.error(f"--spectral-gate takes S:N pairs in dB, e.g. 4:6,5:0; got {args.spectral_gate!r}")
-    result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, recordings=args.recordings,
+    try:
+        opts = EndpointOptions(hangover_ms=args.hangover_ms)
+    except ValueError as e:
+        p.error(str(e))
+    result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, opts, recordings=args.recordings,
                  talker_drop_db=drops, spectral_gate=spectral)
     write_results(out, "endpointing", result, markdown(result), as_json=args.json)
     return 0

@@ -69,8 +69,12 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
     table = next(out.glob("endpointing-*.md")).read_text()
     assert "| babble | 20 | with the noise gate |" in table and "| babble | 20 | noise gate + talker gate 10 dB |" in table
     assert "| white | 20 | spectral gate 5 dB | 10/10 |" in table
+    hangover = bench.EndpointOptions().hangover_ms
+    assert result["hangover_ms"] == hangover and f"hangover {hangover} ms" in table
     with pytest.raises(SystemExit):
         bench.main(["--spectral-gate", "5", "--out", str(out)])  # S:N pairs only
+    with pytest.raises(SystemExit):
+        bench.main(["--hangover-ms", "100", "--out", str(out)])  # shorter than the 150 ms pause
 
 
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")

@@ -1,7 +1,7 @@
 """End of speech -> first answer token, on a noisy multi-question recording fed at real-time pace.
 
     python benchmarks/latency.py [--model tiny] [--onnx EXPORT_DIR ...] [--whisper-dtype bfloat16]
-                                 [--hangover-ms 500] [--recordings MANIFEST] [--fast] [--out benchmarks/results]
+                                 [--hangover-ms 600] [--recordings MANIFEST] [--fast] [--out benchmarks/results]
 
 Pipelines on the same models and recording, one after the other in the same run:
 - reference-style: waits for the endpoint, runs the encoder twice per clip (as the reference

@@ -250,14 +250,15 @@ def test_a_finished_request_ends_at_turn_end_ms(tiny_model, delay_s):
 def test_an_unfinished_request_waits_for_the_hangover(tiny_model):
     events, stats = listen(tiny_model, signal(*PAUSED), AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=StubTurn(0.0))
     ends = [e for e in events if e["type"] == "speech_end"]
-    assert [(e["reason"], e["audio_s"]) for e in ends] == [("silence", 2.4 + 0.5)]
+    hangover_s = EndpointOptions().hangover_ms / 1000
+    assert [(e["reason"], e["audio_s"]) for e in ends] == [("silence", 2.4 + hangover_s)]
     assert stats.turn_ends == 0 and stats.answers == 1 and stats.speculative_discarded == 1
 
 
 def test_turn_detection_is_off_when_turn_end_equals_the_hangover(tiny_model):
     turn = StubTurn(1.0)
     events, stats = listen(tiny_model, signal(*PAUSED), AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=turn,
-                           endpoint=EndpointOptions(turn_end_ms=500))
+                           endpoint=EndpointOptions(turn_end_ms=EndpointOptions().hangover_ms))
     assert stats.answers == 1 and stats.turn_ends == 0 and turn.asked == []
 
 

@@ -1,12 +1,14 @@
 """Endpointing, frame by frame (a deterministic energy VAD), plus webrtcvad on real speech."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from streaming_helpers import RATE, EnergyVad, signal
 from desta_edge.streaming.vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEnd, SpeechStart
 
-OPTS = EndpointOptions()  # 20 ms frames, 300 ms pre-roll, 150 ms pause, 500 ms hangover, 100 ms tail
+OPTS = EndpointOptions(hangover_ms=500)  # 20 ms frames, 300 ms pre-roll, 150 ms pause, 500 ms hangover, 100 ms tail
 
 
 def run(x: np.ndarray, opts: EndpointOptions = OPTS, chunk: int | None = None, vad=None):
@@ -142,8 +144,8 @@ def test_state_stays_bounded_over_many_utterances():
 
 @pytest.mark.parametrize("kw, msg", [
     ({"frame_ms": 25}, "frame_ms"), ({"aggressiveness": 4}, "aggressiveness"),
-    ({"pause_ms": 600}, "pause_ms"), ({"max_utterance_s": 31}, "max_utterance_s"),
-    ({"tail_ms": 200}, "tail_ms"), ({"turn_end_ms": 100}, "turn_end_ms"), ({"turn_end_ms": 600}, "turn_end_ms"),
+    ({"pause_ms": 700}, "pause_ms"), ({"max_utterance_s": 31}, "max_utterance_s"),
+    ({"tail_ms": 200}, "tail_ms"), ({"turn_end_ms": 100}, "turn_end_ms"), ({"turn_end_ms": 700}, "turn_end_ms"),
     ({"noise_gate_db": -1}, "noise_gate_db"), ({"talker_drop_db": -1}, "talker_drop_db"),
     ({"spectral_gate_db": -1}, "spectral_gate_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
 ])
@@ -163,7 +165,7 @@ def test_noise_gate_separates_requests_over_a_background_the_vad_calls_speech():
     events, ep = run(x, off, vad=vad())
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert [e.reason for e in ends][0] == "max_length" and ep.gated_frames == 0
-    events, ep = run(x, EndpointOptions(max_utterance_s=5.0), vad=vad())
+    events, ep = run(x, replace(OPTS, max_utterance_s=5.0), vad=vad())
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert [e.reason for e in ends] == ["silence"] * 3
     assert ends[0].speech_end_s < 1.0  # the start of the background, before the gate could judge it
@@ -174,9 +176,9 @@ def test_noise_gate_separates_requests_over_a_background_the_vad_calls_speech():
 def test_noise_gate_stays_out_of_a_quiet_room():
     x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0), ("v", 2.0), ("s", 1.0))
     gated, ep = run(x)
-    plain, _ = run(x, EndpointOptions(noise_gate_db=0))
+    plain, _ = run(x, replace(OPTS, noise_gate_db=0))
     assert ep.gated_frames == 0 and [(type(e), e.audio_s) for e in gated] == [(type(e), e.audio_s) for e in plain]
-    talker, ep = run(x, EndpointOptions(talker_drop_db=10))
+    talker, ep = run(x, replace(OPTS, talker_drop_db=10))
     assert ep.talker_gated_frames == 0 and [(type(e), e.audio_s) for e in talker] == [(type(e), e.audio_s) for e in plain]
 
 
@@ -191,7 +193,7 @@ def test_talker_gate_ends_a_request_that_a_fluctuating_background_would_carry_on
     events, ep = run(x, vad=vad())
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert ends[-1].speech_end_s == pytest.approx(len(x) / RATE) and ep.talker_gated_frames == 0
-    events, ep = run(x, EndpointOptions(talker_drop_db=10), vad=vad())
+    events, ep = run(x, replace(OPTS, talker_drop_db=10), vad=vad())
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert ends[-1].speech_end_s == pytest.approx(3.7) and ends[-1].reason == "silence"
     assert ends[-1].start_s == pytest.approx(2.7 - 0.3)  # the request, with its pre-roll
@@ -215,19 +217,19 @@ def test_spectral_gate_finds_requests_the_level_gate_loses_in_steady_noise():
     events, ep = run(x, vad=vad())  # the level gate: the requests are not 6 dB above the noise
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert all(e.speech_end_s < 1.5 for e in ends) and ep.gated_frames > 0  # only the ungated first second
-    events, ep = run(x, EndpointOptions(noise_gate_db=0, spectral_gate_db=5), vad=vad())
+    events, ep = run(x, replace(OPTS, noise_gate_db=0, spectral_gate_db=5), vad=vad())
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert [e.reason for e in ends] == ["silence"] * 3 and ends[0].speech_end_s < 1.5
     assert [round(e.speech_end_s, 2) for e in ends[1:]] == [3.0, 5.5]  # where each request stopped
     assert ends[1].start_s == pytest.approx(2.0 - 0.3) and ep.gated_frames > 0
-    events, _ = run(x, EndpointOptions(spectral_gate_db=5), vad=vad())  # with the level gate as well: lost again
+    events, _ = run(x, replace(OPTS, spectral_gate_db=5), vad=vad())  # with the level gate as well: lost again
     assert all(e.speech_end_s < 1.5 for e in events if isinstance(e, SpeechEnd))
 
 
 def test_spectral_gate_stays_out_of_a_quiet_room():
     x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0), ("v", 2.0), ("s", 1.0))
-    plain, _ = run(x, EndpointOptions(noise_gate_db=0))
-    gated, ep = run(x, EndpointOptions(noise_gate_db=0, spectral_gate_db=5))
+    plain, _ = run(x, replace(OPTS, noise_gate_db=0))
+    gated, ep = run(x, replace(OPTS, noise_gate_db=0, spectral_gate_db=5))
     assert ep.gated_frames == 0 and [(type(e), e.audio_s) for e in gated] == [(type(e), e.audio_s) for e in plain]
 
 

@@ -149,8 +149,7 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
             print(f"{kind} {snr:g} dB done", file=sys.stderr)
     requests = f"{len(speech)} recordings of people ({recordings})" if recordings else f"the {len(speech)} questions"
     return {"questions": len(speech) * seeds, "requests": requests, "seeds": seeds, "hangover_ms": opts.hangover_ms,
-            "noise_gate_db": opts.noise_gate_db,
-            "noise_window_ms": opts.noise_window_ms, "rows": rows}
+            "noise_gate_db": opts.noise_gate_db, "noise_window_ms": opts.noise_window_ms, "rows": rows}
 
 
 def markdown(result: dict) -> str:

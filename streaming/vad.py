@@ -80,8 +80,8 @@ class EndpointOptions:
     start_voiced_ms: int = 120  # ... in which this much must be voiced to start an utterance
     pre_roll_ms: int = 300  # audio kept from before the onset, so first syllables survive
     pause_ms: int = 150  # silence after which a speculative start begins
-    # silence that ends an utterance: at 500 ms, webrtcvad's drop-outs in 10-20 dB noise split 17 of
-    # 936 requests of people in benchmarks/endpointing.py; at 600, 2 (README, "Endpointing in noise")
+    # silence that ends an utterance: at 500 ms, webrtcvad's drop-outs in 5-20 dB noise split 28 of
+    # 1,404 requests of people in benchmarks/endpointing.py; at 600, 12 (README, "Endpointing in noise")
     hangover_ms: int = 600
     # silence that ends it early when `turn_check` says the request is complete
     # (None: TURN_END_MS, kept between pause_ms and hangover_ms)

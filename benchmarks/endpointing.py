@@ -15,9 +15,11 @@ background power):
 With `--recordings` (a manifest from `real_voices.py`), the requests are instead the manifest's
 whole-file recordings of people (single phrases and sentences: corpus prompts, digits, words,
 channel names), so onsets, endings and pauses are real speech's.
-Only the endpointer runs (webrtcvad, default options; with `--talker-drop-db`, also with the
-talker gate at each drop; with `--spectral-gate S:N`, also with the spectral gate at S dB and the
-level gate at N dB, N = 0 for the spectral gate alone), so this takes seconds and needs no model.
+Only the endpointer runs, so this takes seconds and needs no model: webrtcvad alone, and with the
+noise gate alone (other options at their defaults, `--hangover-ms` aside); with `--talker-drop-db`,
+also with the talker gate at each drop (the default endpointer: the noise gate and the talker gate
+at 6 dB); with `--spectral-gate S:N`, also with the spectral gate at S dB and the level gate at
+N dB (N = 0: the spectral gate alone).
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
 cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.

@@ -56,7 +56,7 @@ def register_cli(sub) -> None:
     p.add_argument("--talker-drop-db", type=float, default=d.talker_drop_db,
                    help="in such background, also end an utterance at audio this many dB under its own talker "
                         "(fewer requests merged over babble, a few more split; README \"Endpointing in noise\"; "
-                        f"default {d.talker_drop_db:g}: off)")
+                        f"default {d.talker_drop_db:g}; 0: off)")
     p.add_argument("--spectral-gate-db", type=float, default=d.spectral_gate_db,
                    help="in such background, also count only audio this many dB above it on average over 16 "
                         "frequency bands (for steady noise: fans, engines, hiss; lets a crowd through; README "

@@ -8,7 +8,8 @@ import pytest
 from streaming_helpers import RATE, EnergyVad, signal
 from desta_edge.streaming.vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEnd, SpeechStart
 
-OPTS = EndpointOptions(hangover_ms=500)  # 20 ms frames, 300 ms pre-roll, 150 ms pause, 500 ms hangover, 100 ms tail
+# 20 ms frames, 300 ms pre-roll, 150 ms pause, 500 ms hangover, 100 ms tail, noise gate only
+OPTS = EndpointOptions(hangover_ms=500, talker_drop_db=0.0)
 
 
 def run(x: np.ndarray, opts: EndpointOptions = OPTS, chunk: int | None = None, vad=None):

@@ -41,7 +41,8 @@ def register_cli(sub) -> None:
     p.add_argument("--frame-ms", type=int, default=d.frame_ms, help="VAD frame: 10, 20 or 30 ms")
     p.add_argument("--pre-roll-ms", type=int, default=d.pre_roll_ms, help="audio kept before an onset")
     p.add_argument("--pause-ms", type=int, default=d.pause_ms, help="silence that starts speculative work")
-    p.add_argument("--hangover-ms", type=int, default=d.hangover_ms, help="silence that ends an utterance")
+    p.add_argument("--hangover-ms", type=int, default=d.hangover_ms,
+                   help=f"silence that ends an utterance (default {d.hangover_ms})")
     p.add_argument("--turn-end-ms", type=int, default=None,
                    help=f"silence that ends an utterance the LLM judges a finished request (default {TURN_END_MS}, "
                         "kept between --pause-ms and --hangover-ms)")

@@ -208,6 +208,8 @@ def _prompt_positions(model: DestaModel, transcript: str) -> int:
 
 
 def peak_memory_gb(device: torch.device) -> float:
+    """On CUDA the peak since the last reset (one per shape set); on the CPU the process's max RSS so
+    far, which includes the shape sets measured before."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # max RSS (KiB on Linux)

@@ -110,43 +110,58 @@ def padded_byte_tokenizer(specials: list[str], vocab_size: int, chat_template: s
     return fast
 
 
+def random_whisper(s: Shapes, tok, max_positions: int = 448):
+    """A WhisperForConditionalGeneration of shapes `s` with random weights, for tokenizer `tok`
+    (built in the current default device and dtype)."""
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
+    cfg = WhisperConfig(
+        vocab_size=s.whisper_vocab, d_model=s.d_enc, encoder_layers=s.enc_layers, decoder_layers=s.dec_layers,
+        encoder_attention_heads=s.enc_heads, decoder_attention_heads=s.enc_heads, encoder_ffn_dim=s.enc_ffn,
+        decoder_ffn_dim=s.enc_ffn, num_mel_bins=s.n_mels, max_source_positions=1500,
+        max_target_positions=max_positions, decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
+    )
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=False,
+        max_length=max_positions,
+    )
+    return model
+
+
+def random_llm(s: Shapes, tok, max_positions: int = 4096):
+    """A LlamaForCausalLM of shapes `s` with random weights, for tokenizer `tok` (ChatML, ends a
+    turn with <|im_end|>; built in the current default device and dtype)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    cfg = LlamaConfig(
+        vocab_size=s.llm_vocab, hidden_size=s.d_llm, intermediate_size=s.llm_ffn, num_hidden_layers=s.llm_layers,
+        num_attention_heads=s.llm_heads, num_key_value_heads=s.llm_kv_heads, max_position_embeddings=max_positions,
+        tie_word_embeddings=s.tied_embeddings, eos_token_id=eos, pad_token_id=tok.pad_token_id, bos_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    return model
+
+
 def random_model(s: Shapes, device: torch.device, dtype: torch.dtype, seed: int = 0) -> DestaModel:
     """A DestaModel of shapes `s` with random weights, built on `device` in `dtype`."""
-    from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, WhisperConfig,
-                              WhisperForConditionalGeneration)
-
     torch.manual_seed(seed)
     wtok = padded_byte_tokenizer(WHISPER_SPECIALS, s.whisper_vocab)
     ltok = padded_byte_tokenizer(LLM_SPECIALS, s.llm_vocab, CHATML)
     ltok.eos_token = "<|im_end|>"
-    wid = {t: wtok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
-    eos = ltok.convert_tokens_to_ids("<|im_end|>")
-    wcfg = WhisperConfig(
-        vocab_size=s.whisper_vocab, d_model=s.d_enc, encoder_layers=s.enc_layers, decoder_layers=s.dec_layers,
-        encoder_attention_heads=s.enc_heads, decoder_attention_heads=s.enc_heads, encoder_ffn_dim=s.enc_ffn,
-        decoder_ffn_dim=s.enc_ffn, num_mel_bins=s.n_mels, max_source_positions=1500, max_target_positions=448,
-        decoder_start_token_id=wid["<|startoftranscript|>"], eos_token_id=wid["<|endoftext|>"],
-        pad_token_id=wid["<|endoftext|>"], bos_token_id=wid["<|endoftext|>"],
-    )
-    lcfg = LlamaConfig(
-        vocab_size=s.llm_vocab, hidden_size=s.d_llm, intermediate_size=s.llm_ffn, num_hidden_layers=s.llm_layers,
-        num_attention_heads=s.llm_heads, num_key_value_heads=s.llm_kv_heads, max_position_embeddings=4096,
-        tie_word_embeddings=s.tied_embeddings, eos_token_id=eos, pad_token_id=ltok.pad_token_id, bos_token_id=None,
-    )
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in place: no fp32 copy of 8 B parameters on the way
     try:
         with torch.device(device):
-            whisper = WhisperForConditionalGeneration(wcfg).eval()
-            llm = LlamaForCausalLM(lcfg).eval()
+            whisper = random_whisper(s, wtok)
+            llm = random_llm(s, ltok)
     finally:
         torch.set_default_dtype(default)
-    whisper.generation_config = GenerationConfig(
-        decoder_start_token_id=wid["<|startoftranscript|>"], eos_token_id=wid["<|endoftext|>"],
-        pad_token_id=wid["<|endoftext|>"], no_timestamps_token_id=wid["<|notimestamps|>"], is_multilingual=False,
-        max_length=448,
-    )
-    llm.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=ltok.pad_token_id)
     config = DestaConfig(llm_model_id="random-llm", encoder_model_id="random-whisper", prompt_size=s.prompt_size,
                          qformer_num_hidden_layers=s.qformer_layers, placeholder_token="<ph>",
                          connector_input_norm=True)

@@ -16,12 +16,6 @@ import torch
 from desta_edge.runtime.config import DestaConfig
 from desta_edge.runtime.model import DestaModel
 
-LLM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<ph>"]
-WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 PROMPT_SIZE = 4
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -38,48 +32,34 @@ def load_benchmark(name: str):
     return sys.modules[key]
 
 
+shapes = load_benchmark("shapes")  # the random backbones and byte-level tokenizers live there
+LLM_SPECIALS, WHISPER_SPECIALS, CHATML = shapes.LLM_SPECIALS, shapes.WHISPER_SPECIALS, shapes.CHATML
+
+
 def byte_tokenizer(specials: list[str], chat_template: str | None = None):
     """A byte-level BPE tokenizer with no merges: every byte is a token, plus `specials`."""
-    return load_benchmark("shapes").padded_byte_tokenizer(specials, len(specials) + 256, chat_template)
+    return shapes.padded_byte_tokenizer(specials, len(specials) + 256, chat_template)
+
+
+def tiny_shapes():
+    """The test suite's backbones: a few layers 32 wide, vocabularies of specials + 256 bytes."""
+    return shapes.Shapes("the test suite's tiny backbones", d_enc=32, enc_layers=4, dec_layers=2, enc_heads=4,
+                         enc_ffn=64, n_mels=80, whisper_vocab=len(WHISPER_SPECIALS) + 256, d_llm=32, llm_layers=2,
+                         llm_heads=4, llm_kv_heads=2, llm_ffn=64, llm_vocab=len(LLM_SPECIALS) + 256,
+                         tied_embeddings=False, prompt_size=PROMPT_SIZE, qformer_layers=2)
 
 
 def tiny_llm():
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
     tok = byte_tokenizer(LLM_SPECIALS, CHATML)
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
     tok.eos_token = "<|im_end|>"
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        eos_token_id=eos, pad_token_id=tok.pad_token_id, bos_token_id=None,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id)
-    return model, tok
+    return shapes.random_llm(tiny_shapes(), tok, max_positions=1024), tok
 
 
 def tiny_whisper():
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
     torch.manual_seed(1)
     tok = byte_tokenizer(WHISPER_SPECIALS)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in WHISPER_SPECIALS}
-    cfg = WhisperConfig(
-        vocab_size=len(tok), d_model=32, encoder_layers=4, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=160,
-        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
-    )
-    model = WhisperForConditionalGeneration(cfg).eval()
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"], no_timestamps_token_id=ids["<|notimestamps|>"],
-        is_multilingual=False, max_length=160,
-    )
-    return model, tok
+    return shapes.random_whisper(tiny_shapes(), tok, max_positions=160), tok
 
 
 def tiny_config(**kw) -> DestaConfig:

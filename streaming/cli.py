@@ -146,7 +146,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     summary = {**vars(stats), "vad_errors": ep.vad_errors, "noise_gated_frames": ep.gated_frames,
                "talker_gated_frames": ep.talker_gated_frames}
     if mic is not None:  # audio the driver or this reader lost, and device dropouts
-        summary.update(input_overflows=mic.overflows, dropped_samples=mic.ring.dropped, device_reopens=mic.reopens)
+        summary.update(input_overflows=mic.overflows, dropped_samples=mic.ring.dropped, device_reopens=mic.reopens,
+                       input_latency_ms=None if mic.input_latency_s is None else round(mic.input_latency_s * 1000, 1))
     if args.json:
         print(json.dumps({"type": "summary", **summary}))
     else:

@@ -187,6 +187,7 @@ class MicOptions:
     device: str | int | None = None  # sounddevice name or index; None = the default input
     rate: int | None = None  # capture rate (resampled to 16 kHz); None: 16 kHz if the device takes it, else its own
     channels: int | None = None  # captured channels (averaged to mono); None: 1 if the device takes it, else 2
+    latency: str | float = "low"  # PortAudio input latency: "low", "high" (its default) or seconds
     buffer_s: float = 5.0  # ring buffer length: how far the reader may fall behind
     retry_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)  # back-off between reopen attempts
     max_retries: int = 20  # reopen attempts after a device error before giving up
@@ -257,12 +258,14 @@ class MicSource:
         self.ring = RingBuffer(int(opts.buffer_s * opts.rate))
         self.overflows = 0  # input overflows the audio driver reported
         self.reopens = 0  # times the device was reopened after an error
+        self.input_latency_s: float | None = None  # what PortAudio reports for the open stream
         self._mono = np.zeros(opts.rate * CHUNK_MS // 1000, dtype=np.float32)  # downmix scratch (callback)
 
     def _open_sounddevice(self, callback, opts: MicOptions):
         sd = _sounddevice()
         return sd.InputStream(device=opts.device, samplerate=opts.rate, channels=opts.channels,
-                              dtype="float32", blocksize=opts.rate * CHUNK_MS // 1000, callback=callback)
+                              dtype="float32", blocksize=opts.rate * CHUNK_MS // 1000, latency=opts.latency,
+                              callback=callback)
 
     def _callback(self, indata, frames, time_info, status) -> None:
         # runs on the audio thread: copy, count, never block or raise
@@ -280,6 +283,10 @@ class MicSource:
             try:
                 stream = self._factory(self._callback, self.opts)
                 stream.start()
+                latency = getattr(stream, "latency", None)
+                if isinstance(latency, (int, float)):
+                    self.input_latency_s = float(latency)
+                    logger.info("microphone open: input latency %.1f ms", latency * 1000)
                 return stream
             except Exception as e:  # device missing or busy
                 if attempt == self.opts.max_retries:

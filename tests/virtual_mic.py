@@ -8,10 +8,11 @@ PortAudio starts, i.e. in a child process). PortAudio opens the device as float3
 `null` device accepts, so the FIFO carries float32 frames at the rate and channel count the
 stream was opened with.
 
-The file plugin does not retry a short read: a read that finds part of a period in the pipe
-delivers garbage. So the feeder writes each 20 ms block in one write of at most PIPE_BUF bytes
-(the kernel writes those whole or not at all) into a pipe of that size, which keeps the reader in
-step for 16 kHz mono or stereo and 48 kHz mono; larger blocks (48 kHz stereo) are refused.
+Blocks larger than a pipe write the kernel does whole came out garbled in trials (48 kHz stereo,
+7,680 bytes per 20 ms; the plugin seems not to retry a short read). So the feeder writes each
+20 ms block in one write of at most PIPE_BUF bytes (written whole or not at all) into a pipe of
+that size. That covers 16 kHz mono or stereo and 48 kHz mono, which all came out exact; larger
+blocks are refused.
 
 The test process holds the FIFO open for reading and writing: opening the device then never
 blocks (PortAudio opens it to probe it), and a reader never sees end-of-file. While nobody

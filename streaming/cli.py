@@ -103,13 +103,12 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                                 wait_for_turn_verdict=args.source not in ("mic", "-") and args.realtime is False,
                                 barge_in=args.barge_in if args.barge_in is not None else args.source == "mic",
                                 barge_in_ms=args.barge_in_ms)
-        heard_from, mic = args.source, None
+        mic = None
         if args.source == "-":
             chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)
         elif args.source == "mic":
             device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
             mic = sources.MicSource(sources.MicOptions(device=device))
-            heard_from = f"microphone {mic.description}"
             chunks = mic.chunks()
         else:
             chunks = sources.file_source(args.source)
@@ -135,6 +134,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     show = _json_line if args.json else _Display(live=args.source in ("mic", "-") or args.realtime is not False)
     assistant = Assistant(model, opts, endpoint, emit=show)
     if not args.json:
+        heard_from = f"microphone {mic.description}" if mic is not None else args.source
         print(f"listening ({heard_from}); Ctrl-C to stop", file=sys.stderr)
     try:
         stats = assistant.run(chunks)

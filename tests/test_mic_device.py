@@ -56,12 +56,9 @@ def read_mic(mic: VirtualMic, tmp_path: Path, seconds: float, rate: int = 0, cha
 @needs_device
 def test_microphone_through_portaudio_delivers_every_sample(tmp_path):
     x = np.random.default_rng(0).uniform(-0.5, 0.5, 32000).astype(np.float32)
-    mic = VirtualMic(tmp_path)
-    try:
+    with VirtualMic(tmp_path) as mic:
         mic.play(x)
         got, info = read_mic(mic, tmp_path, seconds=2.0)
-    finally:
-        mic.close()
     assert info.pop("latency_s") > 0  # what PortAudio reports for the open stream
     assert info == {"description": f"{DEVICE}, 16000 Hz, 1 ch", "overflows": 0, "dropped": 0}
     np.testing.assert_array_equal(got[: len(x)], x)  # nothing lost, reordered or altered
@@ -71,12 +68,9 @@ def test_microphone_through_portaudio_delivers_every_sample(tmp_path):
 def test_microphone_at_48_khz_is_resampled(tmp_path):
     t = np.arange(48000 * 2) / 48000
     x = (0.4 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
-    mic = VirtualMic(tmp_path, rate=48000)
-    try:
+    with VirtualMic(tmp_path, rate=48000) as mic:
         mic.play(x)
         got, info = read_mic(mic, tmp_path, seconds=1.5, rate=48000)
-    finally:
-        mic.close()
     assert info.pop("latency_s") > 0
     assert info == {"description": f"{DEVICE}, 48000 Hz, 1 ch", "overflows": 0, "dropped": 0}
     want = soxr.resample(x, 48000, 16000, quality="HQ")
@@ -86,12 +80,9 @@ def test_microphone_at_48_khz_is_resampled(tmp_path):
 
 @needs_device
 def test_list_devices_shows_the_capture_device(tmp_path):
-    mic = VirtualMic(tmp_path)
-    try:
+    with VirtualMic(tmp_path) as mic:
         r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--list-devices", "--json"], env=mic.env,
                            capture_output=True, text=True, timeout=120)
-    finally:
-        mic.close()
     assert r.returncode == 0, r.stderr[-2000:]
     assert DEVICE in [d["name"] for d in json.loads(r.stdout)["devices"]]
 
@@ -112,7 +103,8 @@ def test_listen_answers_spoken_questions_from_a_microphone(tmp_path):
                              "--json", "--max-new-tokens", "8", "--no-barge-in"], env=mic.env,
                             stdout=subprocess.PIPE, stderr=stderr, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
     events: list[dict] = []
     try:
         mic.play(np.concatenate(parts))
@@ -130,7 +122,7 @@ def test_listen_answers_spoken_questions_from_a_microphone(tmp_path):
             proc.kill()
         mic.close()
         stderr.close()
-    time.sleep(0.5)  # the reader thread takes the last lines
+    reader.join(timeout=10)  # it ends with the process's stdout, after the last lines
     while not lines.empty():
         events.append(json.loads(lines.get()))
     assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-2000:]

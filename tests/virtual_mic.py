@@ -102,3 +102,9 @@ class VirtualMic:
         if self._thread is not None:
             self._thread.join(timeout=5)
         os.close(self._fd)
+
+    def __enter__(self) -> VirtualMic:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

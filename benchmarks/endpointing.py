@@ -2,7 +2,7 @@
 
     python benchmarks/endpointing.py [--noises white,pink,brown,hum,babble,music] [--snrs 20,10,5]
                                      [--seeds 3] [--recordings MANIFEST] [--talker-drop-db 6,10]
-                                     [--spectral-gate 4:6,5:0]
+                                     [--spectral-gate 4:6,5:0] [--faint-range-db 0,20]
                                      [--out benchmarks/results]
 
 The ten spoken questions of `latency.py` (two of them hesitant, with a pause mid-sentence) are
@@ -19,7 +19,8 @@ Only the endpointer runs, so this takes seconds and needs no model: webrtcvad al
 noise gate alone (other options at their defaults, `--hangover-ms` aside); with `--talker-drop-db`,
 also with the talker gate at each drop (the default endpointer: the noise gate and the talker gate
 at 6 dB); with `--spectral-gate S:N`, also with the spectral gate at S dB and the level gate at
-N dB (N = 0: the spectral gate alone).
+N dB (N = 0: the spectral gate alone); with `--faint-range-db`, also the default endpointer with
+the gates engaging in a faint background that far under the talker (0: only in a saturating one).
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
 cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.
@@ -119,7 +120,7 @@ def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointO
 
 def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions(),
         recordings: Path | None = None, talker_drop_db: list[float] = (),
-        spectral_gate: list[tuple[float, float]] = ()) -> dict:
+        spectral_gate: list[tuple[float, float]] = (), faint_range_db: list[float] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if recordings is None:
             speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav")
@@ -133,6 +134,8 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
     variants |= {f"noise gate + talker gate {d:g} dB": replace(opts, talker_drop_db=d) for d in talker_drop_db}
     variants |= {f"spectral gate {s:g} dB" + (f" + noise gate {n:g} dB" if n else ""):
                  replace(opts, talker_drop_db=0.0, spectral_gate_db=s, noise_gate_db=n) for s, n in spectral_gate}
+    variants |= {"default, faint-background rule " + (f"{r:g} dB" if r else "off"): replace(opts, faint_range_db=r)
+                 for r in faint_range_db}
     rows = []
     for kind in noises:
         for snr in snrs:
@@ -179,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spectral-gate", default="", metavar="S:N,...",
                    help="comma-separated: also run the spectral gate at S dB with the noise gate at N dB (0: off) "
                         "(EndpointOptions.spectral_gate_db, noise_gate_db)")
+    p.add_argument("--faint-range-db", default="",
+                   help="comma-separated: also run the default endpointer with the gates engaging in a faint "
+                        "background this far under the talker (0: off) (EndpointOptions.faint_range_db)")
     p.add_argument("--hangover-ms", type=int, default=EndpointOptions.hangover_ms,
                    help=f"silence that ends an utterance (default {EndpointOptions.hangover_ms})")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -200,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, opts, recordings=args.recordings,
-                 talker_drop_db=drops, spectral_gate=spectral)
+                 talker_drop_db=drops, spectral_gate=spectral,
+                 faint_range_db=[float(r) for r in args.faint_range_db.split(",") if r])
     write_results(out, "endpointing", result, markdown(result), as_json=args.json)
     return 0
 

@@ -62,6 +62,10 @@ def register_cli(sub) -> None:
                    help="in such background, also count only audio this many dB above it on average over 16 "
                         "frequency bands (for steady noise: fans, engines, hiss; lets a crowd through; README "
                         f"\"Endpointing in noise\"; default {d.spectral_gate_db:g}: off)")
+    p.add_argument("--faint-range-db", type=float, default=d.faint_range_db,
+                   help="the gates also engage in a background at least this many dB under the talker that the "
+                        "VAD takes for speech without saturating (a TV in the next room, quiet music; README "
+                        f"\"Endpointing in noise\"; default {d.faint_range_db:g}; 0: only in saturating background)")
     p.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="forced cut (<= 30)")
     p.add_argument("--no-speculative", action="store_true", help="wait for the endpoint before any work")
     p.add_argument("--barge-in", dest="barge_in", action="store_true", default=None,
@@ -96,6 +100,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
             pause_ms=args.pause_ms, hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms,
             turn_end_ms=args.turn_end_ms, max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db,
             talker_drop_db=args.talker_drop_db, spectral_gate_db=args.spectral_gate_db,
+            faint_range_db=args.faint_range_db,
         )
         opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                                 speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,

@@ -25,14 +25,21 @@ In quiet rooms the gate never engages. Over the babble of six synthetic talkers 
 10 dB SNR, webrtcvad alone ran the benchmark questions together into 30 s cuts; with the gate
 there are no cuts and every question is found, though a few neighbours still merge. Music and
 a single background talker are beyond it (benchmarks/endpointing.py; README, "Endpointing in noise").
-A talker gate (`talker_drop_db`, 6 dB) goes one step further in the same saturating background:
+The gates also engage in a background webrtcvad takes for speech without saturating: a faint one
+(a TV in the next room, quiet music, a distant crowd), at least `faint_range_db` under the talker
+(the window's loud voiced frames), where webrtcvad calls at least `FAINT_FLOOR_VOICED` of the
+frames at the background level voiced, or where at least `FAINT_VOICED_SHARE` of its voiced frames
+lie `FAINT_BELOW_TALKER_DB` or more under the talker. Its pauses never reach the hangover, so it
+carried one request into the next; in a quiet room neither holds (silence is not voiced, and
+speech's own quiet frames are a small share of it).
+A talker gate (`talker_drop_db`, 6 dB) goes one step further in the same background:
 within an utterance, a frame more than that far below the median level of the utterance's own
 voiced frames no longer continues it, so the loud moments of a crowd or of music in the gap
 after a request stop carrying it into the next one. It merges fewer requests and, with requests
 of people over babble and hum, splits a few more; with the 600 ms hangover that trade is worth
 it, so it is on by default (it was opt-in when the hangover was 500 ms).
 An opt-in spectral gate (`spectral_gate_db`) judges a frame against the background band by band
-in the same saturating background: the mean, over 16 bands from 150 Hz to 7 kHz, of the frame's
+in the same background: the mean, over 16 bands from 150 Hz to 7 kHz, of the frame's
 power over that band's background level (the same percentile of the window). Speech stands far
 above a steady noise in the bands it occupies even when the whole frame does not, so in steady
 noise (fans, engines, hiss, rumble) at 5-10 dB SNR it keeps quiet speech the level gate drops and
@@ -62,6 +69,11 @@ VALID_FRAME_MS = (10, 20, 30)  # the only frame lengths webrtcvad accepts
 TURN_END_MS = 200  # default end-of-turn silence (kept between pause_ms and hangover_ms)
 NOISE_SATURATION = 0.8  # share of recent frames webrtcvad calls voiced at which the noise gate engages
 NOISE_FLOOR_PERCENTILE = 10  # the background level: this percentile of recent frame energies
+TALKER_PERCENTILE = 90  # the talker's level in the window: this percentile of its voiced frames' energies
+BACKGROUND_BAND_DB = 6.0  # frames within this of the background level are "at the background level"
+FAINT_FLOOR_VOICED = 0.3  # a faint background engages the gates if webrtcvad calls this share of it voiced ...
+FAINT_VOICED_SHARE = 0.25  # ... or if this share of the voiced frames lie ...
+FAINT_BELOW_TALKER_DB = 25.0  # ... this far or further under the talker
 # the gate judges the background once it has heard this much audio: a request at the very start
 # of a stream is never gated away, at the price of taking up to this much of a loud background
 # at the start for speech
@@ -90,12 +102,15 @@ class EndpointOptions:
     tail_ms: int = 100  # audio kept after the last voiced frame
     min_speech_ms: int = 250  # shorter voiced totals are not queries
     max_utterance_s: float = 30.0  # forced cut (the model's window is 30 s)
-    noise_gate_db: float = 6.0  # in saturating background, voiced = this far above its level (0: off)
+    noise_gate_db: float = 6.0  # where the gates engage, voiced = this far above the background (0: off)
     noise_window_ms: int = 5000  # recent audio the noise gate judges the background from
-    # in saturating background, a frame this far below the utterance's own talker no longer
+    # the gates also engage in a background this far under the talker that webrtcvad takes for
+    # speech without saturating (0: only in saturating background, as before 2026-11-28)
+    faint_range_db: float = 20.0
+    # where the gates engage, a frame this far below the utterance's own talker no longer
     # continues it (the median level of its voiced frames; 0: off)
     talker_drop_db: float = 6.0
-    # in saturating background, voiced = also this far above the background on average over 16
+    # where the gates engage, voiced = also this far above the background on average over 16
     # frequency bands, each against its own level (0: off; for steady noise: fans, engines, hiss)
     spectral_gate_db: float = 0.0
 
@@ -117,9 +132,9 @@ class EndpointOptions:
             raise ValueError(f"max_utterance_s must be in (0, 30], got {self.max_utterance_s}")
         if self.tail_ms > self.pause_ms:
             raise ValueError("tail_ms must not exceed pause_ms (a speculative start must see the final audio)")
-        if self.talker_drop_db < 0 or self.spectral_gate_db < 0:
-            raise ValueError(f"need talker_drop_db >= 0 and spectral_gate_db >= 0, got {self.talker_drop_db} "
-                             f"and {self.spectral_gate_db}")
+        if min(self.talker_drop_db, self.spectral_gate_db, self.faint_range_db) < 0:
+            raise ValueError(f"need talker_drop_db, spectral_gate_db and faint_range_db >= 0, got "
+                             f"{self.talker_drop_db}, {self.spectral_gate_db} and {self.faint_range_db}")
         if self.noise_gate_db < 0 or self.noise_window_ms < NOISE_MIN_HISTORY_MS:
             raise ValueError(f"need noise_gate_db >= 0 and noise_window_ms >= {NOISE_MIN_HISTORY_MS}, got "
                              f"{self.noise_gate_db} and {self.noise_window_ms}")
@@ -269,14 +284,16 @@ class Endpointer:
         if bands is not None:
             self._bands.append(bands)
         if (not voiced or (o.noise_gate_db <= 0 and o.talker_drop_db <= 0 and o.spectral_gate_db <= 0)
-                or len(self._vad_votes) < o.frames(NOISE_MIN_HISTORY_MS)
-                or sum(self._vad_votes) < NOISE_SATURATION * len(self._vad_votes)):
+                or len(self._vad_votes) < o.frames(NOISE_MIN_HISTORY_MS)):
             return voiced
-        if o.noise_gate_db > 0:
-            background = float(np.percentile(self._energies, NOISE_FLOOR_PERCENTILE))
-            if energy < background + o.noise_gate_db:
-                self.gated_frames += 1
-                return False
+        energies = np.fromiter(self._energies, float, len(self._energies))
+        votes = np.fromiter(self._vad_votes, bool, len(self._vad_votes))
+        background = float(np.percentile(energies, NOISE_FLOOR_PERCENTILE))
+        if not (votes.mean() >= NOISE_SATURATION or self._faint_background(energies, votes, background)):
+            return voiced
+        if o.noise_gate_db > 0 and energy < background + o.noise_gate_db:
+            self.gated_frames += 1
+            return False
         if bands is not None:
             floors = np.percentile(np.stack(self._bands), NOISE_FLOOR_PERCENTILE, axis=0)  # [16]
             if 10 * np.log10(np.mean(bands / floors)) < o.spectral_gate_db:
@@ -287,8 +304,19 @@ class Endpointer:
             return False
         return True
 
+    def _faint_background(self, energies: np.ndarray, votes: np.ndarray, background: float) -> bool:
+        """Does webrtcvad take a background far under the talker for speech (without saturating)?"""
+        if self.opts.faint_range_db <= 0:
+            return False
+        talker = float(np.percentile(energies[votes], TALKER_PERCENTILE))
+        if talker - background < self.opts.faint_range_db:
+            return False
+        at_background = energies < background + BACKGROUND_BAND_DB
+        return bool(votes[at_background].mean() >= FAINT_FLOOR_VOICED
+                    or np.mean(energies[votes] < talker - FAINT_BELOW_TALKER_DB) >= FAINT_VOICED_SHARE)
+
     def _below_talker(self, energy: float) -> bool:
-        """Within an utterance, in saturating background: is this frame too far below its talker?"""
+        """Within an utterance, where the gates engage: is this frame too far below its talker?"""
         if self.opts.talker_drop_db <= 0 or len(self._talker) < self.opts.frames(TALKER_MIN_MS):
             return False
         return energy < self._talker[len(self._talker) // 2] - self.opts.talker_drop_db

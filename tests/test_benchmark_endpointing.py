@@ -58,10 +58,10 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
     bench = load_benchmark("endpointing")
     out = tmp_path / "results"
     assert bench.main(["--noises", "white,babble", "--snrs", "20", "--seeds", "1", "--talker-drop-db", "10",
-                       "--spectral-gate", "5:0", "--out", str(out), "--json"]) == 0
+                       "--spectral-gate", "5:0", "--faint-range-db", "0", "--out", str(out), "--json"]) == 0
     (result_file,) = out.glob("endpointing-*.json")
     result = json.loads(result_file.read_text())
-    assert result["questions"] == 10 and len(result["rows"]) == 8  # 2 backgrounds x 4 endpointers
+    assert result["questions"] == 10 and len(result["rows"]) == 10  # 2 backgrounds x 5 endpointers
     for r in result["rows"]:
         assert r["once"] + r["split"] + r["missed"] == 10
     white_plain = next(r for r in result["rows"] if r["background"] == "white" and r["variant"] == "webrtcvad only")
@@ -69,6 +69,7 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
     table = next(out.glob("endpointing-*.md")).read_text()
     assert "| babble | 20 | with the noise gate |" in table and "| babble | 20 | noise gate + talker gate 10 dB |" in table
     assert "| white | 20 | spectral gate 5 dB | 10/10 |" in table
+    assert "| babble | 20 | default, faint-background rule off |" in table
     hangover = bench.EndpointOptions().hangover_ms
     assert result["hangover_ms"] == hangover and f"hangover {hangover} ms" in table
     with pytest.raises(SystemExit):

@@ -33,7 +33,8 @@ def test_noisy_multi_question_recording_is_segmented_and_answered(tmp_path):
     truth = build(wav)
     events = listen("--source", str(wav), "--fast")
     assert events[-1]["type"] == "summary" and events[-1]["errors"] == events[-1]["vad_errors"] == 0
-    assert events[-1]["talker_gated_frames"] == 0  # 20 dB noise: the gates never engage
+    # 20 dB noise: the gates engage for a few frames at most (16 of about 1,900 when written)
+    assert events[-1]["noise_gated_frames"] + events[-1]["talker_gated_frames"] < 100
     ends = [e for e in events if e["type"] == "speech_end"]
     answers = [e for e in events if e["type"] == "answer"]
     assert len(ends) == len(answers) == len(truth)  # every question once: none split, none merged, none missed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,6 +65,32 @@ def ban(logits: torch.Tensor, banned_ids: tuple[tuple[int, ...], ...]) -> torch.
     out = logits.clone()
     out[rows, cols] = float("-inf")
     return out
+
+
+# Greedy decoding of a small LLM can fall into a loop ("The answer is: The answer is: ...") until
+# the token cap: seconds of decoding on a CPU, and in the listening loop every later answer waits
+# for it. An answer that ends in a block of n tokens repeated back to back at least
+# max(ANSWER_LOOP_REPEATS, ceil(ANSWER_LOOP_TOKENS / n)) times is cut after the block's first copy.
+ANSWER_LOOP_REPEATS = 3  # copies in a row of a block of any length ...
+ANSWER_LOOP_TOKENS = 16  # ... spanning at least this many tokens (one token: 16 times running)
+
+
+def loop_start(ids: list[int], repeats: Callable[[int], int], min_block: int = 1) -> int | None:
+    """Where the repeats begin (keep `ids[:k]`) if `ids` ends in a block of n >= `min_block` tokens
+    repeated back to back `repeats(n)` times; else None."""
+    for n in range(min_block, len(ids) // 2 + 1):
+        times = repeats(n)
+        if n * times > len(ids):
+            continue
+        block = ids[-n:]
+        if all(ids[len(ids) - (k + 1) * n : len(ids) - k * n] == block for k in range(1, times)):
+            return len(ids) - (times - 1) * n
+    return None
+
+
+def answer_loop_start(ids: list[int]) -> int | None:
+    """Where the repeats of a looping answer begin (see ANSWER_LOOP_REPEATS), or None."""
+    return loop_start(ids, lambda n: max(ANSWER_LOOP_REPEATS, math.ceil(ANSWER_LOOP_TOKENS / n)))
 
 
 def clock(device: torch.device) -> float:

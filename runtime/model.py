@@ -30,7 +30,7 @@ from .backends import Backend, EncodedAudio
 from .checkpoint import WEIGHTS_NAME, connector_state, is_checkpoint_dir, load_adapter, read_weights, save_checkpoint
 from .config import DestaConfig
 from .connector import ConnectorShape, QFormerConnector
-from .generation import SamplingOptions, StepTimes, clock
+from .generation import SamplingOptions, StepTimes, answer_loop_start, clock
 from .hf import dtype_kwarg
 from .lora import LoRA
 from .onnx_backend import (
@@ -364,11 +364,13 @@ class DestaModel:
         temperature: float = 1.0,
         top_p: float = 1.0,
         banned_token_ids: Sequence[Sequence[int]] | None = None,
+        stop_loops: bool = True,
     ) -> GenerationOutput:
         """Answer one conversation or a batch of them (the seed's message format).
 
         `banned_token_ids`: per conversation, LLM token ids that are never generated (constrained
         decoding, e.g. datagen keeping an answer consistent with its clip's labels).
+        `stop_loops`: end an answer that repeats itself at its first copy (`answer_loop_start`).
         """
         banned = tuple(tuple(int(t) for t in row) for row in banned_token_ids or ())
         opts = SamplingOptions(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
@@ -383,8 +385,13 @@ class DestaModel:
             for i, tok in enumerate(nxt.tolist()):
                 if done[i] or tok in self.eos_ids:
                     done[i] = True
-                else:
-                    rows[i].append(tok)
+                    continue
+                rows[i].append(tok)
+                if stop_loops and (k := answer_loop_start(rows[i])) is not None:
+                    del rows[i][k:]
+                    done[i] = True
+            if all(done):
+                break
         timings = self._finish_timings(prep, times)
         text = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return GenerationOutput(text=text, audios=prep.audios, generated_ids=rows, timings_ms=timings)
@@ -397,6 +404,7 @@ class DestaModel:
         temperature: float = 1.0,
         top_p: float = 1.0,
         cancelled: Callable[[], bool] | None = None,
+        stop_loops: bool = True,
     ) -> AnswerStream:
         """Answer one conversation, yielding text pieces as tokens are generated.
 
@@ -404,6 +412,8 @@ class DestaModel:
         and `stream.audios` is known); the LLM runs as the stream is iterated.
         cancelled: asked between the stages before this returns (after the features, the encoder
         and the transcript); True raises `Cancelled`, so abandoned work stops early.
+        stop_loops: end an answer that repeats itself (`answer_loop_start`); the repeats already
+        streamed stay streamed, and `stream.text` keeps only the first copy.
         """
         conversations = normalize_batch(messages)
         if len(conversations) != 1:
@@ -419,6 +429,9 @@ class DestaModel:
                 if tok in self.eos_ids:
                     break
                 stream.generated_ids.append(tok)
+                if stop_loops and (k := answer_loop_start(stream.generated_ids)) is not None:
+                    del stream.generated_ids[k:]
+                    break
                 text = self.tokenizer.decode(stream.generated_ids, skip_special_tokens=True)
                 if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
                     continue

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import generation
+
 logger = logging.getLogger(__name__)
 
 MAX_TRANSCRIPT_TOKENS = 128  # the reference transcribes with max_new_tokens=128
@@ -40,14 +42,7 @@ StepFn = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]  # (token
 def loop_start(ids: list[int]) -> int | None:
     """Where the repeats of a looping transcript begin (keep `ids[:k]`), or None if `ids` does
     not end in a loop (see LOOP_LONG_BLOCK)."""
-    for n in range(2, len(ids) // 2 + 1):
-        times = 2 if n >= LOOP_LONG_BLOCK else LOOP_SHORT_REPEATS
-        if n * times > len(ids):
-            continue
-        block = ids[-n:]
-        if all(ids[len(ids) - (k + 1) * n : len(ids) - k * n] == block for k in range(1, times)):
-            return len(ids) - (times - 1) * n
-    return None
+    return generation.loop_start(ids, lambda n: 2 if n >= LOOP_LONG_BLOCK else LOOP_SHORT_REPEATS, min_block=2)
 
 
 class WhisperDecoding:

@@ -312,6 +312,39 @@ def test_loop_start_finds_only_real_loops():
     assert loop_start([]) is None
 
 
+def test_answer_loop_start_needs_three_copies_over_sixteen_tokens():
+    from desta_edge.runtime.generation import ANSWER_LOOP_TOKENS, answer_loop_start
+
+    sentence = list(range(10, 18))  # 8 tokens: a loop on its third copy in a row
+    assert answer_loop_start([1] + sentence * 2) is None  # said twice: a chorus, not a loop
+    assert answer_loop_start([1] + sentence * 3) == 1 + len(sentence)
+    assert answer_loop_start([1] + [7, 8] * 7) is None  # a short block needs 16 tokens of it ...
+    assert answer_loop_start([1] + [7, 8] * 8) == 3  # ... then it keeps the first copy
+    assert answer_loop_start([4] * (ANSWER_LOOP_TOKENS - 1)) is None
+    assert answer_loop_start([4] * ANSWER_LOOP_TOKENS) == 1
+    assert answer_loop_start([]) is None
+
+
+def test_generate_and_stream_end_a_looping_answer_after_its_first_copy(tiny_model):
+    """The tiny random LLM falls into a two-token loop: unguarded it runs to the token cap; guarded,
+    generate() and stream() stop where the loop is found and keep one copy of the block."""
+    from desta_edge.runtime.generation import answer_loop_start
+
+    c = conv(text="given")
+    free = tiny_model.generate(c, max_new_tokens=64, stop_loops=False).generated_ids[0]
+    assert len(free) == 64 and answer_loop_start(free) is not None  # the premise: it loops
+    cut = tiny_model.generate(c, max_new_tokens=64).generated_ids[0]
+    assert 0 < len(cut) < 64 and free[: len(cut)] == cut and answer_loop_start(cut) is None
+    # cut where the loop is first found, after the block's first copy
+    found = next(n for n in range(1, 65) if answer_loop_start(free[:n]) is not None)
+    assert answer_loop_start(free[:found]) == len(cut)
+    stream = tiny_model.stream(c, max_new_tokens=64)
+    assert "".join(stream) and stream.generated_ids == cut
+    assert stream.text == tiny_model.tokenizer.decode(cut, skip_special_tokens=True)
+    unguarded = tiny_model.stream(c, max_new_tokens=64, stop_loops=False)
+    assert "".join(unguarded) and unguarded.generated_ids == free
+
+
 def test_greedy_transcript_stops_at_a_loop_and_keeps_one_copy():
     """A decoder that would repeat "a b c d e f" until the token cap stops after its first copy."""
     from conftest import tiny_whisper

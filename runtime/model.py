@@ -64,8 +64,8 @@ class Cancelled(Exception):
 class AnswerStream:
     """Iterate to get answer text pieces as they are generated; fields fill in as it runs.
 
-    `audios` is known before the first piece; `text`, `generated_ids` and `timings_ms` are
-    complete once iteration ends. `cancel()` stops generation before the next token.
+    `audios` is known before the first piece; `text`, `generated_ids`, `timings_ms` and `looped`
+    are complete once iteration ends. `cancel()` stops generation before the next token.
     """
 
     def __init__(self, audios: list[tuple[str, str]], pieces: Callable[["AnswerStream"], Iterator[str]]) -> None:
@@ -74,6 +74,7 @@ class AnswerStream:
         self.generated_ids: list[int] = []
         self.timings_ms: dict[str, float] = {}
         self.cancelled = False
+        self.looped = False  # the loop guard ended the answer after the first copy of a repeated block
         self._it = pieces(self)
 
     def cancel(self) -> None:
@@ -388,6 +389,7 @@ class DestaModel:
                     continue
                 rows[i].append(tok)
                 if stop_loops and (k := answer_loop_start(rows[i])) is not None:
+                    logger.info("answer %d repeats itself; ended after the first copy (%d tokens kept)", i, k)
                     del rows[i][k:]
                     done[i] = True
             if all(done):
@@ -430,7 +432,9 @@ class DestaModel:
                     break
                 stream.generated_ids.append(tok)
                 if stop_loops and (k := answer_loop_start(stream.generated_ids)) is not None:
+                    logger.info("the answer repeats itself; ended after the first copy (%d tokens kept)", k)
                     del stream.generated_ids[k:]
+                    stream.looped = True
                     break
                 text = self.tokenizer.decode(stream.generated_ids, skip_special_tokens=True)
                 if text.endswith("\ufffd"):  # a multi-byte character is not complete yet

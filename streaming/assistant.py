@@ -73,6 +73,7 @@ class Stats:
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
     discarded_short: int = 0  # too-short "utterances" (clicks)
     turn_ends: int = 0  # utterances ended early by the end-of-turn detector
+    looped_answers: int = 0  # answers the loop guard ended after the first copy of a repeated block
 
 
 @dataclass
@@ -314,8 +315,9 @@ class Assistant:
             "total": _ms(end_wall - job.speech_end_wall),
         }
         self.stats.answers += 1
+        self.stats.looped_answers += stream.looped
         self._emit("answer", job.utterance, text=stream.text, transcript=transcript, timings_ms=timings,
-                   speculative=job.speculative)
+                   speculative=job.speculative, **({"looped": True} if stream.looped else {}))
 
 
 def _ms(seconds: float) -> float:

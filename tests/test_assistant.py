@@ -66,6 +66,20 @@ def test_streaming_answer_equals_the_offline_answer(tiny_model):
     assert answer["text"] == offline.text[0] and answer["transcript"] == offline.audios[0][1]
 
 
+def test_a_looping_answer_is_ended_counted_and_marked(tiny_model):
+    """The tiny random LLM loops: with a 64-token cap the guard ends the answer early, the answer
+    event says so, and the summary counts it; without the guard it runs to the cap."""
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
+    events, stats = listen(tiny_model, x, AssistantOptions(max_new_tokens=64, turn_detection=False))
+    (answer,) = [e for e in events if e["type"] == "answer"]
+    assert answer["looped"] is True and stats.looped_answers == 1
+    streamed = [e for e in events if e["type"] == "token"]
+    assert len(streamed) < 64  # stopped when the loop was found, not at the cap
+    events, stats = listen(tiny_model, x, AssistantOptions(max_new_tokens=6, turn_detection=False))
+    (answer,) = [e for e in events if e["type"] == "answer"]
+    assert "looped" not in answer and stats.looped_answers == 0  # 6 tokens cannot loop
+
+
 def test_speculation_is_discarded_when_speech_resumes(tiny_model):
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.3), ("v", 0.6), ("s", 1.0))  # 300 ms pause < 500 ms hangover
     events, stats = listen(tiny_model, x)
@@ -108,6 +122,7 @@ class FakeStream:
         self.text = ""
         self.timings_ms = {k: 1.0 for k in ("features", "encoder", "asr", "prefill", "first_token", "total")}
         self.cancelled = False
+        self.looped = False
         self.started = threading.Event()
 
     def cancel(self):

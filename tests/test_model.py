@@ -339,10 +339,10 @@ def test_generate_and_stream_end_a_looping_answer_after_its_first_copy(tiny_mode
     found = next(n for n in range(1, 65) if answer_loop_start(free[:n]) is not None)
     assert answer_loop_start(free[:found]) == len(cut)
     stream = tiny_model.stream(c, max_new_tokens=64)
-    assert "".join(stream) and stream.generated_ids == cut
+    assert "".join(stream) and stream.generated_ids == cut and stream.looped
     assert stream.text == tiny_model.tokenizer.decode(cut, skip_special_tokens=True)
     unguarded = tiny_model.stream(c, max_new_tokens=64, stop_loops=False)
-    assert "".join(unguarded) and unguarded.generated_ids == free
+    assert "".join(unguarded) and unguarded.generated_ids == free and not unguarded.looped
 
 
 def test_greedy_transcript_stops_at_a_loop_and_keeps_one_copy():

@@ -68,7 +68,7 @@ def test_streaming_answer_equals_the_offline_answer(tiny_model):
 
 def test_a_looping_answer_is_ended_counted_and_marked(tiny_model):
     """The tiny random LLM loops: with a 64-token cap the guard ends the answer early, the answer
-    event says so, and the summary counts it; without the guard it runs to the cap."""
+    event says so, and the summary counts it; a 6-token answer is too short to be cut or marked."""
     x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
     events, stats = listen(tiny_model, x, AssistantOptions(max_new_tokens=64, turn_detection=False))
     (answer,) = [e for e in events if e["type"] == "answer"]

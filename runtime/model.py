@@ -87,6 +87,15 @@ class AnswerStream:
         return next(self._it)
 
 
+def _cut_loop(ids: list[int]) -> bool:
+    """If the answer so far ends in a loop (`answer_loop_start`), keep its first copy in `ids` and say so."""
+    if (k := answer_loop_start(ids)) is None:
+        return False
+    logger.info("the answer repeats itself; ended after the first copy (%d tokens kept)", k)
+    del ids[k:]
+    return True
+
+
 @dataclass
 class _Prepared:
     batch_size: int
@@ -388,9 +397,7 @@ class DestaModel:
                     done[i] = True
                     continue
                 rows[i].append(tok)
-                if stop_loops and (k := answer_loop_start(rows[i])) is not None:
-                    logger.info("answer %d repeats itself; ended after the first copy (%d tokens kept)", i, k)
-                    del rows[i][k:]
+                if stop_loops and _cut_loop(rows[i]):
                     done[i] = True
             if all(done):
                 break
@@ -431,9 +438,7 @@ class DestaModel:
                 if tok in self.eos_ids:
                     break
                 stream.generated_ids.append(tok)
-                if stop_loops and (k := answer_loop_start(stream.generated_ids)) is not None:
-                    logger.info("the answer repeats itself; ended after the first copy (%d tokens kept)", k)
-                    del stream.generated_ids[k:]
+                if stop_loops and _cut_loop(stream.generated_ids):
                     stream.looped = True
                     break
                 text = self.tokenizer.decode(stream.generated_ids, skip_special_tokens=True)

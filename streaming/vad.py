@@ -308,12 +308,13 @@ class Endpointer:
         """Does webrtcvad take a background far under the talker for speech (without saturating)?"""
         if self.opts.faint_range_db <= 0:
             return False
-        talker = float(np.percentile(energies[votes], TALKER_PERCENTILE))
+        voiced = energies[votes]
+        talker = float(np.percentile(voiced, TALKER_PERCENTILE))
         if talker - background < self.opts.faint_range_db:
             return False
         at_background = energies < background + BACKGROUND_BAND_DB
         return bool(votes[at_background].mean() >= FAINT_FLOOR_VOICED
-                    or np.mean(energies[votes] < talker - FAINT_BELOW_TALKER_DB) >= FAINT_VOICED_SHARE)
+                    or np.mean(voiced < talker - FAINT_BELOW_TALKER_DB) >= FAINT_VOICED_SHARE)
 
     def _below_talker(self, energy: float) -> bool:
         """Within an utterance, where the gates engage: is this frame too far below its talker?"""

@@ -40,7 +40,8 @@ from .vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEn
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = ("speech_start", "speech_end", "transcript", "token", "answer", "cancelled", "discarded", "error")
+EVENT_TYPES = ("speech_start", "speech_end", "transcript", "token", "answer", "cancelled", "discarded", "skipped",
+               "error")
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,14 @@ class AssistantOptions:
     # False (live audio): the reader waits for a verdict at most the rest of the hangover;
     # True (a file fed as fast as possible): always, so segmentation does not depend on machine speed
     wait_for_turn_verdict: bool = False
+    # requests allowed to wait for the model while it answers another; one more skips the oldest
+    # waiting one (a `skipped` event), so answers stay current on a slow machine (0: no limit)
+    max_waiting: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.barge_in_ms < 0:
-            raise ValueError(f"need max_new_tokens >= 1 and barge_in_ms >= 0, got {self.max_new_tokens} "
-                             f"and {self.barge_in_ms}")
+        if self.max_new_tokens < 1 or self.barge_in_ms < 0 or self.max_waiting < 0:
+            raise ValueError(f"need max_new_tokens >= 1, barge_in_ms >= 0 and max_waiting >= 0, got "
+                             f"{self.max_new_tokens}, {self.barge_in_ms} and {self.max_waiting}")
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Stats:
     answers: int = 0
     errors: int = 0
     cancelled: int = 0  # answers stopped by barge-in
+    skipped: int = 0  # requests dropped unanswered because more than max_waiting waited
     speculative_used: int = 0  # commits that reused a speculative start
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
     discarded_short: int = 0  # too-short "utterances" (clicks)
@@ -76,7 +81,7 @@ class Stats:
     looped_answers: int = 0  # answers the loop guard ended after the first copy of a repeated block
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Job:
     utterance: int
     samples: np.ndarray
@@ -89,6 +94,7 @@ class _Job:
     turn_ms: float | None = None  # time that check took
     judged: threading.Event = field(default_factory=threading.Event)  # set once turn_probability is final
     discard: bool = False
+    started: bool = False  # the worker has taken it up
     cancel: bool = False  # barge-in
     answering: bool = False
 
@@ -124,6 +130,7 @@ class Assistant:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._spec: _Job | None = None  # the pending speculative job, if any
         self._current: _Job | None = None  # the job the worker is on
+        self._waiting: deque[_Job] = deque()  # committed jobs the worker has not taken up, oldest first
         self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
         self.started_at = 0.0  # clock() when run() began; events carry wall_s relative to it
         self._audio_s = 0.0
@@ -209,7 +216,24 @@ class Assistant:
             job.speech_end_wall = self._wall_at(ev.speech_end_s)
             job.commit_wall = self._clock()
             self.stats.utterances += 1
+            self._wait_in_line(job)
             job.decided.set()
+
+    def _wait_in_line(self, job: _Job) -> None:
+        """Queue a committed job; past `max_waiting` waiting, the oldest is skipped (and reported)."""
+        if not self.opts.max_waiting:
+            return
+        with self._lock:
+            if not job.started:
+                self._waiting.append(job)
+            skipped = []
+            while len(self._waiting) > self.opts.max_waiting:
+                old = self._waiting.popleft()
+                old.discard = True  # the worker drops it when it gets there
+                skipped.append(old)
+        for old in skipped:
+            self.stats.skipped += 1
+            self._emit("skipped", old.utterance, waiting=self.opts.max_waiting)
 
     def _barge_in(self) -> None:
         """Cancel the answer in progress once new speech has `barge_in_ms` of voiced audio."""
@@ -250,6 +274,10 @@ class Assistant:
 
     def _worker(self) -> None:
         while (job := self._jobs.get()) is not None:
+            with self._lock:
+                job.started = not job.discard
+                if job in self._waiting:
+                    self._waiting.remove(job)
             if job.discard:
                 job.judged.set()
                 continue

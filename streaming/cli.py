@@ -74,6 +74,9 @@ def register_cli(sub) -> None:
                    help="voiced audio that makes speech a barge-in (default %(default)s; shorter: a backchannel)")
     p.add_argument("--no-barge-in", dest="barge_in", action="store_false",
                    help="answer every utterance in full (default for files and stdin)")
+    p.add_argument("--max-waiting", type=int, default=AssistantOptions.max_waiting,
+                   help="requests that may wait while another is answered; one more skips the oldest waiting one "
+                        "(a 'skipped' event), so answers stay current on a slow machine (default 0: no limit)")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.set_defaults(func=_cmd_listen)
 
@@ -107,7 +110,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                                 turn_threshold=args.turn_threshold,
                                 wait_for_turn_verdict=args.source not in ("mic", "-") and args.realtime is False,
                                 barge_in=args.barge_in if args.barge_in is not None else args.source == "mic",
-                                barge_in_ms=args.barge_in_ms)
+                                barge_in_ms=args.barge_in_ms, max_waiting=args.max_waiting)
         mic = None
         if args.source == "-":
             chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)
@@ -199,6 +202,9 @@ class _Display:
             print(f"  ({line})", file=sys.stderr, flush=True)
         elif kind == "cancelled":
             print(" [interrupted]", flush=True)
+        elif kind == "skipped":
+            print(f"\n[{e['audio_s']:7.2f}s] request {e['utterance']} skipped unanswered: newer requests were "
+                  f"waiting (--max-waiting {e['waiting']})", file=sys.stderr, flush=True)
         elif kind == "error":
             print(f"\nerror on utterance {e.get('utterance')}: {e['message']}", file=sys.stderr, flush=True)
 

@@ -187,6 +187,45 @@ def test_one_failing_utterance_does_not_stop_the_loop():
     assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1
 
 
+class HeldModel(SlowModel):
+    """Its first answer waits for `release`, so later requests pile up behind it."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def stream(self, messages, max_new_tokens, cancelled=None):
+        s = super().stream(messages, max_new_tokens, cancelled)
+        if self.calls == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        return s
+
+
+@pytest.mark.parametrize("max_waiting", [0, 1, 2])
+def test_past_max_waiting_the_oldest_waiting_request_is_skipped(max_waiting):
+    """Four requests; three end while the first answer is held. Only `max_waiting` of them wait."""
+    model = HeldModel()
+    x = signal(("s", 0.5), *[("v", 0.6), ("s", 1.0)] * 4)
+
+    def fed():  # once the model holds the first request, feed the rest, then let it go
+        for c in chunks_of(x, lambda t: t == pytest.approx(2.0) and model.entered.wait(10)):
+            yield c
+        model.release.set()
+
+    events = []
+    a = Assistant(model, AssistantOptions(max_new_tokens=6, turn_detection=False, speculative=False,
+                                          barge_in=False, max_waiting=max_waiting),
+                  emit=events.append, vad=EnergyVad())
+    stats = a.run(fed())
+    skipped = [e["utterance"] for e in events if e["type"] == "skipped"]
+    answered = [e["utterance"] for e in events if e["type"] == "answer"]
+    expected_skips = [] if max_waiting == 0 else [1, 2][: 3 - max_waiting]
+    assert skipped == expected_skips and stats.skipped == len(expected_skips)
+    assert answered == [u for u in range(4) if u not in expected_skips]  # the newest ones, in order
+    assert stats.utterances == 4 and model.calls == len(answered) and not a._waiting
+
+
 class InstantModel:
     """Answers immediately: lets a long session run quickly."""
 
@@ -347,3 +386,5 @@ def test_assistant_options_are_checked():
         AssistantOptions(barge_in_ms=-1)
     with pytest.raises(ValueError, match="max_new_tokens"):
         AssistantOptions(max_new_tokens=0)
+    with pytest.raises(ValueError, match="max_waiting"):
+        AssistantOptions(max_waiting=-1)

@@ -67,6 +67,9 @@ def test_listen_reports_a_bad_file():
     r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--talker-drop-db",
                         "-3"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "talker_drop_db" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--max-waiting",
+                        "-1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "max_waiting" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_display_shows_latency_only_when_audio_is_live(capsys):
@@ -85,3 +88,5 @@ def test_display_shows_latency_only_when_audio_is_live(capsys):
     _Display(live=False)(answer)  # --fast: the file runs ahead of the clock
     err = capsys.readouterr().err
     assert "compute: encoder 240 ms, ASR 110 ms, prefill 90 ms" in err and "after you stopped" not in err
+    _Display()({"type": "skipped", "utterance": 3, "audio_s": 12.5, "wall_s": 14.0, "waiting": 1})
+    assert "request 3 skipped unanswered: newer requests were waiting (--max-waiting 1)" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python benchmarks/endpointing.py [--noises white,pink,brown,hum,babble,music] [--snrs 20,10,5]
                                      [--seeds 3] [--recordings MANIFEST] [--talker-drop-db 6,10]
                                      [--spectral-gate 4:6,5:0] [--faint-range-db 0,20]
+                                     [--variant FIELD=VALUE[,FIELD=VALUE...]] ...
                                      [--out benchmarks/results]
 
 The ten spoken questions of `latency.py` (two of them hesitant, with a pause mid-sentence) are
@@ -11,7 +12,10 @@ background power):
 - white, pink (1/f) and brown (1/f^2) noise (the corpus's generator: nothing below 20 Hz);
 - hum: a 50 Hz mains hum with its harmonics over brown noise;
 - babble: six other synthetic talkers (espeak-ng and flite) saying other sentences at once;
-- music: random three-note chords of harmonic tones, a new one every 0.5 s, each decaying.
+- music: random three-note chords of harmonic tones, a new one every 0.5 s, each decaying;
+- talker, two-talkers: one or two of those talkers saying one sentence after another with
+  0.2-0.8 s pauses, as a TV or people talking across the room do (their pauses are shorter than
+  the hangover, so webrtcvad alone never ends an utterance in them).
 With `--recordings` (a manifest from `real_voices.py`), the requests are instead the manifest's
 whole-file recordings of people (single phrases and sentences: corpus prompts, digits, words,
 channel names), so onsets, endings and pauses are real speech's.
@@ -20,7 +24,9 @@ noise gate alone (other options at their defaults, `--hangover-ms` aside); with 
 also with the talker gate at each drop (the default endpointer: the noise gate and the talker gate
 at 6 dB); with `--spectral-gate S:N`, also with the spectral gate at S dB and the level gate at
 N dB (N = 0: the spectral gate alone); with `--faint-range-db`, also the default endpointer with
-the gates engaging in a faint background that far under the talker (0: only in a saturating one).
+the gates engaging in a faint background that far under the talker (0: only in a saturating one);
+with `--variant`, also the default endpointer with those `EndpointOptions` fields changed (e.g.
+`--variant loud_drop_db=0,distant_db=0`: as before 2026-11-28).
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
 cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.
@@ -43,7 +49,7 @@ from report import write_results  # noqa: E402
 from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd  # noqa: E402
 from desta_edge.training.acoustics import colored_noise  # noqa: E402
 
-NOISES = ("white", "pink", "brown", "hum", "babble", "music")
+NOISES = ("white", "pink", "brown", "hum", "babble", "music", "talker", "two-talkers")
 BABBLE = [  # other talkers: (sentence, engine, voice)
     ("The weather report said it would rain all afternoon in the city.", "espeak", "en-us+m2"),
     ("We should book the tickets before the prices go up again next week.", "flite", "kal"),
@@ -92,6 +98,15 @@ def background(kind: str, n: int, rng: np.random.Generator, talkers: list[np.nda
             tt = np.arange(min(step, n - s)) / RATE
             for f0 in rng.choice(CHORD_NOTES_HZ, 3):
                 x[s : s + len(tt)] += np.exp(-3 * tt) * sum(np.sin(2 * np.pi * f0 * k * tt) / k for k in (1, 2, 3))
+    elif kind in ("talker", "two-talkers"):
+        x = np.zeros(n)
+        for _ in range(1 if kind == "talker" else 2):
+            parts, length = [], 0
+            while length < n + 3 * RATE:  # sentences in random order, each followed by a short pause
+                parts += [talkers[int(rng.integers(len(talkers)))], np.zeros(int(rng.uniform(0.2, 0.8) * RATE))]
+                length += len(parts[-2]) + len(parts[-1])
+            start = int(rng.integers(0, 3 * RATE))
+            x += np.concatenate(parts)[start : start + n]
     else:
         raise ValueError(f"unknown background {kind!r}; expected one of {NOISES}")
     return x.astype(np.float32)
@@ -120,7 +135,8 @@ def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointO
 
 def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions(),
         recordings: Path | None = None, talker_drop_db: list[float] = (),
-        spectral_gate: list[tuple[float, float]] = (), faint_range_db: list[float] = ()) -> dict:
+        spectral_gate: list[tuple[float, float]] = (), faint_range_db: list[float] = (),
+        custom: list[dict[str, float]] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if recordings is None:
             speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav")
@@ -129,13 +145,15 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
             speech = [x for _, _, x in recorded_requests(recordings)]
         talkers = [_speak(text, engine, voice, Path(tmp) / f"b{i}.wav") for i, (text, engine, voice) in enumerate(BABBLE)]
     speech_power = float(np.mean(np.concatenate(speech) ** 2))
-    variants = {"webrtcvad only": replace(opts, noise_gate_db=0.0, talker_drop_db=0.0),
-                "with the noise gate": replace(opts, talker_drop_db=0.0)}
+    no_talker_gate = replace(opts, talker_drop_db=0.0, loud_drop_db=0.0, distant_db=0.0)
+    variants = {"webrtcvad only": replace(no_talker_gate, noise_gate_db=0.0), "with the noise gate": no_talker_gate}
     variants |= {f"noise gate + talker gate {d:g} dB": replace(opts, talker_drop_db=d) for d in talker_drop_db}
     variants |= {f"spectral gate {s:g} dB" + (f" + noise gate {n:g} dB" if n else ""):
-                 replace(opts, talker_drop_db=0.0, spectral_gate_db=s, noise_gate_db=n) for s, n in spectral_gate}
+                 replace(no_talker_gate, spectral_gate_db=s, noise_gate_db=n) for s, n in spectral_gate}
     variants |= {"default, faint-background rule " + (f"{r:g} dB" if r else "off"): replace(opts, faint_range_db=r)
                  for r in faint_range_db}
+    variants |= {"default with " + ", ".join(f"{k}={v:g}" for k, v in fields.items()): replace(opts, **fields)
+                 for fields in custom}
     rows = []
     for kind in noises:
         for snr in snrs:
@@ -170,6 +188,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def variant_fields(spec: str, opts: EndpointOptions) -> dict[str, float]:
+    """"loud_drop_db=0,distant_db=0" -> {"loud_drop_db": 0.0, ...}, checked against EndpointOptions."""
+    fields = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if not hasattr(opts, name) or not value:
+            raise ValueError(f"{item!r} is not FIELD=VALUE for a field of EndpointOptions")
+        fields[name] = int(value) if isinstance(getattr(opts, name), int) else float(value)
+    replace(opts, **fields)  # the options' own checks
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--noises", default=",".join(NOISES), help=f"comma-separated, of {', '.join(NOISES)}")
@@ -185,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faint-range-db", default="",
                    help="comma-separated: also run the default endpointer with the gates engaging in a faint "
                         "background this far under the talker (0: off) (EndpointOptions.faint_range_db)")
+    p.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE...]",
+                   help="also run the default endpointer with these EndpointOptions fields changed (repeatable), "
+                        "e.g. loud_drop_db=0,distant_db=0")
     p.add_argument("--hangover-ms", type=int, default=EndpointOptions.hangover_ms,
                    help=f"silence that ends an utterance (default {EndpointOptions.hangover_ms})")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -203,11 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--spectral-gate takes S:N pairs in dB, e.g. 4:6,5:0; got {args.spectral_gate!r}")
     try:
         opts = EndpointOptions(hangover_ms=args.hangover_ms)
+        custom = [variant_fields(spec, opts) for spec in args.variant]
     except ValueError as e:
         p.error(str(e))
     result = run(noises, [float(s) for s in args.snrs.split(",")], args.seeds, opts, recordings=args.recordings,
                  talker_drop_db=drops, spectral_gate=spectral,
-                 faint_range_db=[float(r) for r in args.faint_range_db.split(",") if r])
+                 faint_range_db=[float(r) for r in args.faint_range_db.split(",") if r], custom=custom)
     write_results(out, "endpointing", result, markdown(result), as_json=args.json)
     return 0
 

@@ -77,6 +77,7 @@ class Stats:
     speculative_used: int = 0  # commits that reused a speculative start
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
     discarded_short: int = 0  # too-short "utterances" (clicks)
+    discarded_distant: int = 0  # utterances far under the recent talker (background speech)
     turn_ends: int = 0  # utterances ended early by the end-of-turn detector
     looped_answers: int = 0  # answers the loop guard ended after the first copy of a repeated block
 
@@ -195,8 +196,11 @@ class Assistant:
             self._drop_spec()
         elif isinstance(ev, Discarded):
             self._drop_spec()
-            self.stats.discarded_short += 1
-            self._emit("discarded", ev.utterance, ev.audio_s, voiced_ms=ev.voiced_ms)
+            if ev.reason == "distant":
+                self.stats.discarded_distant += 1
+            else:
+                self.stats.discarded_short += 1
+            self._emit("discarded", ev.utterance, ev.audio_s, voiced_ms=ev.voiced_ms, reason=ev.reason)
         elif isinstance(ev, SpeechEnd):
             job, self._spec = self._spec, None
             extra = {}

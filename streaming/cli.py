@@ -58,6 +58,14 @@ def register_cli(sub) -> None:
                    help="in such background, also end an utterance at audio this many dB under its own talker "
                         "(fewer requests merged over babble, a few more split; README \"Endpointing in noise\"; "
                         f"default {d.talker_drop_db:g}; 0: off)")
+    p.add_argument("--loud-drop-db", type=float, default=d.loud_drop_db,
+                   help="in such background, also end an utterance at audio this many dB under its loud part (so "
+                        "one that began on a quiet background talker ends after the request; README \"Endpointing "
+                        f"in noise\"; default {d.loud_drop_db:g}; 0: off)")
+    p.add_argument("--distant-db", type=float, default=d.distant_db,
+                   help="in such background, drop an utterance whose loud part lies this many dB under the talker "
+                        "of the last seconds: background speech, not a request (a 'discarded' event; README "
+                        f"\"Endpointing in noise\"; default {d.distant_db:g}; 0: off)")
     p.add_argument("--spectral-gate-db", type=float, default=d.spectral_gate_db,
                    help="in such background, also count only audio this many dB above it on average over 16 "
                         "frequency bands (for steady noise: fans, engines, hiss; lets a crowd through; README "
@@ -102,7 +110,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
             aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms,
             pause_ms=args.pause_ms, hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms,
             turn_end_ms=args.turn_end_ms, max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db,
-            talker_drop_db=args.talker_drop_db, spectral_gate_db=args.spectral_gate_db,
+            talker_drop_db=args.talker_drop_db, loud_drop_db=args.loud_drop_db,
+            distant_db=args.distant_db, spectral_gate_db=args.spectral_gate_db,
             faint_range_db=args.faint_range_db,
         )
         opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,

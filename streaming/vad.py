@@ -38,6 +38,18 @@ voiced frames no longer continues it, so the loud moments of a crowd or of music
 after a request stop carrying it into the next one. It merges fewer requests and, with requests
 of people over babble and hum, splits a few more; with the 600 ms hangover that trade is worth
 it, so it is on by default (it was opt-in when the hangover was 500 ms).
+The median misleads when an utterance begins on a quiet background talker (a TV, people talking
+across the room): until the request comes, the background's frames are the utterance's talker,
+the median stays at their level, and the background carries the request into the next one. So a
+frame also no longer continues an utterance when it is `loud_drop_db` (15 dB) under the
+utterance's loud part: the median of its voiced frames within `LOUD_PART_DB` of their 90th
+percentile, which is the request as soon as it has been heard. For a single talker the loud part
+lies only a few dB above the median, and this rule gates less than the median rule does.
+An utterance made only of such a background (the TV between two requests) is dropped with a
+`Discarded` event, where the gates engage, when even its loudest voiced frame lies `distant_db`
+(20 dB) or more under the talker of the last `noise_window_ms`: it is not addressed to the device.
+(Its loudest frame, not its loud part: a short word's vowel may be a few frames among quiet ones.)
+Until someone louder has been heard, nothing is dropped.
 An opt-in spectral gate (`spectral_gate_db`) judges a frame against the background band by band
 in the same background: the mean, over 16 bands from 150 Hz to 7 kHz, of the frame's
 power over that band's background level (the same percentile of the window). Speech stands far
@@ -79,6 +91,7 @@ FAINT_BELOW_TALKER_DB = 25.0  # ... this far or further under the talker
 # at the start for speech
 NOISE_MIN_HISTORY_MS = 1000
 TALKER_MIN_MS = 200  # voiced audio an utterance needs before its talker's level is trusted
+LOUD_PART_DB = 15.0  # an utterance's loud part: its voiced frames within this of their TALKER_PERCENTILE
 SILENCE_DB = -70.0  # frame energies are floored here (digital silence has no level)
 SPECTRAL_FFT = 512  # FFT length of the spectral gate (covers a 30 ms frame: 480 samples)
 SPECTRAL_BANDS = 16  # equal bands of the spectral gate across the speech range ...
@@ -110,6 +123,14 @@ class EndpointOptions:
     # where the gates engage, a frame this far below the utterance's own talker no longer
     # continues it (the median level of its voiced frames; 0: off)
     talker_drop_db: float = 6.0
+    # where the gates engage, a frame this far below the utterance's loud part (the median of its voiced
+    # frames within LOUD_PART_DB of their 90th percentile) no longer continues it either, so an utterance
+    # that began on a quiet background talker ends after the request (0: off; off before 2026-11-28)
+    loud_drop_db: float = 15.0
+    # where the gates engage, an utterance whose loudest voiced frame lies this far under the talker of
+    # the last noise_window_ms (the TALKER_PERCENTILE of its voiced frames) is background, dropped
+    # (0: off; off before 2026-11-28)
+    distant_db: float = 20.0
     # where the gates engage, voiced = also this far above the background on average over 16
     # frequency bands, each against its own level (0: off; for steady noise: fans, engines, hiss)
     spectral_gate_db: float = 0.0
@@ -132,9 +153,11 @@ class EndpointOptions:
             raise ValueError(f"max_utterance_s must be in (0, 30], got {self.max_utterance_s}")
         if self.tail_ms > self.pause_ms:
             raise ValueError("tail_ms must not exceed pause_ms (a speculative start must see the final audio)")
-        if min(self.talker_drop_db, self.spectral_gate_db, self.faint_range_db) < 0:
-            raise ValueError(f"need talker_drop_db, spectral_gate_db and faint_range_db >= 0, got "
-                             f"{self.talker_drop_db}, {self.spectral_gate_db} and {self.faint_range_db}")
+        gates = {"talker_drop_db": self.talker_drop_db, "loud_drop_db": self.loud_drop_db,
+                 "distant_db": self.distant_db, "spectral_gate_db": self.spectral_gate_db,
+                 "faint_range_db": self.faint_range_db}
+        if min(gates.values()) < 0:
+            raise ValueError(f"need {', '.join(gates)} >= 0, got {', '.join(map(str, gates.values()))}")
         if self.noise_gate_db < 0 or self.noise_window_ms < NOISE_MIN_HISTORY_MS:
             raise ValueError(f"need noise_gate_db >= 0 and noise_window_ms >= {NOISE_MIN_HISTORY_MS}, got "
                              f"{self.noise_gate_db} and {self.noise_window_ms}")
@@ -183,7 +206,8 @@ class SpeechEnd:
 class Discarded:
     utterance: int
     audio_s: float
-    voiced_ms: int  # too little voiced audio to be a query
+    voiced_ms: int
+    reason: str = "short"  # "short": too little voiced audio to be a query; "distant": background
 
 
 Event = SpeechStart | Pause | Resume | SpeechEnd | Discarded
@@ -213,6 +237,7 @@ class Endpointer:
         self.vad_errors = 0  # frames webrtcvad refused (counted, logged, treated as silence)
         self.gated_frames = 0  # frames webrtcvad called voiced that the noise or spectral gate judged background
         self.talker_gated_frames = 0  # voiced frames too far below the utterance's talker to continue it
+        self._engaged = False  # did the gates engage at the last voiced frame?
         n = opts.frames(opts.noise_window_ms)
         self._energies: deque[float] = deque(maxlen=n)  # dB of recent frames
         self._vad_votes: deque[bool] = deque(maxlen=n)  # webrtcvad's verdicts on them
@@ -283,13 +308,14 @@ class Endpointer:
         self._vad_votes.append(voiced)
         if bands is not None:
             self._bands.append(bands)
-        if (not voiced or (o.noise_gate_db <= 0 and o.talker_drop_db <= 0 and o.spectral_gate_db <= 0)
+        if (not voiced or max(o.noise_gate_db, o.talker_drop_db, o.loud_drop_db, o.spectral_gate_db) <= 0
                 or len(self._vad_votes) < o.frames(NOISE_MIN_HISTORY_MS)):
             return voiced
         energies = np.fromiter(self._energies, float, len(self._energies))
         votes = np.fromiter(self._vad_votes, bool, len(self._vad_votes))
         background = float(np.percentile(energies, NOISE_FLOOR_PERCENTILE))
-        if not (votes.mean() >= NOISE_SATURATION or self._faint_background(energies, votes, background)):
+        self._engaged = bool(votes.mean() >= NOISE_SATURATION or self._faint_background(energies, votes, background))
+        if not self._engaged:
             return voiced
         if o.noise_gate_db > 0 and energy < background + o.noise_gate_db:
             self.gated_frames += 1
@@ -318,9 +344,21 @@ class Endpointer:
 
     def _below_talker(self, energy: float) -> bool:
         """Within an utterance, where the gates engage: is this frame too far below its talker?"""
-        if self.opts.talker_drop_db <= 0 or len(self._talker) < self.opts.frames(TALKER_MIN_MS):
+        o, levels = self.opts, self._talker  # dB of the utterance's voiced frames, sorted
+        if len(levels) < o.frames(TALKER_MIN_MS):
             return False
-        return energy < self._talker[len(self._talker) // 2] - self.opts.talker_drop_db
+        if o.talker_drop_db > 0 and energy < levels[len(levels) // 2] - o.talker_drop_db:
+            return True
+        return o.loud_drop_db > 0 and energy < _loud_part(levels) - o.loud_drop_db
+
+    def _distant(self) -> bool:
+        """Where the gates engage: is the utterance far under the talker of the last few seconds?"""
+        if self.opts.distant_db <= 0 or not self._engaged or not self._talker:
+            return False
+        votes = np.fromiter(self._vad_votes, bool, len(self._vad_votes))
+        energies = np.fromiter(self._energies, float, len(self._energies))[votes]
+        talker = float(np.percentile(energies, TALKER_PERCENTILE)) if energies.size else SILENCE_DB
+        return self._talker[-1] < talker - self.opts.distant_db  # its loudest voiced frame
 
     def _frame(self, frame: np.ndarray) -> list[Event]:
         energy = max(SILENCE_DB, 10 * float(np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12)))
@@ -380,9 +418,10 @@ class Endpointer:
         self._next_id += 1
         now = self._t(self._frame_index)
         voiced_ms = self._voiced * self.opts.frame_ms
-        if voiced_ms < self.opts.min_speech_ms:
+        if voiced_ms < self.opts.min_speech_ms or self._distant():
+            reason = "short" if voiced_ms < self.opts.min_speech_ms else "distant"
             self._reset_utterance()
-            return [Discarded(uid, now, voiced_ms)]
+            return [Discarded(uid, now, voiced_ms, reason)]
         audio = self._audio()
         speech_end = self._t(self._start_frame + self._last_voiced + 1)
         start = self._t(self._start_frame)
@@ -390,3 +429,10 @@ class Endpointer:
         if reason == "max_length":
             logger.warning("utterance %d reached the %.1f s limit and was cut", uid, self.opts.max_utterance_s)
         return [SpeechEnd(uid, now, speech_end, start, audio, reason)]
+
+
+def _loud_part(levels: list[float]) -> float:
+    """The median of the sorted frame levels within LOUD_PART_DB of their TALKER_PERCENTILE (dB)."""
+    top = levels[(len(levels) - 1) * TALKER_PERCENTILE // 100]
+    start = bisect.bisect_left(levels, top - LOUD_PART_DB)
+    return levels[(start + len(levels)) // 2]

@@ -168,6 +168,8 @@ def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():
     assert stats.cancelled == 0 and not model.streams[0].cancelled
     assert stats.answers == 1 and len(next(e for e in events if e["type"] == "answer")["text"]) == 40
     assert stats.discarded_short == 1  # the "mhm" itself: too short to be a query
+    (dropped,) = [e for e in events if e["type"] == "discarded"]
+    assert dropped["reason"] == "short" and dropped["voiced_ms"] == 200 and stats.discarded_distant == 0
 
 
 def test_without_barge_in_every_answer_completes():
@@ -176,6 +178,21 @@ def test_without_barge_in_every_answer_completes():
     events, stats = listen(model, x, AssistantOptions(barge_in=False))
     assert stats.cancelled == 0 and stats.answers == 2
     assert all(len(e["text"]) == 40 for e in events if e["type"] == "answer")
+
+
+def test_background_speech_far_under_the_talker_is_dropped_not_answered():
+    """A quiet background talker (26 dB under, with short pauses) around two requests: each request
+    is answered once, and the background left after them is a `discarded` event, not a request."""
+    x = signal(("s", 2.0), ("v", 1.0), ("s", 1.5), ("v", 1.0), ("s", 1.5))
+    t = np.arange(len(x)) / 16000
+    x = (x + 0.3 * 10 ** (-26 / 20) * ((t % 0.6) < 0.4) * np.sin(2 * np.pi * 90 * t)).astype(np.float32)
+    events = []
+    a = Assistant(InstantModel(), AssistantOptions(barge_in=False, turn_detection=False), emit=events.append,
+                  vad=EnergyVad(threshold=0.005))
+    stats = a.run(chunks_of(x))
+    assert stats.answers == 2 and stats.discarded_distant == 1 and stats.discarded_short == 0
+    (dropped,) = [e for e in events if e["type"] == "discarded"]
+    assert dropped["reason"] == "distant" and dropped["utterance"] == 2
 
 
 def test_one_failing_utterance_does_not_stop_the_loop():

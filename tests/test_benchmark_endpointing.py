@@ -21,6 +21,11 @@ def test_backgrounds_are_finite_and_colored_noise_tilts_low():
         power = np.abs(np.fft.rfft(x)) ** 2
         spectra[kind] = power[: len(power) // 8].sum() / power.sum()  # share below 1 kHz
     assert spectra["white"] < 0.2 < spectra["pink"] < spectra["brown"]
+    # one background talker: sentence after sentence, each followed by a 0.2-0.8 s pause
+    x = bench.background("talker", 10 * n, np.random.default_rng(1), talkers)
+    pauses = np.diff(np.flatnonzero(np.diff(np.r_[0, x == 0, 0])))[::2] / bench.RATE  # silent stretches, s
+    pauses = pauses[pauses > 0.01][1:-1]  # the first and the last may be cut by the window
+    assert len(pauses) >= 5 and pauses.min() >= 0.2 - 1e-3 and pauses.max() <= 0.8
     with pytest.raises(ValueError, match="unknown background"):
         bench.background("rain", n, rng, talkers)
 
@@ -58,10 +63,11 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
     bench = load_benchmark("endpointing")
     out = tmp_path / "results"
     assert bench.main(["--noises", "white,babble", "--snrs", "20", "--seeds", "1", "--talker-drop-db", "10",
-                       "--spectral-gate", "5:0", "--faint-range-db", "0", "--out", str(out), "--json"]) == 0
+                       "--spectral-gate", "5:0", "--faint-range-db", "0", "--variant", "loud_drop_db=0,distant_db=0",
+                       "--out", str(out), "--json"]) == 0
     (result_file,) = out.glob("endpointing-*.json")
     result = json.loads(result_file.read_text())
-    assert result["questions"] == 10 and len(result["rows"]) == 10  # 2 backgrounds x 5 endpointers
+    assert result["questions"] == 10 and len(result["rows"]) == 12  # 2 backgrounds x 6 endpointers
     for r in result["rows"]:
         assert r["once"] + r["split"] + r["missed"] == 10
     white_plain = next(r for r in result["rows"] if r["background"] == "white" and r["variant"] == "webrtcvad only")
@@ -70,12 +76,18 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
     assert "| babble | 20 | with the noise gate |" in table and "| babble | 20 | noise gate + talker gate 10 dB |" in table
     assert "| white | 20 | spectral gate 5 dB | 10/10 |" in table
     assert "| babble | 20 | default, faint-background rule off |" in table
+    assert "| babble | 20 | default with loud_drop_db=0, distant_db=0 |" in table
     hangover = bench.EndpointOptions().hangover_ms
     assert result["hangover_ms"] == hangover and f"hangover {hangover} ms" in table
     with pytest.raises(SystemExit):
         bench.main(["--spectral-gate", "5", "--out", str(out)])  # S:N pairs only
     with pytest.raises(SystemExit):
         bench.main(["--hangover-ms", "100", "--out", str(out)])  # shorter than the 150 ms pause
+    for bad in ("loud_db=0", "distant_db", "distant_db=-1", "frame_ms=25"):  # unknown, no value, out of range
+        with pytest.raises(SystemExit):
+            bench.main(["--variant", bad, "--out", str(out)])
+    assert bench.variant_fields("frame_ms=30,distant_db=12.5", bench.EndpointOptions()) == {"frame_ms": 30,
+                                                                                        "distant_db": 12.5}
 
 
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")

@@ -107,7 +107,7 @@ def test_clicks_never_start_and_short_blips_are_discarded():
     assert events == []
     events, _ = run(signal(("s", 0.5), ("v", 0.2), ("s", 1.0)))  # starts, but 200 ms < 250 ms
     assert [type(e) for e in events] == [SpeechStart, Pause, Discarded]
-    assert events[-1].voiced_ms == 200
+    assert events[-1].voiced_ms == 200 and events[-1].reason == "short"
 
 
 def test_max_length_cut_is_reported():
@@ -149,7 +149,8 @@ def test_state_stays_bounded_over_many_utterances():
     ({"tail_ms": 200}, "tail_ms"), ({"turn_end_ms": 100}, "turn_end_ms"), ({"turn_end_ms": 700}, "turn_end_ms"),
     ({"noise_gate_db": -1}, "noise_gate_db"), ({"talker_drop_db": -1}, "talker_drop_db"),
     ({"spectral_gate_db": -1}, "spectral_gate_db"), ({"noise_window_ms": 500}, "noise_window_ms"),
-    ({"faint_range_db": -1}, "faint_range_db"),
+    ({"faint_range_db": -1}, "faint_range_db"), ({"loud_drop_db": -1}, "loud_drop_db"),
+    ({"distant_db": -1}, "distant_db"),
 ])
 def test_bad_options(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -163,7 +164,7 @@ def test_noise_gate_separates_requests_over_a_background_the_vad_calls_speech():
     x = signal(("s", 2.0), ("v", 1.2), ("s", 1.5), ("v", 1.0), ("s", 1.5))
     x = x + 0.02 * np.sin(2 * np.pi * 90 * np.arange(len(x)) / RATE).astype(np.float32)
     vad = lambda: EnergyVad(threshold=0.005)  # noqa: E731
-    off = EndpointOptions(noise_gate_db=0, max_utterance_s=5.0)
+    off = EndpointOptions(noise_gate_db=0, talker_drop_db=0, loud_drop_db=0, max_utterance_s=5.0)
     events, ep = run(x, off, vad=vad())
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert [e.reason for e in ends][0] == "max_length" and ep.gated_frames == 0
@@ -200,6 +201,29 @@ def test_talker_gate_ends_a_request_that_a_fluctuating_background_would_carry_on
     assert ends[-1].speech_end_s == pytest.approx(3.7) and ends[-1].reason == "silence"
     assert ends[-1].start_s == pytest.approx(2.7 - 0.3)  # the request, with its pre-roll
     assert ep.talker_gated_frames > 0
+
+
+def test_an_utterance_that_began_on_a_background_talker_ends_after_the_request():
+    """A quiet background talker (26 dB under, 400 ms on, 200 ms off: its pauses never reach the
+    hangover) starts an utterance before the first request. Its frames are most of that utterance,
+    so the median sits at their level and the median rule lets the background carry the first
+    request into the second. Against the utterance's loud part (the request, once heard) the
+    background is 26 dB down, past `loud_drop_db`, and each request ends where it stopped."""
+    x = signal(("s", 2.0), ("v", 1.0), ("s", 1.5), ("v", 1.0), ("s", 1.5))
+    t = np.arange(len(x)) / RATE
+    x = (x + 0.3 * 10 ** (-26 / 20) * ((t % 0.6) < 0.4) * np.sin(2 * np.pi * 90 * t)).astype(np.float32)
+    median_only, _ = run(x, replace(OPTS, talker_drop_db=6, loud_drop_db=0), vad=EnergyVad(threshold=0.005))
+    assert [(e.start_s, e.speech_end_s) for e in median_only if isinstance(e, SpeechEnd)] == [(0.0, 7.0)]
+    events, ep = run(x, replace(OPTS, talker_drop_db=6), vad=EnergyVad(threshold=0.005))
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert [e.speech_end_s for e in ends] == pytest.approx([3.0, 5.5]) and ep.talker_gated_frames > 0
+    # the background after the last request becomes an utterance of its own, 26 dB under the
+    # requests just heard: dropped as distant (distant_db), or, with that off, sent on like a request
+    (dropped,) = [e for e in events if isinstance(e, Discarded)]
+    assert dropped.reason == "distant" and dropped.utterance == 2 and dropped.voiced_ms >= 250
+    events, _ = run(x, replace(OPTS, talker_drop_db=6, distant_db=0), vad=EnergyVad(threshold=0.005))
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert len(ends) == 3 and ends[2].start_s > 5.5 and not any(isinstance(e, Discarded) for e in events)
 
 
 def _requests_over_a_faint_background(db_under: float) -> tuple[np.ndarray, EnergyVad]:

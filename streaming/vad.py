@@ -12,7 +12,8 @@ wall clock, so tests feed exact frames and never sleep.
     SPEECH  ──(max_utterance_s reached)──► emits SpeechEnd(reason="max_length"), back to SILENCE
 
 An utterance's audio is the pre-roll before the onset, the speech, and `tail_ms` of what follows
-the last voiced frame (never the whole hangover). Utterances shorter than `min_speech_ms` of
+the last voiced frame (never the whole hangover). Where the gates engage (below), an utterance
+that began on quiet background starts instead `pre_roll_ms` before its loud part. Utterances shorter than `min_speech_ms` of
 voiced audio (clicks, coughs) are dropped with a `Discarded` event, never sent to the model.
 
 Background that webrtcvad cannot tell from speech (other people talking, a TV, loud noise at
@@ -44,7 +45,10 @@ the median stays at their level, and the background carries the request into the
 frame also no longer continues an utterance when it is `loud_drop_db` (15 dB) under the
 utterance's loud part: the median of its voiced frames within `LOUD_PART_DB` of their 90th
 percentile, which is the request as soon as it has been heard. For a single talker the loud part
-lies only a few dB above the median, and this rule gates less than the median rule does.
+lies only a few dB above the median, and this rule gates less than the median rule does. The
+utterance's audio then starts `pre_roll_ms` before the first frame within `loud_drop_db` of the
+loud part, so the background heard before the request stays out of its transcript (when there
+is at least `MIN_BACKGROUND_CUT_MS` of it: a request's own quiet start is shorter).
 An utterance made only of such a background (the TV between two requests) is dropped with a
 `Discarded` event, where the gates engage, when even its loudest voiced frame lies `distant_db`
 (20 dB) or more under the talker of the last `noise_window_ms`: it is not addressed to the device.
@@ -92,6 +96,9 @@ FAINT_BELOW_TALKER_DB = 25.0  # ... this far or further under the talker
 NOISE_MIN_HISTORY_MS = 1000
 TALKER_MIN_MS = 200  # voiced audio an utterance needs before its talker's level is trusted
 LOUD_PART_DB = 15.0  # an utterance's loud part: its voiced frames within this of their TALKER_PERCENTILE
+# background before the loud part is cut from an utterance's audio only when there is at least this much
+# of it (beyond the pre-roll): a request's own quiet start is shorter
+MIN_BACKGROUND_CUT_MS = 500
 SILENCE_DB = -70.0  # frame energies are floored here (digital silence has no level)
 SPECTRAL_FFT = 512  # FFT length of the spectral gate (covers a 30 ms frame: 480 samples)
 SPECTRAL_BANDS = 16  # equal bands of the spectral gate across the speech range ...
@@ -361,7 +368,7 @@ class Endpointer:
         return self._talker[-1] < talker - self.opts.distant_db  # its loudest voiced frame
 
     def _frame(self, frame: np.ndarray) -> list[Event]:
-        energy = max(SILENCE_DB, 10 * float(np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12)))
+        energy = float(_level_db(frame[None])[0])
         bands = self._band_powers(frame) if self.opts.spectral_gate_db > 0 else None
         voiced = self._gated(energy, self._is_speech(frame), bands)
         if voiced and self.in_speech:
@@ -392,7 +399,7 @@ class Endpointer:
             return self._end("max_length")
         if not self._paused and self._silence == self.opts.frames(self.opts.pause_ms):
             self._paused = True
-            return [Pause(self._next_id, self._t(idx + 1), self._audio())]
+            return [Pause(self._next_id, self._t(idx + 1), self._audio(self._loud_onset()))]
         return []
 
     def _start(self, idx: int) -> SpeechStart:
@@ -409,9 +416,21 @@ class Endpointer:
         self.in_speech = True
         return SpeechStart(self._next_id, self._t(onset))
 
-    def _audio(self) -> np.ndarray:
+    def _audio(self, first: int) -> np.ndarray:
+        """The utterance's audio from frame `first` to `tail_ms` after its last voiced frame."""
         stop = min(len(self._frames), self._last_voiced + 1 + self.opts.frames(self.opts.tail_ms))
-        return np.concatenate(self._frames[:stop])
+        return np.concatenate(self._frames[first:stop])
+
+    def _loud_onset(self) -> int:
+        """Where the gates engage: the utterance's first frame to keep, `pre_roll_ms` before its loud
+        part begins, so that background heard before the request (at least MIN_BACKGROUND_CUT_MS of
+        it) stays out of its audio; 0 otherwise."""
+        o = self.opts
+        if o.loud_drop_db <= 0 or not self._engaged or len(self._talker) < o.frames(TALKER_MIN_MS):
+            return 0
+        levels = _level_db(np.stack(self._frames))  # [frames]
+        first = int(np.argmax(levels >= _loud_part(self._talker) - o.loud_drop_db)) - o.frames(o.pre_roll_ms)
+        return first if first >= o.frames(MIN_BACKGROUND_CUT_MS) else 0
 
     def _end(self, reason: str) -> list[Event]:
         uid = self._next_id
@@ -422,9 +441,10 @@ class Endpointer:
             reason = "short" if voiced_ms < self.opts.min_speech_ms else "distant"
             self._reset_utterance()
             return [Discarded(uid, now, voiced_ms, reason)]
-        audio = self._audio()
+        first = self._loud_onset()
+        audio = self._audio(first)
         speech_end = self._t(self._start_frame + self._last_voiced + 1)
-        start = self._t(self._start_frame)
+        start = self._t(self._start_frame + first)
         self._reset_utterance()
         if reason == "max_length":
             logger.warning("utterance %d reached the %.1f s limit and was cut", uid, self.opts.max_utterance_s)
@@ -436,3 +456,9 @@ def _loud_part(levels: list[float]) -> float:
     top = levels[(len(levels) - 1) * TALKER_PERCENTILE // 100]
     start = bisect.bisect_left(levels, top - LOUD_PART_DB)
     return levels[(start + len(levels)) // 2]
+
+
+def _level_db(frames: np.ndarray) -> np.ndarray:
+    """Level of each frame of [n, samples] in dB, floored at SILENCE_DB: [n]."""
+    power = np.mean(np.square(frames, dtype=np.float64), axis=1)
+    return np.maximum(SILENCE_DB, 10 * np.log10(power + 1e-12))

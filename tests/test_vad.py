@@ -208,7 +208,8 @@ def test_an_utterance_that_began_on_a_background_talker_ends_after_the_request()
     hangover) starts an utterance before the first request. Its frames are most of that utterance,
     so the median sits at their level and the median rule lets the background carry the first
     request into the second. Against the utterance's loud part (the request, once heard) the
-    background is 26 dB down, past `loud_drop_db`, and each request ends where it stopped."""
+    background is 26 dB down, past `loud_drop_db`: each request ends where it stopped, and its
+    audio starts `pre_roll_ms` before it."""
     x = signal(("s", 2.0), ("v", 1.0), ("s", 1.5), ("v", 1.0), ("s", 1.5))
     t = np.arange(len(x)) / RATE
     x = (x + 0.3 * 10 ** (-26 / 20) * ((t % 0.6) < 0.4) * np.sin(2 * np.pi * 90 * t)).astype(np.float32)
@@ -217,6 +218,9 @@ def test_an_utterance_that_began_on_a_background_talker_ends_after_the_request()
     events, ep = run(x, replace(OPTS, talker_drop_db=6), vad=EnergyVad(threshold=0.005))
     ends = [e for e in events if isinstance(e, SpeechEnd)]
     assert [e.speech_end_s for e in ends] == pytest.approx([3.0, 5.5]) and ep.talker_gated_frames > 0
+    # and each keeps only its pre-roll of the background before the request's loud part
+    assert [e.start_s for e in ends] == pytest.approx([2.0 - 0.3, 4.5 - 0.3])
+    assert [len(e.samples) for e in ends] == [round((e.speech_end_s + 0.1 - e.start_s) * RATE) for e in ends]
     # the background after the last request becomes an utterance of its own, 26 dB under the
     # requests just heard: dropped as distant (distant_db), or, with that off, sent on like a request
     (dropped,) = [e for e in events if isinstance(e, Discarded)]

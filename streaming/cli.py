@@ -63,8 +63,8 @@ def register_cli(sub) -> None:
                         "one that began on a quiet background talker ends after the request; README \"Endpointing "
                         f"in noise\"; default {d.loud_drop_db:g}; 0: off)")
     p.add_argument("--distant-db", type=float, default=d.distant_db,
-                   help="in such background, drop an utterance whose loud part lies this many dB under the talker "
-                        "of the last seconds: background speech, not a request (a 'discarded' event; README "
+                   help="in such background, drop an utterance whose loudest frame lies this many dB under the "
+                        "talker of the last seconds: background speech, not a request (a 'discarded' event; README "
                         f"\"Endpointing in noise\"; default {d.distant_db:g}; 0: off)")
     p.add_argument("--spectral-gate-db", type=float, default=d.spectral_gate_db,
                    help="in such background, also count only audio this many dB above it on average over 16 "

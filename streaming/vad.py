@@ -13,8 +13,9 @@ wall clock, so tests feed exact frames and never sleep.
 
 An utterance's audio is the pre-roll before the onset, the speech, and `tail_ms` of what follows
 the last voiced frame (never the whole hangover). Where the gates engage (below), an utterance
-that began on quiet background starts instead `pre_roll_ms` before its loud part. Utterances shorter than `min_speech_ms` of
-voiced audio (clicks, coughs) are dropped with a `Discarded` event, never sent to the model.
+that began on quiet background starts instead `pre_roll_ms` before its loud part. Utterances
+shorter than `min_speech_ms` of voiced audio (clicks, coughs) are dropped with a `Discarded`
+event, never sent to the model.
 
 Background that webrtcvad cannot tell from speech (other people talking, a TV, loud noise at
 low SNR) would keep it voiced, merge every request into one and end it only at the 30 s cut. A

@@ -239,7 +239,9 @@ class Endpointer:
         self._vad = vad
         self._buf = np.zeros(0, dtype=np.float32)  # samples not yet framed
         self._frame_index = 0  # frames seen
-        self._history: deque[np.ndarray] = deque(maxlen=opts.frames(opts.pre_roll_ms) + opts.frames(opts.start_window_ms))
+        # (frame, its level in dB) before an utterance starts: the pre-roll and the onset window
+        self._history: deque[tuple[np.ndarray, float]] = deque(
+            maxlen=opts.frames(opts.pre_roll_ms) + opts.frames(opts.start_window_ms))
         self._window: deque[bool] = deque(maxlen=opts.frames(opts.start_window_ms))
         self._next_id = 0
         self.vad_errors = 0  # frames webrtcvad refused (counted, logged, treated as silence)
@@ -260,6 +262,7 @@ class Endpointer:
     def _reset_utterance(self) -> None:
         self.in_speech = False
         self._frames: list[np.ndarray] = []  # utterance audio, frame by frame, from its start
+        self._levels: list[float] = []  # dB of each of those frames
         self._start_frame = 0
         self._last_voiced = 0  # index into self._frames of the last voiced frame
         self._voiced = 0
@@ -369,7 +372,7 @@ class Endpointer:
         return self._talker[-1] < talker - self.opts.distant_db  # its loudest voiced frame
 
     def _frame(self, frame: np.ndarray) -> list[Event]:
-        energy = float(_level_db(frame[None])[0])
+        energy = max(SILENCE_DB, 10 * float(np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12)))
         bands = self._band_powers(frame) if self.opts.spectral_gate_db > 0 else None
         voiced = self._gated(energy, self._is_speech(frame), bands)
         if voiced and self.in_speech:
@@ -377,12 +380,13 @@ class Endpointer:
         idx = self._frame_index
         self._frame_index += 1
         if not self.in_speech:
-            self._history.append(frame)
+            self._history.append((frame, energy))
             self._window.append(voiced)
             if sum(self._window) >= self.opts.frames(self.opts.start_voiced_ms):
                 return [self._start(idx)]
             return []
         self._frames.append(frame)
+        self._levels.append(energy)
         if voiced:
             self._voiced += 1
             self._last_voiced = len(self._frames) - 1
@@ -407,7 +411,8 @@ class Endpointer:
         window = len(self._window)
         onset = idx - window + 1 + next(i for i, v in enumerate(self._window) if v)
         keep = min(len(self._history), (idx - onset + 1) + self.opts.frames(self.opts.pre_roll_ms))
-        self._frames = list(self._history)[-keep:]
+        kept = list(self._history)[-keep:]
+        self._frames, self._levels = [f for f, _ in kept], [e for _, e in kept]
         self._start_frame = idx + 1 - keep
         self._last_voiced = len(self._frames) - 1
         self._voiced = sum(self._window)
@@ -429,8 +434,8 @@ class Endpointer:
         o = self.opts
         if o.loud_drop_db <= 0 or not self._engaged or len(self._talker) < o.frames(TALKER_MIN_MS):
             return 0
-        levels = _level_db(np.stack(self._frames))  # [frames]
-        first = int(np.argmax(levels >= _loud_part(self._talker) - o.loud_drop_db)) - o.frames(o.pre_roll_ms)
+        loud = np.asarray(self._levels) >= _loud_part(self._talker) - o.loud_drop_db  # [frames]
+        first = int(np.argmax(loud)) - o.frames(o.pre_roll_ms)
         return first if first >= o.frames(MIN_BACKGROUND_CUT_MS) else 0
 
     def _end(self, reason: str) -> list[Event]:
@@ -438,10 +443,10 @@ class Endpointer:
         self._next_id += 1
         now = self._t(self._frame_index)
         voiced_ms = self._voiced * self.opts.frame_ms
-        if voiced_ms < self.opts.min_speech_ms or self._distant():
-            reason = "short" if voiced_ms < self.opts.min_speech_ms else "distant"
+        dropped = "short" if voiced_ms < self.opts.min_speech_ms else "distant" if self._distant() else None
+        if dropped:
             self._reset_utterance()
-            return [Discarded(uid, now, voiced_ms, reason)]
+            return [Discarded(uid, now, voiced_ms, dropped)]
         first = self._loud_onset()
         audio = self._audio(first)
         speech_end = self._t(self._start_frame + self._last_voiced + 1)
@@ -458,8 +463,3 @@ def _loud_part(levels: list[float]) -> float:
     start = bisect.bisect_left(levels, top - LOUD_PART_DB)
     return levels[(start + len(levels)) // 2]
 
-
-def _level_db(frames: np.ndarray) -> np.ndarray:
-    """Level of each frame of [n, samples] in dB, floored at SILENCE_DB: [n]."""
-    power = np.mean(np.square(frames, dtype=np.float64), axis=1)
-    return np.maximum(SILENCE_DB, 10 * np.log10(power + 1e-12))

@@ -5,7 +5,8 @@
                                   [--max-new-tokens 32]
                                   [--out benchmarks/results] [--json]
 
-Variants: PyTorch on each device (and, with --whisper-dtype, again with Whisper in that dtype);
+Variants: PyTorch on each device (and, with --whisper-dtype, again with Whisper in that dtype; on
+CUDA also in float32 with TF32 off, whose answers should be the CPU's);
 each `--onnx` export (fp32, int8, ...) on each ONNX Runtime
 provider that can run here (CPU; CUDA; TensorRT). Variants that cannot run are listed with the
 reason. With --encoder-padding-s S every variant runs the shorter encoder window
@@ -51,6 +52,7 @@ class Variant:
     source: str  # model name / checkpoint, or export directory
     device: str
     ort_provider: str | None = None
+    dtype: str | None = None  # torch only: the whole model in this dtype (None: the device's default)
     whisper_dtype: str | None = None  # torch only: Whisper in this dtype (runtime.backends.WHISPER_DTYPES)
     encoder_padding_s: float | None = None  # the encoder reads the clip + this many s (None: the 30 s window)
 
@@ -78,6 +80,8 @@ def _plan(model: str, onnx_dirs: list[str], devices: list[str],
             skipped.append({"variant": label, "reason": "torch.cuda.is_available() is False (no GPU or a CPU build)"})
         else:
             runs.append(Variant(label, "torch", model, dev))
+            if dev == "cuda":  # bf16 is the CUDA default; fp32 checks the GPU against the CPU
+                runs.append(Variant(f"{label}, float32", "torch", model, dev, dtype="float32"))
             if whisper_dtype:
                 runs.append(Variant(f"torch ({dev}), whisper {whisper_dtype}", "torch", model, dev,
                                     whisper_dtype=whisper_dtype))
@@ -133,8 +137,11 @@ def run_variant(v: Variant, clips: list[str], max_new_tokens: int) -> dict:
 
     from desta_edge import DestaModel
 
+    if v.dtype == "float32" and v.device.startswith("cuda"):  # TF32 rounds differently from the CPU
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     t0 = time.perf_counter()
     model = DestaModel.from_pretrained(v.source, backend=v.backend, device=v.device, ort_provider=v.ort_provider,
+                                       dtype=WHISPER_DTYPES[v.dtype] if v.dtype else None,
                                        whisper_dtype=WHISPER_DTYPES[v.whisper_dtype] if v.whisper_dtype else None,
                                        encoder_padding_s=v.encoder_padding_s, progress=False)
     load_s = time.perf_counter() - t0

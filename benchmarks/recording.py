@@ -1,7 +1,14 @@
-"""A multi-question test recording with known speech boundaries (several voices, noise)."""
+"""A multi-question test recording with known speech boundaries (several voices, noise).
+
+The requests are spoken by espeak-ng and flite. With $DESTA_SPEECH_CACHE set to a directory, each
+synthesized part is kept there and read back on later runs, so that a machine without the
+synthesizers (a GPU box with no package registry) can run the benchmarks on speech made elsewhere.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -48,7 +55,31 @@ def said(text: str) -> str:
     return text.replace(HESITATION, " ")
 
 
+SPEECH_CACHE_ENV = "DESTA_SPEECH_CACHE"
+SPEECH_CACHE_VERSION = 1  # part of each cached file's name: bump it when _synthesize changes
+
+
 def _synth(text: str, engine: str, voice: str, path: Path) -> np.ndarray:
+    """`text` spoken by `engine` with `voice`: 16 kHz, its leading and trailing silence trimmed."""
+    cache = os.environ.get(SPEECH_CACHE_ENV)
+    if not cache:
+        return _synthesize(text, engine, voice, path)
+    digest = hashlib.sha256(f"{SPEECH_CACHE_VERSION}\0{engine}\0{voice}\0{text}".encode()).hexdigest()[:20]
+    kept = Path(cache) / f"{engine}-{digest}.wav"
+    if kept.is_file():
+        x, sr = sf.read(str(kept), dtype="float32")
+        if sr != RATE:
+            raise ValueError(f"{kept}: {sr} Hz in the speech cache, expected {RATE}")
+        return x
+    x = _synthesize(text, engine, voice, path)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    part = kept.with_name(f".{kept.stem}.{os.getpid()}.wav")  # renamed into place: never read half-written
+    sf.write(str(part), x, RATE, subtype="FLOAT")  # exact: a cached run hears what a fresh one hears
+    os.replace(part, kept)
+    return x
+
+
+def _synthesize(text: str, engine: str, voice: str, path: Path) -> np.ndarray:
     if engine == "espeak":
         subprocess.run(["espeak-ng", "-v", voice, "-s", "155", "-w", str(path), text], check=True)
     else:

@@ -73,6 +73,17 @@ def test_whisper_dtype_adds_a_torch_variant_per_device():
     assert [v.label for v in runs] == ["torch (cpu)"]
 
 
+def test_cuda_adds_an_fp32_variant_beside_the_bf16_default(monkeypatch):
+    """On a GPU the default dtype is bf16; the float32 variant is the one whose answers must be the CPU's."""
+    import torch
+
+    bench = load_benchmark("backends")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    runs, _ = bench.plan("tiny", [], ["cpu", "cuda"])
+    assert [(v.label, v.device, v.dtype) for v in runs] == [
+        ("torch (cpu)", "cpu", None), ("torch (cuda)", "cuda", None), ("torch (cuda), float32", "cuda", "float32")]
+
+
 def test_encoder_padding_applies_to_every_variant_and_shows_in_the_table():
     bench = load_benchmark("backends")
     runs, _ = bench.plan("tiny", [], ["cpu"], whisper_dtype="bfloat16", encoder_padding_s=5.0)

@@ -58,3 +58,22 @@ def test_onnx_variants_are_named_by_their_quantization():
     assert name({"quantization": "int8", "quantized_graphs": graphs}) == "desta-edge (onnx int8)"
     assert name({"quantization": "int8", "quantized_graphs": ["llm"]}) == "desta-edge (onnx int8, llm only)"
     assert name({"quantization": "int4", "quantized_graphs": ["decoder", "llm"]}) == "desta-edge (onnx int4, decoder+llm only)"
+
+
+def test_speech_cache_gives_back_the_synthesized_speech_without_the_synthesizer(tmp_path, monkeypatch):
+    """$DESTA_SPEECH_CACHE: speech made once is read back exactly, so a machine without espeak-ng
+    and flite (a GPU box) runs the benchmarks on the same audio."""
+    recording = load_benchmark("recording")
+    monkeypatch.setenv(recording.SPEECH_CACHE_ENV, str(tmp_path / "cache"))
+    text, engine, voice = recording.QUESTIONS[8]  # hesitant: spoken in two parts
+    first = recording._speak(text, engine, voice, tmp_path / "a.wav")
+    assert len(list((tmp_path / "cache").glob("*.wav"))) == 2
+
+    def unavailable(*args):
+        raise AssertionError("synthesized again although the cache holds it")
+
+    monkeypatch.setattr(recording, "_synthesize", unavailable)
+    again = recording._speak(text, engine, voice, tmp_path / "b.wav")
+    assert again.dtype == np.float32 and np.array_equal(again, first)
+    with np.testing.assert_raises(AssertionError):  # another voice is not in the cache
+        recording._speak(text, engine, "en-us", tmp_path / "c.wav")

@@ -14,7 +14,8 @@ Pipelines on the same models and recording, one after the other in the same run:
   Runtime, named by the export's quantization;
 - with --encoder-padding-s S: the last of these again, its encoder reading the clip plus S s of
   silence instead of the 30 s window (`DestaModel.set_encoder_padding`).
-The recording includes hesitant requests (a pause mid-sentence) that must not be split. With
+Each pipeline warms up first (`Assistant.warm_up`, as `listen` does), so no first request pays
+one-off costs. The recording includes hesitant requests (a pause mid-sentence) that must not be split. With
 --recordings MANIFEST (from real_voices.py) the requests are instead recordings of people: the
 manifest's whole-file recordings, each cut to its active span (so its true end is known) and
 brought to one level; WER counts only those with a known transcript.
@@ -85,13 +86,14 @@ def run_variant(model: DestaModel, wav: Path, truth: list[Utterance], *, referen
                             turn_detection=turn_detection, wait_for_turn_verdict=not realtime)
     assistant = Assistant(model, opts, endpoint, emit=events.append)
     try:
+        warm_up_ms = assistant.warm_up()  # as `listen` does: no variant's first request pays first-call costs
         t0 = time.monotonic()
         stats = assistant.run(recorded(chunks))
         elapsed = time.monotonic() - t0
     finally:
         model.backend = inner
         model.use_prefix_cache = True
-    return score(events, truth, arrivals, assistant.started_at, stats, elapsed)
+    return {**score(events, truth, arrivals, assistant.started_at, stats, elapsed), "warm_up_ms": warm_up_ms}
 
 
 def arrival(arrivals: list[tuple[float, float]], audio_s: float) -> float:
@@ -209,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     pause = min(args.pause_ms, args.hangover_ms)
     endpoint = EndpointOptions(hangover_ms=args.hangover_ms, pause_ms=pause, turn_end_ms=args.turn_end_ms)
     model = DestaModel.from_pretrained(args.model, device=args.device)
-    model.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)  # warm-up
     variants = {}
 
     def run(name: str, m: DestaModel, **kw) -> None:
@@ -226,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     last, last_name = model, f"desta-edge, whisper {args.whisper_dtype}" if args.whisper_dtype else "desta-edge"
     for export in args.onnx:
         fast = DestaModel.from_pretrained(export, backend="onnx", device=args.device)
-        fast.generate([{"role": "user", "content": "Hi"}], max_new_tokens=2)
         last, last_name = fast, onnx_variant_name(fast.backend.manifest)
         run(last_name, fast, reference=False)
     if args.encoder_padding_s:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from desta_edge.runtime.model import Cancelled
+from desta_edge.runtime.model import WARM_UP_TRANSCRIPT, Cancelled
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 from desta_edge.runtime.turn import TurnDetector, TurnOptions
 
@@ -159,6 +159,16 @@ class Assistant:
         return wall if wall is not None else self._clock()
 
     # ------------------------------------------------------------------ main thread
+
+    def warm_up(self) -> float:
+        """Run the model's stages once with this assistant's prompt, and the end-of-turn check, so
+        that the first request is answered as fast as the next ones (`DestaModel.warm_up`). Call it
+        before `run`; returns the milliseconds it took."""
+        t0 = time.perf_counter()
+        self.model.warm_up(self._messages)
+        if self._turn is not None:
+            self._turn.probability(WARM_UP_TRANSCRIPT)
+        return _ms(time.perf_counter() - t0)
 
     def run(self, chunks: Iterable[Chunk]) -> Stats:
         """Listen until the source ends; returns counters. Blocks until every answer is done."""

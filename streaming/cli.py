@@ -85,6 +85,8 @@ def register_cli(sub) -> None:
     p.add_argument("--max-waiting", type=int, default=AssistantOptions.max_waiting,
                    help="requests that may wait while another is answered; one more skips the oldest waiting one "
                         "(a 'skipped' event), so answers stay current on a slow machine (default 0: no limit)")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="start listening at once; the first request then pays the model's first-call costs")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.set_defaults(func=_cmd_listen)
 
@@ -150,6 +152,12 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         print(f"backend: {model.backend_name} ({model.backend_detail}); {model.backend_reason}", file=sys.stderr)
     show = _json_line if args.json else _Display(live=args.source in ("mic", "-") or args.realtime is not False)
     assistant = Assistant(model, opts, endpoint, emit=show)
+    if not args.no_warm_up:  # before the source opens: the first request then waits no longer than the rest
+        warm_up_ms = assistant.warm_up()
+        if args.json:
+            _json_line({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "warm_up_ms": warm_up_ms})
+        else:
+            print(f"warmed up in {warm_up_ms / 1000:.1f} s", file=sys.stderr)
     if not args.json:
         heard_from = f"microphone {mic.description}" if mic is not None else args.source
         print(f"listening ({heard_from}); Ctrl-C to stop", file=sys.stderr)

@@ -9,6 +9,7 @@ import pytest
 
 from streaming_helpers import EnergyVad, signal
 from test_model import speechlike
+from desta_edge.runtime.model import WARM_UP_TRANSCRIPT
 from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions
 from desta_edge.streaming.sources import Chunk
 from desta_edge.streaming.vad import EndpointOptions
@@ -405,3 +406,31 @@ def test_assistant_options_are_checked():
         AssistantOptions(max_new_tokens=0)
     with pytest.raises(ValueError, match="max_waiting"):
         AssistantOptions(max_waiting=-1)
+
+
+def test_warm_up_uses_the_assistants_prompt_and_the_turn_check(tiny_model):
+    """Assistant.warm_up runs the model with the prompt real requests get, and the end-of-turn check."""
+    asked, judged = [], []
+
+    class Turn:
+        def probability(self, transcript: str) -> float:
+            judged.append(transcript)
+            return 0.0
+
+    class Recorder:
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def warm_up(self, conversation):
+            asked.append(conversation(np.zeros(160, dtype=np.float32)))
+            return self.model.warm_up(conversation)
+
+    opts = AssistantOptions(system="Be brief.", prompt="Answer it.", max_new_tokens=4)
+    a = Assistant(Recorder(tiny_model), opts, EndpointOptions(), vad=EnergyVad(), turn_detector=Turn())
+    assert a.warm_up() > 0
+    (messages,) = asked
+    assert messages[0] == {"role": "system", "content": "Be brief."} and messages[1]["content"].endswith("Answer it.")
+    assert judged == [WARM_UP_TRANSCRIPT]

@@ -75,3 +75,10 @@ def test_shapes_benchmark_on_cuda(tmp_path):
     assert shapes.main(["--shapes", "test", "--runs", "1", "--out", str(tmp_path), "--json"]) == 0
     result = json.loads(next(tmp_path.glob("shapes-*.json")).read_text())
     assert result["device"] == "cuda" and result["dtype"] in ("bfloat16", "float16")
+
+
+def test_warm_up_on_cuda_changes_no_answer():
+    model = build_tiny_model().to("cuda")
+    before = model.generate(conv(), max_new_tokens=8)
+    assert model.warm_up() > 0
+    assert model.generate(conv(), max_new_tokens=8).generated_ids == before.generated_ids

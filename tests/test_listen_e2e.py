@@ -32,6 +32,7 @@ def test_noisy_multi_question_recording_is_segmented_and_answered(tmp_path):
     wav = tmp_path / "rec.wav"
     truth = build(wav)
     events = listen("--source", str(wav), "--fast")
+    assert events[0]["type"] == "ready" and events[0]["warm_up_ms"] > 0  # warmed up before the first audio
     assert events[-1]["type"] == "summary" and events[-1]["errors"] == events[-1]["vad_errors"] == 0
     # 20 dB noise: the gates engage for a few frames at most (16 of about 1,900 when written)
     assert events[-1]["noise_gated_frames"] + events[-1]["talker_gated_frames"] < 100

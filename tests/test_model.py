@@ -420,3 +420,48 @@ def test_stage_clock_waits_for_cuda_work(monkeypatch):
     assert synced == []
     generation.clock(torch.device("cuda", 0))
     assert synced == [torch.device("cuda", 0)]
+
+
+def test_warm_up_runs_every_stage_once_and_changes_no_answer(tiny_model):
+    """warm_up: the encoder with the connector (the LLM pass, transcript given), the encoder alone
+    with a few transcript steps, the prefill of the caller's prompt; later answers are unchanged."""
+    before = tiny_model.generate(conv(), max_new_tokens=6)
+    calls, hook = count_encoder_passes(tiny_model)
+    front = tiny_model.backend
+    transcribed = []
+    original = front.transcribe
+    front.transcribe = lambda enc, rows, n: transcribed.append((rows, n)) or original(enc, rows, n)
+    seen = []
+    try:
+        ms = tiny_model.warm_up(lambda x: seen.append(x) or conv(audio=(x, 16000), prompt="Tell me."))
+    finally:
+        hook.remove()
+        del front.transcribe
+    assert ms > 0 and calls == [1, 1] and transcribed == [([0], 4)]
+    assert len(seen) == 1 and seen[0].shape == (16000,) and np.isfinite(seen[0]).all()
+    after = tiny_model.generate(conv(), max_new_tokens=6)
+    assert after.generated_ids == before.generated_ids and after.audios == before.audios
+    assert tiny_model.warm_up() > 0  # the default conversation
+
+
+def test_cuda_default_dtype_is_float32_on_the_bundled_backbones_only(monkeypatch):
+    """The embedded default runs faster in float32 on a GPU, with the CPU's answers; full-size
+    backbones default to bfloat16."""
+    from dataclasses import replace
+
+    from desta_edge.runtime.checkpoint import is_checkpoint_dir
+    from desta_edge.runtime.config import DestaConfig
+    from desta_edge.runtime.model import default_dtype
+    from desta_edge.runtime.presets import PRESETS
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    cuda, tiny = torch.device("cuda"), PRESETS["tiny"].config
+    shipped = PRESETS["tiny"].adapter_dir
+    assert shipped is not None and is_checkpoint_dir(shipped)
+    assert default_dtype(torch.device("cpu")) == torch.float32
+    assert default_dtype(cuda, tiny) == torch.float32
+    assert default_dtype(cuda, DestaConfig.from_json(shipped / "config.json")) == torch.float32
+    assert default_dtype(cuda, replace(tiny, llm_model_id="meta-llama/Llama-3.1-8B-Instruct")) == torch.bfloat16
+    assert default_dtype(cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert default_dtype(cuda, replace(tiny, encoder_model_id="openai/whisper-large-v3")) == torch.float16

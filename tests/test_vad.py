@@ -230,6 +230,23 @@ def test_an_utterance_that_began_on_a_background_talker_ends_after_the_request()
     assert len(ends) == 3 and ends[2].start_s > 5.5 and not any(isinstance(e, Discarded) for e in events)
 
 
+def test_background_before_a_request_is_cut_only_from_500_ms_on():
+    """The cut before a request's loud part (pre-roll kept) applies from MIN_BACKGROUND_CUT_MS of
+    background on: less than that could be the request's own quiet start. The second utterance
+    begins at 3.5 s (where the first one's hangover ended, on background) and its request at
+    3.0 + gap: 400 ms of background before the pre-roll stay, 500 ms are cut."""
+    starts = []
+    for gap in (1.2, 1.3):
+        x = signal(("s", 2.0), ("v", 1.0), ("s", gap), ("v", 1.0), ("s", 1.5))
+        t = np.arange(len(x)) / RATE
+        x = (x + 0.3 * 10 ** (-26 / 20) * ((t % 0.6) < 0.4) * np.sin(2 * np.pi * 90 * t)).astype(np.float32)
+        events, _ = run(x, replace(OPTS, talker_drop_db=6), vad=EnergyVad(threshold=0.005))
+        ends = [e for e in events if isinstance(e, SpeechEnd)]
+        assert [e.speech_end_s for e in ends] == pytest.approx([3.0, 4.0 + gap])
+        starts.append(ends[1].start_s)
+    assert starts == pytest.approx([3.5, 3.0 + 1.3 - 0.3])
+
+
 def _requests_over_a_faint_background(db_under: float) -> tuple[np.ndarray, EnergyVad]:
     """Two 0.8 s requests over a hum `db_under` dB under the talker that the VAD calls voiced in its
     louder half only (100 ms louder, 100 ms 4.4 dB softer): like webrtcvad with a TV in the next room,

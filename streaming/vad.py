@@ -319,7 +319,7 @@ class Endpointer:
         self._vad_votes.append(voiced)
         if bands is not None:
             self._bands.append(bands)
-        if (not voiced or max(o.noise_gate_db, o.talker_drop_db, o.loud_drop_db, o.spectral_gate_db) <= 0
+        if (not voiced or max(o.noise_gate_db, o.talker_drop_db, o.loud_drop_db, o.spectral_gate_db, o.distant_db) <= 0
                 or len(self._vad_votes) < o.frames(NOISE_MIN_HISTORY_MS)):
             return voiced
         energies = np.fromiter(self._energies, float, len(self._energies))

@@ -247,6 +247,21 @@ def test_background_before_a_request_is_cut_only_from_500_ms_on():
     assert starts == pytest.approx([3.5, 3.0 + 1.3 - 0.3])
 
 
+def test_distant_drop_acts_without_the_other_gates():
+    """Two bursts of background 26 dB under a request, each its own utterance (pauses longer than
+    the hangover): dropped as distant at the defaults, and also with every other gate off."""
+    x = signal(("s", 1.0), ("v", 1.0), ("s", 4.6))
+    t = np.arange(len(x)) / RATE
+    bursts = ((t > 2.8) & (t < 3.8)) | ((t > 4.6) & (t < 5.6))
+    x = (x + 0.3 * 10 ** (-26 / 20) * bursts * np.sin(2 * np.pi * 90 * t)).astype(np.float32)
+    for opts in (OPTS, replace(OPTS, noise_gate_db=0, talker_drop_db=0, loud_drop_db=0)):
+        events, _ = run(x, opts, vad=EnergyVad(threshold=0.005))
+        assert [e.speech_end_s for e in events if isinstance(e, SpeechEnd)] == pytest.approx([2.0])
+        assert [e.reason for e in events if isinstance(e, Discarded)] == ["distant", "distant"]
+    events, _ = run(x, replace(OPTS, distant_db=0), vad=EnergyVad(threshold=0.005))
+    assert [e.speech_end_s for e in events if isinstance(e, SpeechEnd)] == pytest.approx([2.0, 3.8, 5.6])
+
+
 def _requests_over_a_faint_background(db_under: float) -> tuple[np.ndarray, EnergyVad]:
     """Two 0.8 s requests over a hum `db_under` dB under the talker that the VAD calls voiced in its
     louder half only (100 ms louder, 100 ms 4.4 dB softer): like webrtcvad with a TV in the next room,

@@ -5,8 +5,8 @@
                                   [--max-new-tokens 32]
                                   [--out benchmarks/results] [--json]
 
-Variants: PyTorch on each device (and, with --whisper-dtype, again with Whisper in that dtype; on
-CUDA also in float32 with TF32 off, whose answers should be the CPU's);
+Variants: PyTorch on each device, on CUDA in float32 (TF32 off: its answers should be the CPU's) and
+in bfloat16 (and, with --whisper-dtype, again with Whisper in that dtype);
 each `--onnx` export (fp32, int8, ...) on each ONNX Runtime
 provider that can run here (CPU; CUDA; TensorRT). Variants that cannot run are listed with the
 reason. With --encoder-padding-s S every variant runs the shorter encoder window
@@ -17,8 +17,8 @@ Per clip the runtime's own stage timings (`timings_ms`, as in `desta-edge ask --
 recorded: encoder (+ connector), ASR, prefill, first token and end to end, plus decode tokens/s.
 The table shows medians over clips, whether the greedy transcripts and answers are identical to
 PyTorch on the CPU (the reference), and each variant's speed-up over PyTorch on the same device
-type in this run (ratios, not absolute times: the machines are shared and noisy). JSON and
-markdown go to --out. Not a pass/fail test.
+type in this run, in float32 on CUDA (ratios, not absolute times: the machines are shared and
+noisy). JSON and markdown go to --out. Not a pass/fail test.
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ def _plan(model: str, onnx_dirs: list[str], devices: list[str],
         label = f"torch ({dev})"
         if dev == "cuda" and not cuda:
             skipped.append({"variant": label, "reason": "torch.cuda.is_available() is False (no GPU or a CPU build)"})
+            continue
+        if dev == "cuda":  # both: which one is the default depends on the model (runtime.model.default_dtype)
+            runs += [Variant(f"{label}, {d}", "torch", model, dev, dtype=d) for d in ("float32", "bfloat16")]
         else:
             runs.append(Variant(label, "torch", model, dev))
-            if dev == "cuda":  # bf16 is the CUDA default; fp32 checks the GPU against the CPU
-                runs.append(Variant(f"{label}, float32", "torch", model, dev, dtype="float32"))
-            if whisper_dtype:
-                runs.append(Variant(f"torch ({dev}), whisper {whisper_dtype}", "torch", model, dev,
-                                    whisper_dtype=whisper_dtype))
+        if whisper_dtype:
+            runs.append(Variant(f"{label}, whisper {whisper_dtype}", "torch", model, dev, whisper_dtype=whisper_dtype))
     try:
         import onnxruntime
 
@@ -206,8 +206,9 @@ def compare(results: dict[str, dict], variants: dict[str, Variant]) -> None:
             same = sum(a["transcript"] == b["transcript"] and a["answer_ids"] == b["answer_ids"]
                        for a, b in zip(r["clips"], ref["clips"]))
             r["identical_to_torch"] = f"{same}/{len(r['clips'])}"
-        same_device = f"torch ({variants[label].device.split(':')[0]})"
-        base_label = same_device if same_device in results else REFERENCE
+        device = variants[label].device.split(":")[0]
+        same_device = [k for k in results if variants[k].backend == "torch" and variants[k].device.split(":")[0] == device]
+        base_label = same_device[0] if same_device else REFERENCE  # the first PyTorch variant there (fp32 on CUDA)
         base = results.get(base_label)
         if base is None or "error" in base:
             continue

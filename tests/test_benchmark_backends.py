@@ -73,15 +73,24 @@ def test_whisper_dtype_adds_a_torch_variant_per_device():
     assert [v.label for v in runs] == ["torch (cpu)"]
 
 
-def test_cuda_adds_an_fp32_variant_beside_the_bf16_default(monkeypatch):
-    """On a GPU the default dtype is bf16; the float32 variant is the one whose answers must be the CPU's."""
+def test_cuda_runs_pytorch_in_float32_and_bfloat16_and_compares_with_float32(monkeypatch):
+    """On a GPU the default dtype depends on the model, so both run: float32, whose answers must be
+    the CPU's and which the other CUDA variants are compared with, and bfloat16."""
     import torch
 
     bench = load_benchmark("backends")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     runs, _ = bench.plan("tiny", [], ["cpu", "cuda"])
     assert [(v.label, v.device, v.dtype) for v in runs] == [
-        ("torch (cpu)", "cpu", None), ("torch (cuda)", "cuda", None), ("torch (cuda), float32", "cuda", "float32")]
+        ("torch (cpu)", "cpu", None), ("torch (cuda), float32", "cuda", "float32"),
+        ("torch (cuda), bfloat16", "cuda", "bfloat16")]
+    summary = lambda ms: {"median_ms": {k: ms for k in bench.STAGES}, "decode_tokens_per_s": 10.0,  # noqa: E731
+                          "load_s": 2.0}
+    clips = [{"transcript": "a", "answer_ids": [1, 2]}]
+    results = {v.label: {"summary": summary(ms), "clips": clips} for v, ms in zip(runs, (100.0, 20.0, 40.0))}
+    bench.compare(results, {v.label: v for v in runs})
+    assert results["torch (cuda), bfloat16"]["speedup_vs_torch"]["against"] == "torch (cuda), float32"
+    assert results["torch (cuda), bfloat16"]["speedup_vs_torch"]["total"] == 0.5
 
 
 def test_encoder_padding_applies_to_every_variant_and_shows_in_the_table():

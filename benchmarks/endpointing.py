@@ -19,14 +19,15 @@ background power):
 With `--recordings` (a manifest from `real_voices.py`), the requests are instead the manifest's
 whole-file recordings of people (single phrases and sentences: corpus prompts, digits, words,
 channel names), so onsets, endings and pauses are real speech's.
-Only the endpointer runs, so this takes seconds and needs no model: webrtcvad alone, and with the
-noise gate alone (other options at their defaults, `--hangover-ms` aside); with `--talker-drop-db`,
-also with the talker gate at each drop (the default endpointer: the noise gate and the talker gate
-at 6 dB); with `--spectral-gate S:N`, also with the spectral gate at S dB and the level gate at
+Only the endpointer runs, so this needs no model (a minute or two per background with Silero):
+webrtcvad alone, with the noise gate alone, and with every default gate (the default endpointer
+before 2026-11-28), and the default endpointer (Silero VAD with the gates); other options at their
+defaults, `--hangover-ms` aside. With `--talker-drop-db`, also the default with the talker gate at
+each drop; with `--spectral-gate S:N`, also with the spectral gate at S dB and the level gate at
 N dB (N = 0: the spectral gate alone); with `--faint-range-db`, also the default endpointer with
 the gates engaging in a faint background that far under the talker (0: only in a saturating one);
 with `--variant`, also the default endpointer with those `EndpointOptions` fields changed (e.g.
-`--variant loud_drop_db=0,distant_db=0`: as before 2026-11-28).
+`--variant silero_threshold=0.6`).
 Per background and SNR, summed over the seeds: questions found by exactly one utterance, split
 into several, missed; utterances that merge two questions, that hold no question, and forced
 cuts at the length limit. JSON + markdown under --out. A measurement, not a pass/fail test.
@@ -136,7 +137,7 @@ def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointO
 def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions = EndpointOptions(),
         recordings: Path | None = None, talker_drop_db: list[float] = (),
         spectral_gate: list[tuple[float, float]] = (), faint_range_db: list[float] = (),
-        custom: list[dict[str, float]] = ()) -> dict:
+        custom: list[dict[str, float | str]] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if recordings is None:
             speech = [_speak(text, engine, voice, Path(tmp) / f"q{i}.wav")
@@ -145,14 +146,17 @@ def run(noises: list[str], snrs: list[float], seeds: int, opts: EndpointOptions 
             speech = [x for _, _, x in recorded_requests(recordings)]
         talkers = [_speak(text, engine, voice, Path(tmp) / f"b{i}.wav") for i, (text, engine, voice) in enumerate(BABBLE)]
     speech_power = float(np.mean(np.concatenate(speech) ** 2))
-    no_talker_gate = replace(opts, talker_drop_db=0.0, loud_drop_db=0.0, distant_db=0.0)
-    variants = {"webrtcvad only": replace(no_talker_gate, noise_gate_db=0.0), "with the noise gate": no_talker_gate}
+    webrtc = replace(opts, detector="webrtcvad")
+    no_talker_gate = replace(webrtc, talker_drop_db=0.0, loud_drop_db=0.0, distant_db=0.0)
+    variants = {"webrtcvad only": replace(no_talker_gate, noise_gate_db=0.0), "with the noise gate": no_talker_gate,
+                "webrtcvad with the default gates": webrtc, "default (Silero with the gates)": opts}
     variants |= {f"noise gate + talker gate {d:g} dB": replace(opts, talker_drop_db=d) for d in talker_drop_db}
     variants |= {f"spectral gate {s:g} dB" + (f" + noise gate {n:g} dB" if n else ""):
                  replace(no_talker_gate, spectral_gate_db=s, noise_gate_db=n) for s, n in spectral_gate}
     variants |= {"default, faint-background rule " + (f"{r:g} dB" if r else "off"): replace(opts, faint_range_db=r)
                  for r in faint_range_db}
-    variants |= {"default with " + ", ".join(f"{k}={v:g}" for k, v in fields.items()): replace(opts, **fields)
+    variants |= {"default with " + ", ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}"
+                                             for k, v in fields.items()): replace(opts, **fields)
                  for fields in custom}
     rows = []
     for kind in noises:
@@ -188,14 +192,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def variant_fields(spec: str, opts: EndpointOptions) -> dict[str, float]:
-    """"loud_drop_db=0,distant_db=0" -> {"loud_drop_db": 0.0, ...}, checked against EndpointOptions."""
+def variant_fields(spec: str, opts: EndpointOptions) -> dict[str, float | str]:
+    """"loud_drop_db=0,detector=webrtcvad" -> {"loud_drop_db": 0.0, ...}, checked against EndpointOptions."""
     fields = {}
     for item in spec.split(","):
         name, _, value = item.partition("=")
         if not hasattr(opts, name) or not value:
             raise ValueError(f"{item!r} is not FIELD=VALUE for a field of EndpointOptions")
-        fields[name] = int(value) if isinstance(getattr(opts, name), int) else float(value)
+        kind = type(getattr(opts, name))
+        fields[name] = value if kind is str else int(value) if kind is int else float(value)
     replace(opts, **fields)  # the options' own checks
     return fields
 

@@ -9,6 +9,7 @@ Pipelines on the same models and recording, one after the other in the same run:
 - desta-edge without end-of-turn detection: one encoder pass, speculative start at the first
   pause, prompt-prefix KV cache, the whole hangover before every answer;
 - desta-edge: the same, and a request the LLM judges finished ends after turn_end_ms of silence;
+- with --also-detector webrtcvad: desta-edge with webrtcvad instead of Silero in its endpointer;
 - with --whisper-dtype: desta-edge with Whisper in that dtype (the LLM stays float32);
 - with --onnx (repeatable: an fp32 export and a quantized one side by side): desta-edge on ONNX
   Runtime, named by the export's quantization;
@@ -30,6 +31,7 @@ import argparse
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ from desta_edge import DestaModel  # noqa: E402
 from desta_edge.runtime.backends import WHISPER_DTYPES  # noqa: E402
 from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
 from desta_edge.streaming.sources import SAMPLE_RATE, file_source, paced  # noqa: E402
-from desta_edge.streaming.vad import EndpointOptions  # noqa: E402
+from desta_edge.streaming.vad import DETECTORS, EndpointOptions  # noqa: E402
 from desta_edge.training.metrics import word_error_rate  # noqa: E402
 
 MATCH_BEFORE_S = 0.5  # an endpoint belongs to a question if it falls in [start - this, end + after]
@@ -177,7 +179,8 @@ def markdown(result: dict) -> str:
     lines.append(f"requests: {result.get('requests', 'the 10 questions')}")
     lines.append(f"p50 speed-up: reference-style p50 / the pipeline's p50, same run; end-of-turn silence "
                  f"{result['endpoint']['turn_end_ms']} ms")
-    lines.append(f"machine: {result['machine']}; hangover {result['endpoint']['hangover_ms']} ms, "
+    lines.append(f"machine: {result['machine']}; {result['endpoint'].get('detector', 'webrtcvad')} endpointer, "
+                 f"hangover {result['endpoint']['hangover_ms']} ms, "
                  f"pause {result['endpoint']['pause_ms']} ms; realtime={result['realtime']}; "
                  f"peak RSS {result['peak_rss_mb']} MB")
     return "\n".join(lines)
@@ -197,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-padding-s", type=float, default=None, metavar="S",
                    help="also run the last variant with the encoder reading the clip + S s (not the 30 s window)")
     p.add_argument("--turn-end-ms", type=int, default=None, help="default: the endpointer's (200, within pause/hangover)")
+    p.add_argument("--also-detector", choices=DETECTORS, default=None,
+                   help="also run desta-edge with this speech detector in its endpointer (default: silero for all)")
     p.add_argument("--recordings", type=Path, metavar="MANIFEST",
                    help="requests: the whole-file recordings of people of a real_voices.py manifest instead of the "
                         "synthetic questions (each cut to its active span and brought to one level)")
@@ -215,12 +220,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(name: str, m: DestaModel, **kw) -> None:
         print(f"running {name} ...", file=sys.stderr)
-        variants[name] = run_variant(m, wav, truth, endpoint=endpoint, realtime=not args.fast,
-                                     max_new_tokens=args.max_new_tokens, **kw)
+        kw.setdefault("endpoint", endpoint)
+        variants[name] = run_variant(m, wav, truth, realtime=not args.fast, max_new_tokens=args.max_new_tokens, **kw)
 
     run("reference-style", model, reference=True)
     run("desta-edge, no turn detection", model, reference=False, turn_detection=False)
     run("desta-edge", model, reference=False)
+    if args.also_detector:
+        run(f"desta-edge, {args.also_detector} endpointer", model, reference=False,
+            endpoint=replace(endpoint, detector=args.also_detector))
     if args.whisper_dtype:
         model.backend.set_whisper_dtype(WHISPER_DTYPES[args.whisper_dtype])
         run(f"desta-edge, whisper {args.whisper_dtype}", model, reference=False)
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "requests": f"{len(truth)} recordings of people ({args.recordings})" if args.recordings else "the 10 questions",
         "realtime": not args.fast,
-        "endpoint": {"hangover_ms": endpoint.hangover_ms, "pause_ms": endpoint.pause_ms,
+        "endpoint": {"detector": endpoint.detector, "hangover_ms": endpoint.hangover_ms, "pause_ms": endpoint.pause_ms,
                      "turn_end_ms": endpoint.turn_end_ms},
         "variants": variants,
         "p50_speedup": {name: round(ref / v["latency_ms"]["p50"], 2) if ref and v["latency_ms"]["p50"] else None

@@ -132,7 +132,8 @@ def _segments(path: Path) -> list[tuple[float, float]]:
     x, rate = sf.read(path, dtype="float32")
     if rate != 16_000 or x.ndim != 1:
         raise RuntimeError(f"{path}: expected 16 kHz mono")
-    ep = Endpointer(EndpointOptions(hangover_ms=300, max_utterance_s=20.0))
+    # webrtcvad, as when the manifest's segments were first cut, so that the manifest stays the same
+    ep = Endpointer(EndpointOptions(detector="webrtcvad", hangover_ms=300, max_utterance_s=20.0))
     ends = [e for e in ep.push(x) + ep.flush() if isinstance(e, SpeechEnd)]
     return [(round(e.start_s, 2), round(e.start_s + len(e.samples) / rate, 2)) for e in ends]
 

@@ -14,7 +14,7 @@ from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
-from .vad import TURN_END_MS, EndpointOptions
+from .vad import DETECTORS, TURN_END_MS, Endpointer, EndpointOptions
 
 EXIT_BAD_INPUT = 2
 
@@ -37,6 +37,11 @@ def register_cli(sub) -> None:
     p.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction after each utterance")
     p.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="cap per answer (default 128)")
+    p.add_argument("--vad", choices=DETECTORS, default=d.detector,
+                   help="what calls a frame speech: silero (a small neural network, robust to music and noise; the "
+                        "default) or webrtcvad (README \"Endpointing in noise\")")
+    p.add_argument("--silero-threshold", type=float, default=d.silero_threshold,
+                   help="Silero speech probability that starts speech (default %(default)s)")
     p.add_argument("--vad-aggressiveness", type=int, default=d.aggressiveness, help="webrtcvad mode 0-3")
     p.add_argument("--frame-ms", type=int, default=d.frame_ms, help="VAD frame: 10, 20 or 30 ms")
     p.add_argument("--pre-roll-ms", type=int, default=d.pre_roll_ms, help="audio kept before an onset")
@@ -109,13 +114,14 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         return 0
     try:
         endpoint = EndpointOptions(
-            aggressiveness=args.vad_aggressiveness, frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms,
-            pause_ms=args.pause_ms, hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms,
-            turn_end_ms=args.turn_end_ms, max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db,
-            talker_drop_db=args.talker_drop_db, loud_drop_db=args.loud_drop_db,
-            distant_db=args.distant_db, spectral_gate_db=args.spectral_gate_db,
+            detector=args.vad, silero_threshold=args.silero_threshold, aggressiveness=args.vad_aggressiveness,
+            frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms, pause_ms=args.pause_ms,
+            hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms, turn_end_ms=args.turn_end_ms,
+            max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db, talker_drop_db=args.talker_drop_db,
+            loud_drop_db=args.loud_drop_db, distant_db=args.distant_db, spectral_gate_db=args.spectral_gate_db,
             faint_range_db=args.faint_range_db,
         )
+        Endpointer(endpoint)  # loads the speech detector now (read once per process), not after the model
         opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                                 speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
                                 turn_threshold=args.turn_threshold,
@@ -135,7 +141,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 chunks = sources.paced(chunks)
     except (AudioError, ValueError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
-    except RuntimeError as e:  # sounddevice or PortAudio missing
+    except RuntimeError as e:  # the speech detector, sounddevice or PortAudio missing
         return _fail(str(e), 1)
 
     from desta_edge import DestaModel

@@ -67,7 +67,7 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
                        "--out", str(out), "--json"]) == 0
     (result_file,) = out.glob("endpointing-*.json")
     result = json.loads(result_file.read_text())
-    assert result["questions"] == 10 and len(result["rows"]) == 12  # 2 backgrounds x 6 endpointers
+    assert result["questions"] == 10 and len(result["rows"]) == 16  # 2 backgrounds x 8 endpointers
     for r in result["rows"]:
         assert r["once"] + r["split"] + r["missed"] == 10
     white_plain = next(r for r in result["rows"] if r["background"] == "white" and r["variant"] == "webrtcvad only")
@@ -77,17 +77,19 @@ def test_endpointing_benchmark_writes_its_table(tmp_path):
     assert "| white | 20 | spectral gate 5 dB | 10/10 |" in table
     assert "| babble | 20 | default, faint-background rule off |" in table
     assert "| babble | 20 | default with loud_drop_db=0, distant_db=0 |" in table
+    assert "| white | 20 | default (Silero with the gates) | 10/10 |" in table
+    assert "| white | 20 | webrtcvad with the default gates | 10/10 |" in table
     hangover = bench.EndpointOptions().hangover_ms
     assert result["hangover_ms"] == hangover and f"hangover {hangover} ms" in table
     with pytest.raises(SystemExit):
         bench.main(["--spectral-gate", "5", "--out", str(out)])  # S:N pairs only
     with pytest.raises(SystemExit):
         bench.main(["--hangover-ms", "100", "--out", str(out)])  # shorter than the 150 ms pause
-    for bad in ("loud_db=0", "distant_db", "distant_db=-1", "frame_ms=25"):  # unknown, no value, out of range
+    for bad in ("loud_db=0", "distant_db", "distant_db=-1", "frame_ms=25", "detector=rnnoise"):  # unknown, no value, bad
         with pytest.raises(SystemExit):
             bench.main(["--variant", bad, "--out", str(out)])
-    assert bench.variant_fields("frame_ms=30,distant_db=12.5", bench.EndpointOptions()) == {"frame_ms": 30,
-                                                                                        "distant_db": 12.5}
+    assert bench.variant_fields("frame_ms=30,distant_db=12.5,detector=webrtcvad", bench.EndpointOptions()) == {
+        "frame_ms": 30, "distant_db": 12.5, "detector": "webrtcvad"}
 
 
 @pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")

@@ -68,6 +68,9 @@ def test_listen_reports_a_bad_file():
     r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--talker-drop-db",
                         "-3"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "talker_drop_db" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--silero-threshold",
+                        "0.1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "silero_threshold" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--max-waiting",
                         "-1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "max_waiting" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,135 @@
+"""Silero VAD run from the package's weights: parity with the packaged model, speech against music and
+noise, the hysteresis, clear errors, and the endpointer over music."""
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from conftest import load_benchmark, speak
+from desta_edge.streaming import silero
+from desta_edge.streaming.silero import CHUNK, SileroVad
+from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd
+
+RATE = 16000
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+def said(text, path, **kw) -> np.ndarray:
+    x, sr = sf.read(str(speak(text, path, **kw)), dtype="float32")
+    x = soxr.resample(x, sr, RATE).astype(np.float32)
+    nz = np.flatnonzero(np.abs(x) > 0.01)
+    return x[nz[0] : nz[-1] + 1]
+
+
+def music(n: int, seed: int = 0) -> np.ndarray:
+    return load_benchmark("endpointing").background("music", n, np.random.default_rng(seed), [])
+
+
+@needs_espeak
+def test_probabilities_match_the_packaged_torchscript_model(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.zeros(4000, np.float32), said("Where is the nearest train station?", tmp_path / "a.wav"),
+                        0.05 * rng.standard_normal(RATE).astype(np.float32)])
+    x = np.pad(x, (0, -len(x) % (5 * CHUNK)))  # a whole number of chunks and of 20 ms frames
+    reference = torch.jit.load(str(silero.model_path()), map_location="cpu")
+    reference.reset_states()
+    with torch.inference_mode():
+        want = [float(reference(torch.from_numpy(x[i : i + CHUNK].copy()), RATE))
+                for i in range(0, len(x), CHUNK)]
+    vad = SileroVad()
+    got = []
+    for i in range(0, len(x), 320):  # 20 ms pushes: chunks complete between them
+        before = vad.probability
+        p = vad.push(x[i : i + 320])
+        if (i + 320) // CHUNK > i // CHUNK:
+            got.append(p)
+        else:
+            assert p == before  # no new chunk, the same answer
+    assert len(got) == len(want) > 40
+    np.testing.assert_allclose(got, want, atol=1e-4)  # float32 sums in another order
+    assert max(want) > 0.9 and want[0] < 0.2  # speech found, the leading silence not
+
+
+@needs_espeak
+def test_speech_stands_out_from_music_and_noise(tmp_path):
+    def share_over_half(x):
+        vad = SileroVad()
+        p = [vad.push(x[i : i + CHUNK]) for i in range(0, len(x) - CHUNK + 1, CHUNK)]
+        return float(np.mean(np.asarray(p) > 0.5))
+
+    voices = [said("Could you set an alarm for seven tomorrow morning?", tmp_path / "f.wav", voice="en+f3", pitch=70),
+              said("How far away is the moon from the earth?", tmp_path / "m.wav", voice="en-gb+m3", rate=190)]
+    for x in voices:
+        assert share_over_half(x) > 0.7
+    rng = np.random.default_rng(1)
+    assert share_over_half(0.3 * music(5 * RATE)) < 0.05
+    assert share_over_half(0.1 * rng.standard_normal(5 * RATE).astype(np.float32)) < 0.05
+
+
+def test_hysteresis_and_the_frame_interface():
+    vad = SileroVad(threshold=0.5, release=0.15)
+    script = iter([0.3, 0.55, 0.4, 0.36, 0.34, 0.45, 0.6])
+    vad.push = lambda samples: next(script)
+    frame = np.zeros(320, "<i2").tobytes()
+    # on at 0.5, stays on down to 0.35, then needs 0.5 again
+    assert [vad.is_speech(frame, RATE) for _ in range(7)] == [False, True, True, True, False, False, True]
+    with pytest.raises(ValueError, match="16000 Hz, got 8000"):
+        vad.is_speech(frame, 8000)
+    for threshold, release in ((0.1, 0.15), (1.0, 0.15), (0.5, 0.0)):
+        with pytest.raises(ValueError, match="threshold"):
+            SileroVad(threshold, release)
+
+
+def test_a_missing_or_damaged_model_says_what_to_do(monkeypatch, tmp_path):
+    bad = tmp_path / "silero_vad.jit"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match="silero_vad.jit"):
+        silero.load_weights(bad)
+    monkeypatch.setattr(silero.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="pip install silero-vad"):
+        silero.model_path()
+
+
+def test_endpoint_options_check_the_detector():
+    assert EndpointOptions().detector == "silero"
+    with pytest.raises(ValueError, match="detector must be one of"):
+        EndpointOptions(detector="rnnoise")
+    with pytest.raises(ValueError, match="silero_threshold"):
+        EndpointOptions(silero_threshold=0.1)
+    assert type(Endpointer(EndpointOptions())._vad) is SileroVad
+    assert type(Endpointer(EndpointOptions(detector="webrtcvad"))._vad).__module__.startswith("webrtcvad")
+
+
+@needs_espeak
+def test_requests_over_music_come_out_one_by_one(tmp_path):
+    """Three requests over decaying chords at 10 dB SNR: Silero's endpointer finds each once, ending near its
+    true end; webrtcvad with the same gates takes the chords for speech and merges them."""
+    requests = [said(t, tmp_path / f"q{i}.wav", voice=v) for i, (t, v) in enumerate([
+        ("Please turn on the lights.", "en-us"), ("What time is it now?", "en+f3"),
+        ("Set a timer for five minutes.", "en-gb+m3")])]
+    parts, truth, t = [], [], 0.0
+    for x in requests:
+        parts += [np.zeros(int(1.5 * RATE), np.float32), x]
+        t += 1.5 + len(x) / RATE
+        truth.append(t)
+    parts.append(np.zeros(int(1.5 * RATE), np.float32))
+    audio = np.concatenate(parts)
+    background = music(len(audio))
+    audio += background * np.sqrt(np.mean(np.concatenate(requests) ** 2) / np.mean(background**2) / 10)
+
+    def ends(opts):
+        ep = Endpointer(opts)
+        events = []
+        for i in range(0, len(audio), 320):
+            events += ep.push(audio[i : i + 320])
+        return [e for e in events + ep.flush() if isinstance(e, SpeechEnd)]
+
+    found = ends(EndpointOptions())
+    assert len(found) == 3, [(e.start_s, e.speech_end_s) for e in found]
+    for e, want in zip(found, truth):
+        assert abs(e.speech_end_s - want) < 0.3, (e.speech_end_s, want)
+    assert len(ends(EndpointOptions(detector="webrtcvad"))) < 3

@@ -435,6 +435,7 @@ class DestaModel:
             for a in m.get("audios") or ():
                 a["text"] = WARM_UP_TRANSCRIPT
         self.generate(messages, max_new_tokens=2)  # features, encoder + connector, prefill, a decode step
+        has_speech(samples)  # the speech check (its weights are read at the first call)
         feats = self.features([samples], encoder_frames(len(samples), self.encoder_padding_s))
         self.backend.transcribe(self.backend.encode(feats, with_connector=False), [0], WARM_UP_ASR_TOKENS)
         return (clock(self.device) - t0) * 1000

@@ -1,1 +1,1 @@
-"""desta_edge.streaming — see README (planned in a later issue)."""
+"""desta_edge.streaming: audio sources, endpointing and the listening loop (`desta-edge listen`)."""

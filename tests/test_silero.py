@@ -1,5 +1,5 @@
-"""Silero VAD run from the package's weights: parity with the packaged model, speech against music and
-noise, the hysteresis, clear errors, and the endpointer over music."""
+"""Silero VAD run from the package's weights: parity with the packaged model (streaming and whole clips),
+speech against music and noise, the hysteresis, clear errors, and the endpointer over music."""
 
 import shutil
 
@@ -10,8 +10,8 @@ import soxr
 import torch
 
 from conftest import load_benchmark, speak
-from desta_edge.streaming import silero
-from desta_edge.streaming.silero import CHUNK, SileroVad
+from desta_edge.runtime import silero
+from desta_edge.runtime.silero import CHUNK, SileroVad
 from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd
 
 RATE = 16000
@@ -51,6 +51,7 @@ def test_probabilities_match_the_packaged_torchscript_model(tmp_path):
             assert p == before  # no new chunk, the same answer
     assert len(got) == len(want) > 40
     np.testing.assert_allclose(got, want, atol=1e-4)  # float32 sums in another order
+    np.testing.assert_allclose(SileroVad().clip_probabilities(x), got, atol=1e-5)  # a whole clip at once
     assert max(want) > 0.9 and want[0] < 0.2  # speech found, the leading silence not
 
 

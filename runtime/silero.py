@@ -1,4 +1,5 @@
-"""Silero VAD, a small neural speech detector: what the endpointer asks by default whether a frame is speech.
+"""Silero VAD, a small neural speech detector: whether a clip holds speech (no transcript is made for one
+that does not, as in the reference), and, in `listen`'s endpointer, whether a frame is speech.
 
 webrtcvad judges a frame by its spectrum's resemblance to voice, so music, a rumble or a crowd
 at low SNR keep it "voiced" and requests run together (README, "Endpointing in noise"). Silero
@@ -23,7 +24,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import torch
 
 SAMPLE_RATE = 16_000
 CHUNK = 512  # samples per decision at 16 kHz (32 ms)
@@ -34,6 +34,8 @@ HOP = 128  # STFT hop
 N_BINS = N_FFT // 2 + 1  # STFT bins
 N_FRAMES = 4  # STFT frames per chunk: (CONTEXT + CHUNK + REFLECT - N_FFT) / HOP + 1
 HIDDEN = 128  # LSTM width
+THRESHOLD = 0.5  # a chunk is speech from this probability on (Silero's own default) ...
+RELEASE = 0.15  # ... and stays speech until the probability falls this far under it
 MODEL_FILE = "silero_vad.jit"  # the package's main model (v6); its safetensors file holds other weights
 CONVS = (1, 2, 2, 1)  # strides of the four 3-tap convolutions (padding 1)
 
@@ -55,6 +57,8 @@ def model_path() -> Path:
 def load_weights(path: Path | None = None) -> dict[str, np.ndarray]:
     """The 16 kHz network's tensors under our names, as float32 matrices laid out for `x @ W`, read once
     per process and shared (read-only) by every detector."""
+    import torch
+
     path = path or model_path()
     try:
         state = torch.jit.load(str(path), map_location="cpu")._model.state_dict()
@@ -87,7 +91,7 @@ class SileroVad:
     or ask webrtcvad's question of a frame (`is_speech(pcm, sample_rate)`), answered with hysteresis:
     speech from `threshold` on, until the probability falls under `threshold - release`."""
 
-    def __init__(self, threshold: float = 0.5, release: float = 0.15,
+    def __init__(self, threshold: float = THRESHOLD, release: float = RELEASE,
                  weights: dict[str, np.ndarray] | None = None) -> None:
         if not 0 < threshold - release < threshold < 1:
             raise ValueError(f"need 0 < threshold - release < threshold < 1, got {threshold} and {release}")
@@ -111,37 +115,71 @@ class SileroVad:
             self._tail = chunk[-CONTEXT:]
         return self.probability
 
+    def clip_probabilities(self, samples: np.ndarray) -> np.ndarray:
+        """Speech probabilities of a whole clip's complete chunks, from a fresh state ([n_chunks]); the same
+        as pushing it chunk by chunk, with the convolutions of all chunks done at once."""
+        x = np.asarray(samples, np.float32)
+        n = len(x) // CHUNK
+        if n == 0:
+            return np.zeros(0, np.float32)
+        x = np.concatenate([np.zeros(CONTEXT, np.float32), x[: n * CHUNK]])
+        starts = np.arange(n)[:, None] * CHUNK + np.arange(CONTEXT + CHUNK)
+        inputs = self._features(x[starts]) @ self.w["lstm_ih"] + self.w["lstm_b"]  # [n, 512]
+        probs = np.empty(n, np.float32)
+        state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
+        for i in range(n):  # only the recurrent part runs chunk after chunk
+            probs[i], state = self._step(inputs[i], state)
+        return probs
+
     def is_speech(self, pcm: bytes, sample_rate: int) -> bool:
         """webrtcvad's interface: a frame of 16-bit little-endian mono PCM; every frame must be given,
         in order (the network carries state), and the answer covers the latest complete chunk."""
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"Silero VAD runs here at {SAMPLE_RATE} Hz, got {sample_rate} Hz")
-        p = self.push(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0)
+        return self._decide(self.push(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0))
+
+    def clip_speech_ms(self, samples: np.ndarray) -> int:
+        """Milliseconds of a whole clip that count as speech (its chunks, judged with the hysteresis)."""
+        self.reset()
+        chunks = sum(self._decide(p) for p in self.clip_probabilities(samples))
+        return chunks * CHUNK * 1000 // SAMPLE_RATE
+
+    def _decide(self, p: float) -> bool:
         self.speaking = p >= (self.threshold - self.release if self.speaking else self.threshold)
         return self.speaking
 
     def _chunk(self, x: np.ndarray) -> float:
-        """One chunk with its context ([576]) -> the speech probability. NumPy: the products are small,
+        """One chunk with its context ([576]) -> the speech probability, carrying the LSTM's state."""
+        p, self._state = self._step(self._features(x[None])[0] @ self.w["lstm_ih"] + self.w["lstm_b"], self._state)
+        return p
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        """Chunks with their context [n, 576] -> the LSTM's inputs [n, 128]. NumPy: the products are small,
         and running them in PyTorch from the reader thread slowed the model's own PyTorch work in the
         worker thread on a 2-core CPU (README, "Endpointing in noise")."""
         w = self.w
-        x = np.concatenate([x, x[-2 : -REFLECT - 2 : -1]])  # [640]: the end reflected (without the last sample)
-        frames = x[np.arange(N_FRAMES)[:, None] * HOP + np.arange(N_FFT)]  # [4, 256]
-        h = np.sqrt((frames @ w["stft_re"]) ** 2 + (frames @ w["stft_im"]) ** 2)  # [4, 129] magnitudes
-        for i, stride in enumerate(CONVS):  # 3 taps, padding 1: h [t, c_in] -> [t / stride, c_out]
-            zero = np.zeros((1, h.shape[1]), np.float32)
-            padded = np.concatenate([zero, h, zero])
-            n = (len(h) - 1) // stride + 1
-            cols = np.concatenate([padded[k : k + (n - 1) * stride + 1 : stride] for k in range(3)], axis=1)
-            h = np.maximum(cols @ w[f"conv{i}"] + w[f"conv{i}_b"], 0.0)  # cols: [n, 3 * c_in], tap-major
-        # h: [1, 128]
-        hx, cx = self._state
-        gates = h[0] @ w["lstm_ih"] + hx @ w["lstm_hh"] + w["lstm_b"]  # [512]: input, forget, cell, output
-        i, f, g, o = np.split(gates, 4)
-        cx = _sigmoid(f) * cx + _sigmoid(i) * np.tanh(g)
-        hx = _sigmoid(o) * np.tanh(cx)
-        self._state = (hx, cx)
-        return float(_sigmoid(np.maximum(hx, 0.0) @ w["out_w"] + w["out_b"][0]))
+        x = np.concatenate([x, x[:, -2 : -REFLECT - 2 : -1]], axis=1)  # [n, 640]: the end reflected (not the last sample)
+        n = len(x)
+        frames = x[:, np.arange(N_FRAMES)[:, None] * HOP + np.arange(N_FFT)].reshape(n * N_FRAMES, N_FFT)
+        h = np.sqrt((frames @ w["stft_re"]) ** 2 + (frames @ w["stft_im"]) ** 2)  # [n * 4, 129] magnitudes
+        h = h.reshape(n, N_FRAMES, N_BINS)
+        for i, stride in enumerate(CONVS):  # 3 taps, padding 1: h [n, t, c_in] -> [n, t / stride, c_out]
+            padded = np.pad(h, ((0, 0), (1, 1), (0, 0)))
+            t = (h.shape[1] - 1) // stride + 1
+            cols = np.concatenate([padded[:, k : k + (t - 1) * stride + 1 : stride] for k in range(3)], axis=2)
+            out = cols.reshape(n * t, -1) @ w[f"conv{i}"] + w[f"conv{i}_b"]  # cols: [n, t, 3 * c_in], tap-major
+            h = np.maximum(out, 0.0).reshape(n, t, -1)
+        return h[:, 0]  # [n, 128]: one time step left
+
+    def _step(self, inputs: np.ndarray, state: tuple[np.ndarray, np.ndarray]):
+        """The LSTM cell and the output layer: (its input projection [512], (h, c)) -> (probability, (h, c))."""
+        w = self.w
+        hx, cx = state
+        gates = inputs + hx @ w["lstm_hh"]  # [512]: input, forget, cell, output
+        sig = _sigmoid(gates)
+        cx = sig[HIDDEN : 2 * HIDDEN] * cx + sig[:HIDDEN] * np.tanh(gates[2 * HIDDEN : 3 * HIDDEN])
+        hx = sig[3 * HIDDEN :] * np.tanh(cx)
+        return float(_sigmoid(np.maximum(hx, 0.0) @ w["out_w"] + w["out_b"][0])), (hx, cx)
 
 
 def _sigmoid(x):

@@ -124,7 +124,7 @@ class SileroVad:
             return np.zeros(0, np.float32)
         x = np.concatenate([np.zeros(CONTEXT, np.float32), x[: n * CHUNK]])
         starts = np.arange(n)[:, None] * CHUNK + np.arange(CONTEXT + CHUNK)
-        inputs = self._features(x[starts]) @ self.w["lstm_ih"] + self.w["lstm_b"]  # [n, 512]
+        inputs = self._lstm_inputs(x[starts])  # [n, 512]
         probs = np.empty(n, np.float32)
         state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
         for i in range(n):  # only the recurrent part runs chunk after chunk
@@ -150,11 +150,12 @@ class SileroVad:
 
     def _chunk(self, x: np.ndarray) -> float:
         """One chunk with its context ([576]) -> the speech probability, carrying the LSTM's state."""
-        p, self._state = self._step(self._features(x[None])[0] @ self.w["lstm_ih"] + self.w["lstm_b"], self._state)
+        p, self._state = self._step(self._lstm_inputs(x[None])[0], self._state)
         return p
 
-    def _features(self, x: np.ndarray) -> np.ndarray:
-        """Chunks with their context [n, 576] -> the LSTM's inputs [n, 128]. NumPy: the products are small,
+    def _lstm_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Chunks with their context [n, 576] -> the LSTM's input projections [n, 512]: everything that does
+        not depend on the previous chunk, so a whole clip's chunks go at once. NumPy: the products are small,
         and running them in PyTorch from the reader thread slowed the model's own PyTorch work in the
         worker thread on a 2-core CPU (README, "Endpointing in noise")."""
         w = self.w
@@ -169,7 +170,7 @@ class SileroVad:
             cols = np.concatenate([padded[:, k : k + (t - 1) * stride + 1 : stride] for k in range(3)], axis=2)
             out = cols.reshape(n * t, -1) @ w[f"conv{i}"] + w[f"conv{i}_b"]  # cols: [n, t, 3 * c_in], tap-major
             h = np.maximum(out, 0.0).reshape(n, t, -1)
-        return h[:, 0]  # [n, 128]: one time step left
+        return h[:, 0] @ w["lstm_ih"] + w["lstm_b"]  # h[:, 0]: [n, 128], one time step left
 
     def _step(self, inputs: np.ndarray, state: tuple[np.ndarray, np.ndarray]):
         """The LSTM cell and the output layer: (its input projection [512], (h, c)) -> (probability, (h, c))."""

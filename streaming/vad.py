@@ -4,8 +4,8 @@ A speech detector calls each frame speech or not: Silero VAD by default (`runtim
 small neural network that tells speech from music and steady noise, or webrtcvad (`detector=`).
 Over the benchmark's backgrounds at 5-20 dB SNR, Silero left 103 merged pairs among 1,872 requests
 of people where webrtcvad with the same gates left 159, with fewer split and cut at 30 s, and none
-over music or steady noise (README, "Endpointing in noise"). The gates below were designed with webrtcvad, whose verdicts
-the text names; with Silero they act on its verdicts in the same way.
+over music or steady noise (README, "Endpointing in noise"). The gates below were designed with
+webrtcvad, whose verdicts the text names; with Silero they act on its verdicts in the same way.
 
 Time is an input: the machine counts the samples it has been given and knows nothing of the
 wall clock, so tests feed exact frames and never sleep.
@@ -476,7 +476,7 @@ class Endpointer:
 def _detector(opts: EndpointOptions):
     """The frame speech detector `opts` names, behind webrtcvad's `is_speech(pcm, sample_rate)`."""
     if opts.detector == "silero":
-        return SileroVad(opts.silero_threshold, SILERO_RELEASE)
+        return SileroVad(opts.silero_threshold)
     try:
         import webrtcvad
     except ImportError as e:

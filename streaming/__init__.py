@@ -1,1 +1,2 @@
-"""desta_edge.streaming: audio sources, endpointing and the listening loop (`desta-edge listen`)."""
+"""desta_edge.streaming: audio sources, endpointing, the listening loop (`desta-edge listen`) and the
+WebSocket server (`desta-edge serve`)."""

@@ -135,6 +135,7 @@ class Assistant:
         self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
         self.started_at = 0.0  # clock() when run() began; events carry wall_s relative to it
         self._audio_s = 0.0
+        self._aborted = False  # abort() was called: the worker drops every job
         self.stats = Stats()
 
     # ------------------------------------------------------------------ events
@@ -249,6 +250,22 @@ class Assistant:
             self.stats.skipped += 1
             self._emit("skipped", old.utterance, waiting=self.opts.max_waiting)
 
+    def summary(self) -> dict:
+        """The counters of the `summary` event: `stats` and the endpointer's frame counts."""
+        ep = self.endpointer
+        return {**vars(self.stats), "vad_errors": ep.vad_errors, "noise_gated_frames": ep.gated_frames,
+                "talker_gated_frames": ep.talker_gated_frames}
+
+    def abort(self) -> None:
+        """Drop every request not yet answered and stop the answer in progress (thread-safe): for a
+        listener that has gone (a closed connection), so that `run` returns without answering it."""
+        with self._lock:
+            self._aborted = True
+            jobs = [*self._waiting, *([self._spec] if self._spec else []), *([self._current] if self._current else [])]
+        for job in jobs:
+            job.discard = job.cancel = True
+            job.decided.set()
+
     def _barge_in(self) -> None:
         """Cancel the answer in progress once new speech has `barge_in_ms` of voiced audio."""
         cur = self._current
@@ -289,6 +306,7 @@ class Assistant:
     def _worker(self) -> None:
         while (job := self._jobs.get()) is not None:
             with self._lock:
+                job.discard |= self._aborted
                 job.started = not job.discard
                 if job in self._waiting:
                     self._waiting.remove(job)

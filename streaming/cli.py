@@ -14,13 +14,13 @@ from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
+from .server import ServerOptions
 from .vad import DETECTORS, TURN_END_MS, Endpointer, EndpointOptions
 
 EXIT_BAD_INPUT = 2
 
 
 def register_cli(sub) -> None:
-    d = EndpointOptions()
     p = sub.add_parser("listen", help="answer spoken queries from a microphone, a file or stdin")
     p.add_argument("--source", default="mic", help="mic (default), an audio file, or - for raw s16le PCM on stdin")
     pace = p.add_mutually_exclusive_group()
@@ -31,6 +31,22 @@ def register_cli(sub) -> None:
     p.add_argument("--channels", type=int, default=1, help="stdin PCM channels (default 1)")
     p.add_argument("--device", default=None, help="microphone name or index (see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    _add_assistant_arguments(p)
+    p.add_argument("--json", action="store_true", help="one JSON event per line")
+    p.set_defaults(func=_cmd_listen)
+
+    s = sub.add_parser("serve", help="answer spoken queries streamed over a WebSocket, one client at a time")
+    s.add_argument("--host", default=ServerOptions.host,
+                   help="address to bind (default %(default)s: this machine only; 0.0.0.0 serves the network, "
+                        "without authentication)")
+    s.add_argument("--port", type=int, default=ServerOptions.port, help="port (default %(default)s; 0: any free one)")
+    _add_assistant_arguments(s)
+    s.set_defaults(func=_cmd_serve)
+
+
+def _add_assistant_arguments(p) -> None:
+    """The model, prompt, endpointing and answering options `listen` and `serve` share."""
+    d = EndpointOptions()
     p.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
     p.add_argument("--model-device", default=None, help="cpu, cuda ... for the model (default: cuda if available)")
     add_backend_arguments(p)
@@ -82,7 +98,7 @@ def register_cli(sub) -> None:
     p.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="forced cut (<= 30)")
     p.add_argument("--no-speculative", action="store_true", help="wait for the endpoint before any work")
     p.add_argument("--barge-in", dest="barge_in", action="store_true", default=None,
-                   help="speech during an answer cancels it (default for the microphone)")
+                   help="speech during an answer cancels it (default for the microphone and serve)")
     p.add_argument("--barge-in-ms", type=int, default=AssistantOptions.barge_in_ms,
                    help="voiced audio that makes speech a barge-in (default %(default)s; shorter: a backchannel)")
     p.add_argument("--no-barge-in", dest="barge_in", action="store_false",
@@ -92,8 +108,6 @@ def register_cli(sub) -> None:
                         "(a 'skipped' event), so answers stay current on a slow machine (default 0: no limit)")
     p.add_argument("--no-warm-up", action="store_true",
                    help="start listening at once; the first request then pays the model's first-call costs")
-    p.add_argument("--json", action="store_true", help="one JSON event per line")
-    p.set_defaults(func=_cmd_listen)
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
@@ -113,21 +127,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 print(f"{d['index']:3}  {d['name']}  ({d['inputs']} ch, {d['default_rate']:.0f} Hz)")
         return 0
     try:
-        endpoint = EndpointOptions(
-            detector=args.vad, silero_threshold=args.silero_threshold, aggressiveness=args.vad_aggressiveness,
-            frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms, pause_ms=args.pause_ms,
-            hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms, turn_end_ms=args.turn_end_ms,
-            max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db, talker_drop_db=args.talker_drop_db,
-            loud_drop_db=args.loud_drop_db, distant_db=args.distant_db, spectral_gate_db=args.spectral_gate_db,
-            faint_range_db=args.faint_range_db,
-        )
-        Endpointer(endpoint)  # loads the speech detector now (read once per process), not after the model
-        opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                                speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
-                                turn_threshold=args.turn_threshold,
-                                wait_for_turn_verdict=args.source not in ("mic", "-") and args.realtime is False,
-                                barge_in=args.barge_in if args.barge_in is not None else args.source == "mic",
-                                barge_in_ms=args.barge_in_ms, max_waiting=args.max_waiting)
+        endpoint, opts = _options(args, live=args.source == "mic",
+                                  fast_file=args.source not in ("mic", "-") and args.realtime is False)
         mic = None
         if args.source == "-":
             chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)
@@ -144,18 +145,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     except RuntimeError as e:  # the speech detector, sounddevice or PortAudio missing
         return _fail(str(e), 1)
 
-    from desta_edge import DestaModel
-
-    try:
-        model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.model_device,
-                                           progress=not args.json, ort_provider=args.ort_provider,
-                                           whisper_dtype=whisper_dtype(args), encoder_padding_s=args.encoder_padding_s)
-    except (FileNotFoundError, ValueError) as e:
-        return _fail(str(e), EXIT_BAD_INPUT)
-    except RuntimeError as e:
-        return _fail(str(e), 1)
-    if args.backend == "auto":  # stderr, so that --json keeps stdout to events
-        print(f"backend: {model.backend_name} ({model.backend_detail}); {model.backend_reason}", file=sys.stderr)
+    model = _load_model(args, progress=not args.json)
+    if isinstance(model, int):
+        return model
     show = _json_line if args.json else _Display(live=args.source in ("mic", "-") or args.realtime is not False)
     assistant = Assistant(model, opts, endpoint, emit=show)
     if not args.no_warm_up:  # before the source opens: the first request then waits no longer than the rest
@@ -168,14 +160,12 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         heard_from = f"microphone {mic.description}" if mic is not None else args.source
         print(f"listening ({heard_from}); Ctrl-C to stop", file=sys.stderr)
     try:
-        stats = assistant.run(chunks)
+        assistant.run(chunks)
     except KeyboardInterrupt:
-        stats = assistant.stats
+        pass  # the summary of what was heard so far follows
     except (AudioError, RuntimeError) as e:
         return _fail(str(e), 1)
-    ep = assistant.endpointer
-    summary = {**vars(stats), "vad_errors": ep.vad_errors, "noise_gated_frames": ep.gated_frames,
-               "talker_gated_frames": ep.talker_gated_frames}
+    summary = assistant.summary()
     if mic is not None:  # audio the driver or this reader lost, and device dropouts
         summary.update(input_overflows=mic.overflows, dropped_samples=mic.ring.dropped, device_reopens=mic.reopens,
                        input_latency_ms=None if mic.input_latency_s is None else round(mic.input_latency_s * 1000, 1))
@@ -184,6 +174,73 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     else:
         print("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()), file=sys.stderr)
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Server, require_websockets
+
+    try:
+        require_websockets()  # before the slow model load
+        endpoint, opts = _options(args, live=True, fast_file=False)
+    except ValueError as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:
+        return _fail(str(e), 1)
+    model = _load_model(args, progress=True)
+    if isinstance(model, int):
+        return model
+    ready = {}
+    if not args.no_warm_up:  # once, before the first client: every session's first request is then warm
+        ready["warm_up_ms"] = Assistant(model, opts, endpoint).warm_up()
+        print(f"warmed up in {ready['warm_up_ms'] / 1000:.1f} s", file=sys.stderr)
+    server = Server(model, opts, endpoint, ServerOptions(host=args.host, port=args.port), ready=ready)
+    try:
+        server.serve_forever(lambda port: print(f"serving on ws://{args.host}:{port}/?rate=16000&channels=1 "
+                                                "(s16le PCM in, JSON events out); Ctrl-C to stop",
+                                                file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        return _fail(f"cannot serve on {args.host}:{args.port}: {e}", 1)
+    print(f"served {server.sessions} session(s)", file=sys.stderr)
+    return 0
+
+
+def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[EndpointOptions, AssistantOptions]:
+    """Endpointing and assistant options from the shared flags. live: barge-in by default;
+    fast_file: a file fed as fast as possible, where segmentation must not depend on machine speed."""
+    endpoint = EndpointOptions(
+        detector=args.vad, silero_threshold=args.silero_threshold, aggressiveness=args.vad_aggressiveness,
+        frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms, pause_ms=args.pause_ms,
+        hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms, turn_end_ms=args.turn_end_ms,
+        max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db, talker_drop_db=args.talker_drop_db,
+        loud_drop_db=args.loud_drop_db, distant_db=args.distant_db, spectral_gate_db=args.spectral_gate_db,
+        faint_range_db=args.faint_range_db,
+    )
+    Endpointer(endpoint)  # loads the speech detector now (read once per process), not after the model
+    opts = AssistantOptions(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                            speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
+                            turn_threshold=args.turn_threshold, wait_for_turn_verdict=fast_file,
+                            barge_in=args.barge_in if args.barge_in is not None else live,
+                            barge_in_ms=args.barge_in_ms, max_waiting=args.max_waiting)
+    return endpoint, opts
+
+
+def _load_model(args: argparse.Namespace, *, progress: bool):
+    """The model the flags name, or the exit code of a failure (reported on stderr)."""
+    from desta_edge import DestaModel
+
+    try:
+        model = DestaModel.from_pretrained(args.model, backend=args.backend, device=args.model_device,
+                                           progress=progress, ort_provider=args.ort_provider,
+                                           whisper_dtype=whisper_dtype(args), encoder_padding_s=args.encoder_padding_s)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:
+        return _fail(str(e), 1)
+    if args.backend == "auto":  # stderr, so that --json keeps stdout to events
+        print(f"backend: {model.backend_name} ({model.backend_detail}); {model.backend_reason}", file=sys.stderr)
+    return model
 
 
 def _json_line(event: dict) -> None:

@@ -181,6 +181,26 @@ def test_without_barge_in_every_answer_completes():
     assert all(len(e["text"]) == 40 for e in events if e["type"] == "answer")
 
 
+def test_abort_stops_the_answer_in_progress_and_drops_the_rest():
+    """What `serve` does when its client disconnects: the answer streaming stops, and a request
+    that ends later is never answered; `run` still returns."""
+    model = SlowModel()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
+    events = []
+    a = Assistant(model, AssistantOptions(barge_in=False, turn_detection=False), emit=events.append, vad=EnergyVad())
+    hold = hold_until_answering(model, 1.9)
+
+    def abort_while_answering(audio_s):
+        hold(audio_s)
+        if audio_s == pytest.approx(1.9):
+            a.abort()
+
+    stats = a.run(chunks_of(x, abort_while_answering))
+    assert stats.cancelled == 1 and model.streams[0].cancelled and stats.answers == 0
+    assert len(model.streams) == 1 and stats.utterances == 2  # the second request: heard, never answered
+    assert not [e for e in events if e["type"] == "answer"]
+
+
 def test_background_speech_far_under_the_talker_is_dropped_not_answered():
     """A quiet background talker (26 dB under, with short pauses) around two requests: each request
     is answered once, and the background left after them is a `discarded` event, not a request."""

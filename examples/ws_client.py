@@ -1,0 +1,55 @@
+"""Stream an audio file to `desta-edge serve` and print its events, one JSON object per line.
+
+    python examples/ws_client.py recording.wav [--url ws://127.0.0.1:8765] [--fast]
+
+The file is sent as 16 kHz mono s16le PCM in 20 ms messages at real-time pace (as a microphone
+would deliver it), or as fast as the socket takes it with --fast. Needs `websockets` and
+`soundfile` (both installed with `pip install "desta-edge[server]"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import numpy as np
+import soundfile as sf
+from websockets.sync.client import connect
+
+RATE = 16_000
+CHUNK = RATE // 50  # 20 ms
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("audio")
+    p.add_argument("--url", default="ws://127.0.0.1:8765")
+    p.add_argument("--fast", action="store_true", help="send as fast as possible instead of at real-time pace")
+    args = p.parse_args()
+    x, rate = sf.read(args.audio, dtype="float32", always_2d=True)
+    # the server resamples any rate and channel count; say which this file has
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    step = rate // 50
+    with connect(f"{args.url}/?rate={rate}&channels={x.shape[1]}", max_size=None) as ws:
+
+        def receive() -> None:
+            for message in ws:
+                print(message, flush=True)
+                if json.loads(message)["type"] == "summary":
+                    return
+
+        reader = threading.Thread(target=receive)
+        reader.start()
+        t0 = time.monotonic()
+        for i in range(0, len(pcm), step):
+            if not args.fast:
+                time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            ws.send(pcm[i : i + step].tobytes())
+        ws.send(json.dumps({"type": "end"}))
+        reader.join()
+
+
+if __name__ == "__main__":
+    main()

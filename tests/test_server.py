@@ -1,0 +1,116 @@
+"""`desta-edge serve`: the listener behind a WebSocket, driven by real clients on localhost.
+
+The tiny random model answers; a deterministic energy detector segments, so the events are
+exact and comparable with the in-process listener's on the same audio."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("websockets")
+from desta_edge.streaming.assistant import AssistantOptions
+from desta_edge.streaming.server import Server, ServerOptions, stream_format
+from streaming_helpers import EnergyVad, signal
+from test_assistant import listen
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+OPTS = AssistantOptions(max_new_tokens=6, turn_detection=False, barge_in=False)
+SPEECH = signal(("s", 0.5), ("v", 0.8), ("s", 1.0), ("v", 0.6), ("s", 1.0))
+
+
+@pytest.fixture()
+def server(tiny_model):
+    s = Server(tiny_model, OPTS, server=ServerOptions(port=0), vad_factory=EnergyVad, ready={"warm_up_ms": 1.0})
+    s.start()
+    yield s
+    s.stop()
+
+
+def pcm(x: np.ndarray, channels: int = 1) -> bytes:
+    y = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    return np.repeat(y[:, None], channels, axis=1).tobytes()
+
+
+def session(port: int, payload: bytes, piece: int = 640, query: str = "", end: bool = True) -> list[dict]:
+    """Send `payload` in messages of `piece` bytes; the events until the summary."""
+    with connect(f"ws://127.0.0.1:{port}/{query}") as ws:
+        for i in range(0, len(payload), piece):
+            ws.send(payload[i : i + piece])
+        if not end:
+            return [json.loads(ws.recv())]
+        ws.send(json.dumps({"type": "end"}))
+        events = []
+        while not events or events[-1]["type"] != "summary":
+            events.append(json.loads(ws.recv(timeout=60)))
+        return events
+
+
+def without_walls(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in ("wall_s", "timings_ms")} for e in events]
+
+
+def test_a_client_gets_the_listeners_events(server, tiny_model):
+    """Over the socket, the same events as the in-process listener on the same audio, between a
+    `ready` and a `summary`; PCM split mid-sample across messages changes nothing."""
+    events = session(server.port, pcm(SPEECH), piece=333)  # odd sizes: samples split across messages
+    assert events[0] == {"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": 16000, "channels": 1,
+                         "warm_up_ms": 1.0}
+    summary = events[-1]
+    assert summary["type"] == "summary" and summary["answers"] == 2 and summary["errors"] == 0
+    local, _ = listen(tiny_model, SPEECH, OPTS)
+    assert without_walls(events[1:-1]) == without_walls(local)
+    assert [e["type"] for e in events].count("answer") == 2
+
+
+def test_other_rates_and_channels_are_resampled(server):
+    """A 48 kHz stereo stream, announced in the query, is heard like the 16 kHz mono one."""
+    t = np.arange(int(len(SPEECH) * 3)) / 48000
+    x48 = np.interp(t, np.arange(len(SPEECH)) / 16000, SPEECH).astype(np.float32)
+    events = session(server.port, pcm(x48, channels=2), piece=3840, query="?rate=48000&channels=2")
+    assert events[0]["rate"] == 48000 and events[0]["channels"] == 2
+    assert events[-1]["answers"] == 2
+    ends = [e["speech_end_s"] for e in events if e["type"] == "speech_end"]
+    assert ends == pytest.approx([1.3, 2.9], abs=0.03)
+
+
+def test_one_client_at_a_time_and_free_again_after_a_disconnect(server):
+    """A second client is refused with 503 while one is connected; a client that leaves without
+    `end` frees the server at once (its pending work dropped), and the next one is served."""
+    with connect(f"ws://127.0.0.1:{server.port}/") as first:
+        assert json.loads(first.recv())["type"] == "ready"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{server.port}/")
+        assert refused.value.response.status_code == 503
+        first.send(pcm(SPEECH[: 16000 * 2]))  # speech, then the client vanishes mid-utterance
+    events = session(server.port, pcm(SPEECH))
+    assert events[-1]["answers"] == 2 and server.sessions == 2
+
+
+def test_bad_requests_get_clear_answers(server):
+    """A bad format is refused at the handshake (400, naming the parameter); an unknown text
+    message gets an error event and the stream goes on."""
+    for query in ("?rate=abc", "?rate=0", "?channels=99"):
+        with pytest.raises(InvalidStatus) as bad:
+            connect(f"ws://127.0.0.1:{server.port}/{query}")
+        assert bad.value.response.status_code == 400
+        assert b"must be an integer" in bad.value.response.body
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        assert json.loads(ws.recv())["type"] == "ready"
+        ws.send("hello")
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and "binary" in error["message"]
+        ws.send(pcm(SPEECH))
+        ws.send(json.dumps({"type": "end"}))
+        events = []
+        while not events or events[-1]["type"] != "summary":
+            events.append(json.loads(ws.recv(timeout=60)))
+    assert events[-1]["answers"] == 2
+
+
+def test_stream_format():
+    assert stream_format("/") == (16000, 1)
+    assert stream_format("/listen?rate=44100&channels=2") == (44100, 2)
+    with pytest.raises(ValueError, match="channels"):
+        stream_format("/?channels=0")

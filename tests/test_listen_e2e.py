@@ -76,6 +76,42 @@ def test_listen_reports_a_bad_file():
     assert r.returncode == 2 and "max_waiting" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_serve_answers_a_websocket_client():
+    """`desta-edge serve` on the real tiny preset: a client streams the example question as 44.1 kHz
+    PCM and gets the `ready`, the answer and the `summary`; bad flags fail before the model loads."""
+    pytest.importorskip("websockets")
+    from websockets.sync.client import connect
+
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "serve", "--max-waiting", "-1"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "max_waiting" in r.stderr and "Traceback" not in r.stderr
+    x, sr = sf.read(Path(__file__).resolve().parents[1] / "examples" / "what_is_the_capital_of_france.wav",
+                    dtype="float32")
+    x = soxr.resample(np.concatenate([np.zeros(sr // 2, np.float32), x, np.zeros(sr, np.float32)]), sr, 44100)
+    proc = subprocess.Popen([sys.executable, "-m", "desta_edge", "serve", "--port", "0", "--max-new-tokens", "8"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # "serving on ws://127.0.0.1:PORT/..." once the model is warm
+            if line.startswith("serving on "):
+                url = line.split()[2].split("/?")[0]
+                break
+        else:
+            pytest.fail(f"serve exited with {proc.wait()} before listening")
+        with connect(f"{url}/?rate=44100") as ws:
+            ws.send((x * 32767).astype("<i2").tobytes())
+            ws.send(json.dumps({"type": "end"}))
+            events = []
+            while not events or events[-1]["type"] != "summary":
+                events.append(json.loads(ws.recv(timeout=300)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert events[0]["type"] == "ready" and events[0]["rate"] == 44100 and events[0]["warm_up_ms"] > 0
+    (answer,) = [e for e in events if e["type"] == "answer"]
+    assert "france" in answer["transcript"].lower() and answer["text"].strip()
+    assert events[-1]["answers"] == 1 and events[-1]["errors"] == 0
+
+
 def test_display_shows_latency_only_when_audio_is_live(capsys):
     from desta_edge.streaming.cli import _Display
 

@@ -133,7 +133,7 @@ class Assistant:
         self._current: _Job | None = None  # the job the worker is on
         self._waiting: deque[_Job] = deque()  # committed jobs the worker has not taken up, oldest first
         self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
-        self.started_at = 0.0  # clock() when run() began; events carry wall_s relative to it
+        self.started_at = clock()  # clock() when run() began (or this was built); events carry wall_s relative to it
         self._audio_s = 0.0
         self._aborted = False  # abort() was called: the worker drops every job
         self.stats = Stats()
@@ -255,6 +255,10 @@ class Assistant:
         ep = self.endpointer
         return {**vars(self.stats), "vad_errors": ep.vad_errors, "noise_gated_frames": ep.gated_frames,
                 "talker_gated_frames": ep.talker_gated_frames}
+
+    def report_error(self, message: str) -> None:
+        """An `error` event about the stream rather than one utterance (e.g. a client's bad message)."""
+        self._emit("error", None, message=message)
 
     def abort(self) -> None:
         """Drop every request not yet answered and stop the answer in progress (thread-safe): for a

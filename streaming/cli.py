@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
@@ -178,7 +179,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server, require_websockets
+    from .server import logger as server_log
 
+    server_log.setLevel(logging.INFO)  # a daemon's log: clients connecting, refused and leaving
     try:
         require_websockets()  # before the slow model load
         endpoint, opts = _options(args, live=True, fast_file=False)

@@ -187,9 +187,8 @@ class Server:
                     ended = False
                 if ended:
                     break
-                await events.put({"type": "error", "audio_s": 0.0, "wall_s": 0.0,
-                                  "message": f'unknown text message {message[:80]!r}: send PCM as binary messages, '
-                                             f'and {{"type": "end"}} to finish'})
+                assistant.report_error(f'unknown text message {message[:80]!r}: send PCM as binary messages, '
+                                       f'and {{"type": "end"}} to finish')
         except ConnectionClosed:
             pass
         finally:
@@ -201,7 +200,7 @@ class Server:
                 await events.put({"type": "summary", **assistant.summary()})
             except Exception as e:  # the listener itself failed: report it and free the server for the next client
                 logger.exception("session failed")
-                await events.put({"type": "error", "audio_s": 0.0, "wall_s": 0.0, "message": f"{type(e).__name__}: {e}"})
+                assistant.report_error(f"{type(e).__name__}: {e}")
             await events.put(None)
             await sender
             self._claim = None

@@ -100,7 +100,8 @@ def test_bad_requests_get_clear_answers(server):
         assert json.loads(ws.recv())["type"] == "ready"
         ws.send("hello")
         error = json.loads(ws.recv(timeout=10))
-        assert error["type"] == "error" and "binary" in error["message"]
+        assert error["type"] == "error" and "binary" in error["message"] and "utterance" not in error
+        assert 0 <= error["wall_s"] < 60 and error["audio_s"] == 0.0  # the stream's clock, not the machine's
         ws.send(pcm(SPEECH))
         ws.send(json.dumps({"type": "end"}))
         events = []

@@ -129,7 +129,6 @@ class Server:
         async with serve(self._session, self.options.host, self.options.port, process_request=self._admit,
                          max_size=MAX_MESSAGE_BYTES) as ws_server:
             self.port = next(iter(ws_server.sockets)).getsockname()[1]
-            logger.info("serving on ws://%s:%d", self.options.host, self.port)
             on_listening(self.port)
             await self._stop.wait()
 

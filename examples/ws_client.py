@@ -2,9 +2,11 @@
 
     python examples/ws_client.py recording.wav [--url ws://127.0.0.1:8765] [--fast]
 
-The file is sent as 16 kHz mono s16le PCM in 20 ms messages at real-time pace (as a microphone
-would deliver it), or as fast as the socket takes it with --fast. Needs `websockets` and
-`soundfile` (both installed with `pip install "desta-edge[server]"`).
+The file is sent as s16le PCM at its own rate and channel count (the server resamples), in 20 ms
+messages at real-time pace (as a microphone would deliver it), or as fast as the socket takes it
+with --fast. It asks for `barge_in=0`: in a recording, each next question would otherwise cancel
+the answer to the one before. Needs `websockets` and `soundfile` (both installed with
+`pip install "desta-edge[server]"`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ import numpy as np
 import soundfile as sf
 from websockets.sync.client import connect
 
-RATE = 16_000
-CHUNK = RATE // 50  # 20 ms
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,10 +28,9 @@ def main() -> None:
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of at real-time pace")
     args = p.parse_args()
     x, rate = sf.read(args.audio, dtype="float32", always_2d=True)
-    # the server resamples any rate and channel count; say which this file has
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
     step = rate // 50
-    with connect(f"{args.url}/?rate={rate}&channels={x.shape[1]}", max_size=None) as ws:
+    with connect(f"{args.url}/?rate={rate}&channels={x.shape[1]}&barge_in=0", max_size=None) as ws:
 
         def receive() -> None:
             for message in ws:

@@ -1,6 +1,7 @@
 """`desta-edge serve`: the listener behind a WebSocket, for apps on this machine or the network.
 
-A client connects to `ws://HOST:PORT/?rate=16000&channels=1`, streams raw little-endian 16-bit
+A client connects to `ws://HOST:PORT/?rate=16000&channels=1` (optionally also `barge_in=0|1` and
+`max_waiting=N`, overriding the server's settings for this client), streams raw little-endian 16-bit
 PCM as binary messages (any size; a sample split across two messages is joined), and receives
 the events of `desta-edge listen --json` as text messages, one JSON object each: `ready` first,
 then `speech_start`, `transcript`, `token`, `answer`, ... as the audio comes in. A text message
@@ -25,7 +26,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MAX_RATE = 192_000  # highest PCM rate a client may announce
 MAX_CHANNELS = 8
+MAX_WAITING = 1000  # the largest max_waiting a client may ask for
 MAX_MESSAGE_BYTES = 1 << 20  # largest message a client may send (about 33 s of 16 kHz mono PCM)
 
 
@@ -53,16 +55,41 @@ def require_websockets() -> None:
         raise RuntimeError('desta-edge serve needs websockets: pip install "desta-edge[server]"') from e
 
 
-def stream_format(path: str) -> tuple[int, int]:
-    """(rate, channels) from a request path's query ("/?rate=48000&channels=2"); ValueError if bad."""
-    query = parse_qs(urlsplit(path).query)
-    values = {}
-    for key, default, top in (("rate", SAMPLE_RATE, MAX_RATE), ("channels", 1, MAX_CHANNELS)):
-        raw = query.get(key, [str(default)])[-1]
-        if not raw.isdigit() or not 1 <= int(raw) <= top:
-            raise ValueError(f"{key} must be an integer from 1 to {top}, got {raw!r}")
-        values[key] = int(raw)
-    return values["rate"], values["channels"]
+@dataclass(frozen=True)
+class SessionParams:
+    """What a client's query asks for ("/?rate=48000&channels=2&barge_in=0")."""
+
+    rate: int = SAMPLE_RATE  # its PCM's sample rate
+    channels: int = 1  # and channel count (interleaved)
+    barge_in: bool | None = None  # None: the server's setting; 0 suits a client streaming a recording
+    max_waiting: int | None = None  # None: the server's setting (see AssistantOptions.max_waiting)
+
+    @classmethod
+    def parse(cls, path: str) -> SessionParams:
+        """ValueError naming the parameter when one is bad or unknown."""
+        query = parse_qs(urlsplit(path).query)
+        unknown = set(query) - {"rate", "channels", "barge_in", "max_waiting"}
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}: expected rate, channels, barge_in "
+                             "and max_waiting")
+
+        def number(key: str, low: int, high: int) -> int | None:
+            if key not in query:
+                return None
+            raw = query[key][-1]
+            if not raw.isdigit() or not low <= int(raw) <= high:
+                raise ValueError(f"{key} must be an integer from {low} to {high}, got {raw!r}")
+            return int(raw)
+
+        barge_in = number("barge_in", 0, 1)
+        return cls(rate=number("rate", 1, MAX_RATE) or SAMPLE_RATE, channels=number("channels", 1, MAX_CHANNELS) or 1,
+                   barge_in=None if barge_in is None else bool(barge_in),
+                   max_waiting=number("max_waiting", 0, MAX_WAITING))
+
+    def options(self, opts: AssistantOptions) -> AssistantOptions:
+        """The server's assistant options with this client's overrides."""
+        given = {"barge_in": self.barge_in, "max_waiting": self.max_waiting}
+        return replace(opts, **{k: v for k, v in given.items() if v is not None})
 
 
 class _Messages:
@@ -137,7 +164,7 @@ class Server:
     def _admit(self, connection, request):
         """Refuse a handshake while another client is connected (503) or with a bad format (400)."""
         try:
-            stream_format(request.path)
+            SessionParams.parse(request.path)
         except ValueError as e:
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{e}\n")
         from websockets.protocol import State
@@ -156,12 +183,13 @@ class Server:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict | None] = asyncio.Queue()
         messages = _Messages()
-        rate, channels = stream_format(ws.request.path)
+        params = SessionParams.parse(ws.request.path)
+        opts = params.options(self.opts)
         vad = self._vad_factory() if self._vad_factory else None
-        assistant = Assistant(self.model, self.opts, self.endpoint,
+        assistant = Assistant(self.model, opts, self.endpoint,
                               emit=lambda e: loop.call_soon_threadsafe(events.put_nowait, e), vad=vad)
         self.sessions += 1
-        logger.info("client %s connected (%d Hz, %d channel(s))", ws.remote_address, rate, channels)
+        logger.info("client %s connected (%d Hz, %d channel(s))", ws.remote_address, params.rate, params.channels)
         ended = False  # the client asked for the end (and waits for the summary)
 
         async def send_events() -> None:
@@ -172,9 +200,11 @@ class Server:
                     pass  # keep draining, so the listener's thread never blocks on us
 
         sender = asyncio.create_task(send_events())
-        await events.put({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": rate, "channels": channels,
+        await events.put({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": params.rate,
+                          "channels": params.channels, "barge_in": opts.barge_in, "max_waiting": opts.max_waiting,
                           **self._ready})
-        run = loop.run_in_executor(None, assistant.run, pcm_source(messages, rate=rate, channels=channels))
+        run = loop.run_in_executor(None, assistant.run,
+                                   pcm_source(messages, rate=params.rate, channels=params.channels))
         try:
             async for message in ws:
                 if isinstance(message, bytes):

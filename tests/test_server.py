@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("websockets")
 from desta_edge.streaming.assistant import AssistantOptions
-from desta_edge.streaming.server import Server, ServerOptions, stream_format
+from desta_edge.streaming.server import Server, ServerOptions, SessionParams
 from streaming_helpers import EnergyVad, signal
 from test_assistant import listen
 from websockets.exceptions import InvalidStatus
@@ -56,7 +56,7 @@ def test_a_client_gets_the_listeners_events(server, tiny_model):
     `ready` and a `summary`; PCM split mid-sample across messages changes nothing."""
     events = session(server.port, pcm(SPEECH), piece=333)  # odd sizes: samples split across messages
     assert events[0] == {"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": 16000, "channels": 1,
-                         "warm_up_ms": 1.0}
+                         "barge_in": False, "max_waiting": 0, "warm_up_ms": 1.0}
     summary = events[-1]
     assert summary["type"] == "summary" and summary["answers"] == 2 and summary["errors"] == 0
     local, _ = listen(tiny_model, SPEECH, OPTS)
@@ -91,11 +91,12 @@ def test_one_client_at_a_time_and_free_again_after_a_disconnect(server):
 def test_bad_requests_get_clear_answers(server):
     """A bad format is refused at the handshake (400, naming the parameter); an unknown text
     message gets an error event and the stream goes on."""
-    for query in ("?rate=abc", "?rate=0", "?channels=99"):
+    for query, says in (("?rate=abc", b"rate must be"), ("?rate=0", b"rate must be"),
+                        ("?channels=99", b"channels must be"), ("?barge_in=yes", b"barge_in must be"),
+                        ("?rate=16000&lang=en", b"unknown parameter(s) lang")):
         with pytest.raises(InvalidStatus) as bad:
             connect(f"ws://127.0.0.1:{server.port}/{query}")
-        assert bad.value.response.status_code == 400
-        assert b"must be an integer" in bad.value.response.body
+        assert bad.value.response.status_code == 400 and says in bad.value.response.body
     with connect(f"ws://127.0.0.1:{server.port}/") as ws:
         assert json.loads(ws.recv())["type"] == "ready"
         ws.send("hello")
@@ -110,8 +111,14 @@ def test_bad_requests_get_clear_answers(server):
     assert events[-1]["answers"] == 2
 
 
-def test_stream_format():
-    assert stream_format("/") == (16000, 1)
-    assert stream_format("/listen?rate=44100&channels=2") == (44100, 2)
+def test_session_params_override_the_servers_options_per_client(server):
+    """`barge_in` and `max_waiting` in the query apply to that client only, and `ready` says so."""
+    with connect(f"ws://127.0.0.1:{server.port}/?barge_in=1&max_waiting=2") as ws:
+        ready = json.loads(ws.recv())
+    assert ready["barge_in"] is True and ready["max_waiting"] == 2
+    assert SessionParams.parse("/") == SessionParams(16000, 1, None, None)
+    p = SessionParams.parse("/listen?rate=44100&channels=2&barge_in=0")
+    assert (p.rate, p.channels, p.barge_in) == (44100, 2, False)
+    assert p.options(OPTS) == OPTS and p.options(AssistantOptions()).barge_in is False
     with pytest.raises(ValueError, match="channels"):
-        stream_format("/?channels=0")
+        SessionParams.parse("/?channels=0")

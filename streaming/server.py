@@ -230,7 +230,7 @@ class Server:
             except Exception as e:  # the listener itself failed: report it and free the server for the next client
                 logger.exception("session failed")
                 assistant.report_error(f"{type(e).__name__}: {e}")
-            await events.put(None)
+            loop.call_soon(events.put_nowait, None)  # after the events already scheduled from other threads
             await sender
             self._claim = None
             logger.info("client %s finished: %s", ws.remote_address, "ended" if ended else "disconnected")

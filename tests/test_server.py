@@ -33,13 +33,11 @@ def pcm(x: np.ndarray, channels: int = 1) -> bytes:
     return np.repeat(y[:, None], channels, axis=1).tobytes()
 
 
-def session(port: int, payload: bytes, piece: int = 640, query: str = "", end: bool = True) -> list[dict]:
-    """Send `payload` in messages of `piece` bytes; the events until the summary."""
+def session(port: int, payload: bytes, piece: int = 640, query: str = "") -> list[dict]:
+    """Send `payload` in messages of `piece` bytes, then `end`; the events until the summary."""
     with connect(f"ws://127.0.0.1:{port}/{query}") as ws:
         for i in range(0, len(payload), piece):
             ws.send(payload[i : i + piece])
-        if not end:
-            return [json.loads(ws.recv())]
         ws.send(json.dumps({"type": "end"}))
         events = []
         while not events or events[-1]["type"] != "summary":

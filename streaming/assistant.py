@@ -265,7 +265,7 @@ class Assistant:
         listener that has gone (a closed connection), so that `run` returns without answering it."""
         with self._lock:
             self._aborted = True
-            jobs = [*self._waiting, *([self._spec] if self._spec else []), *([self._current] if self._current else [])]
+            jobs = [job for job in (*self._waiting, self._spec, self._current) if job is not None]
         for job in jobs:
             job.discard = job.cancel = True
             job.decided.set()

@@ -15,7 +15,8 @@ from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
-from .server import ServerOptions
+from .server import Server, ServerOptions, require_websockets
+from .server import logger as server_log
 from .vad import DETECTORS, TURN_END_MS, Endpointer, EndpointOptions
 
 EXIT_BAD_INPUT = 2
@@ -178,9 +179,6 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Server, require_websockets
-    from .server import logger as server_log
-
     server_log.setLevel(logging.INFO)  # a daemon's log: clients connecting, refused and leaving
     try:
         require_websockets()  # before the slow model load

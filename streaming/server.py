@@ -126,6 +126,7 @@ class Server:
         self.port: int | None = None  # the bound port, once listening
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None  # set by start()
 
     # ------------------------------------------------------------------ running
 
@@ -146,7 +147,7 @@ class Server:
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        if getattr(self, "_thread", None) is not None:
+        if self._thread is not None:
             self._thread.join(30)
 
     async def _main(self, on_listening: Callable[[int], None]) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
-from .server import Server, ServerOptions, require_websockets
+from .server import Server, ServerOptions, notify_systemd, require_websockets
 from .server import logger as server_log
 from .vad import DETECTORS, TURN_END_MS, Endpointer, EndpointOptions
 
@@ -42,6 +43,9 @@ def register_cli(sub) -> None:
                    help="address to bind (default %(default)s: this machine only; 0.0.0.0 serves the network, "
                         "without authentication)")
     s.add_argument("--port", type=int, default=ServerOptions.port, help="port (default %(default)s; 0: any free one)")
+    s.add_argument("--idle-timeout-s", type=float, default=ServerOptions.idle_timeout_s,
+                   help="end a client's stream, as if it had sent end, after this many seconds without a message "
+                        "(default %(default)g; 0: never)")
     _add_assistant_arguments(s)
     s.set_defaults(func=_cmd_serve)
 
@@ -182,6 +186,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server_log.setLevel(logging.INFO)  # a daemon's log: clients connecting, refused and leaving
     try:
         require_websockets()  # before the slow model load
+        server_opts = ServerOptions(host=args.host, port=args.port, idle_timeout_s=args.idle_timeout_s)
         endpoint, opts = _options(args, live=True, fast_file=False)
     except ValueError as e:
         return _fail(str(e), EXIT_BAD_INPUT)
@@ -194,15 +199,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_warm_up:  # once, before the first client: every session's first request is then warm
         ready["warm_up_ms"] = Assistant(model, opts, endpoint).warm_up()
         print(f"warmed up in {ready['warm_up_ms'] / 1000:.1f} s", file=sys.stderr)
-    server = Server(model, opts, endpoint, ServerOptions(host=args.host, port=args.port), ready=ready)
+    server = Server(model, opts, endpoint, server_opts, ready=ready)
+
+    def listening(port: int) -> None:
+        url = f"ws://{args.host}:{port}/"
+        print(f"serving on {url}?rate=16000&channels=1 (s16le PCM in, JSON events out; health: "
+              f"http://{args.host}:{port}/health); Ctrl-C to stop", file=sys.stderr, flush=True)
+        notify_systemd(f"READY=1\nSTATUS=serving on {url}")
+
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())  # `systemctl stop`, `kill`: close clients, exit 0
     try:
-        server.serve_forever(lambda port: print(f"serving on ws://{args.host}:{port}/?rate=16000&channels=1 "
-                                                "(s16le PCM in, JSON events out); Ctrl-C to stop",
-                                                file=sys.stderr, flush=True))
+        server.serve_forever(listening)
     except KeyboardInterrupt:
         pass
     except OSError as e:  # the port is taken, or the address is not this machine's
         return _fail(f"cannot serve on {args.host}:{args.port}: {e}", 1)
+    finally:
+        notify_systemd("STOPPING=1")
     print(f"served {server.sessions} session(s)", file=sys.stderr)
     return 0
 

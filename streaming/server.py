@@ -7,7 +7,9 @@ the events of `desta-edge listen --json` as text messages, one JSON object each:
 then `speech_start`, `transcript`, `token`, `answer`, ... as the audio comes in. A text message
 `{"type": "end"}` (or closing the connection) ends the stream: the server answers what is still
 pending, sends a `summary` and closes. A client that disconnects without `end` gets nothing more:
-its pending requests are dropped and the server is free for the next client at once.
+its pending requests are dropped and the server is free for the next client at once. A client
+that sends nothing for `idle_timeout_s` is ended as if it had sent `end` (its summary says
+`"ended_by": "idle"`), so a stalled app cannot hold the server.
 
 One client at a time: the model answers one request at a time, so a second listener would only
 queue behind the first one's answers. While a client is connected, others are refused with HTTP
@@ -16,6 +18,10 @@ queue behind the first one's answers. While a client is connected, others are re
 
 The model is loaded and warmed up once, before the server accepts connections. Each connection
 gets a fresh `Assistant` (its own endpointer, stream clock and counters) on that model.
+
+For supervisors: `GET /health` answers 200 with a JSON object (busy or not, sessions served,
+uptime) without taking the client slot, and `notify_systemd` tells systemd (`Type=notify`) when
+the server is ready, once the model is loaded and the port bound.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -40,12 +49,20 @@ MAX_RATE = 192_000  # highest PCM rate a client may announce
 MAX_CHANNELS = 8
 MAX_WAITING = 1000  # the largest max_waiting a client may ask for
 MAX_MESSAGE_BYTES = 1 << 20  # largest message a client may send (about 33 s of 16 kHz mono PCM)
+HEALTH_PATH = "/health"
 
 
 @dataclass(frozen=True)
 class ServerOptions:
     host: str = "127.0.0.1"  # localhost only by default; "0.0.0.0" serves the network (no authentication)
     port: int = 8765  # 0: any free port (see `Server.port`)
+    idle_timeout_s: float = 60.0  # a client silent (no message) this long is ended as if it sent `end`; 0: never
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be from 0 to 65535, got {self.port}")
+        if not self.idle_timeout_s >= 0:  # also refuses NaN
+            raise ValueError(f"idle_timeout_s must be 0 (never) or more, got {self.idle_timeout_s}")
 
 
 def require_websockets() -> None:
@@ -53,6 +70,23 @@ def require_websockets() -> None:
         import websockets  # noqa: F401
     except ImportError as e:
         raise RuntimeError('desta-edge serve needs websockets: pip install "desta-edge[server]"') from e
+
+
+def notify_systemd(state: str) -> bool:
+    """Send `state` ("READY=1", "STOPPING=1", ...) to systemd's notification socket when the
+    process runs as a `Type=notify` service; False (and nothing sent) otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as e:
+        logger.warning("could not notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], e)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -124,7 +158,9 @@ class Server:
         self._claim = None  # the connection being served, claimed at its handshake (event loop only)
         self.sessions = 0  # sessions served
         self.port: int | None = None  # the bound port, once listening
+        self.started = time.monotonic()
         self._stop: asyncio.Event | None = None
+        self._stopping = False  # stop() was called, perhaps before the event loop existed (a signal at startup)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None  # set by start()
 
@@ -145,6 +181,8 @@ class Server:
         return self.port
 
     def stop(self) -> None:
+        """Stop accepting clients and close the connected one (1001); safe from a signal handler."""
+        self._stopping = True
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
@@ -154,23 +192,41 @@ class Server:
         from websockets.asyncio.server import serve
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        if self._stopping:
+            self._stop.set()
         async with serve(self._session, self.options.host, self.options.port, process_request=self._admit,
                          max_size=MAX_MESSAGE_BYTES) as ws_server:
             self.port = next(iter(ws_server.sockets)).getsockname()[1]
             on_listening(self.port)
             await self._stop.wait()
 
+    def busy(self) -> bool:
+        """A client holds the server (event loop only)."""
+        from websockets.protocol import State
+
+        return self._claim is not None and self._claim.state is not State.CLOSED
+
+    def health(self) -> dict:
+        """What `GET /health` answers."""
+        return {"status": "ok", "busy": self.busy(), "sessions": self.sessions,
+                "uptime_s": round(time.monotonic() - self.started, 1), "backend": self.model.backend_name,
+                "idle_timeout_s": self.options.idle_timeout_s}
+
     # ------------------------------------------------------------------ one client
 
     def _admit(self, connection, request):
-        """Refuse a handshake while another client is connected (503) or with a bad format (400)."""
+        """Answer `GET /health`; refuse a handshake while another client is connected (503) or with
+        a bad format (400)."""
+        if urlsplit(request.path).path == HEALTH_PATH:
+            response = connection.respond(HTTPStatus.OK, json.dumps(self.health()) + "\n")
+            del response.headers["Content-Type"]  # websockets' headers take several values per name
+            response.headers["Content-Type"] = "application/json"
+            return response
         try:
             SessionParams.parse(request.path)
         except ValueError as e:
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{e}\n")
-        from websockets.protocol import State
-
-        if self._claim is not None and self._claim.state is not State.CLOSED:
+        if self.busy():
             logger.info("refused %s: another client is connected", connection.remote_address)
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy: desta-edge serves one client at a time\n")
         # claimed at the handshake, so that two handshakes in a row cannot both pass; a claim whose
@@ -191,7 +247,8 @@ class Server:
                               emit=lambda e: loop.call_soon_threadsafe(events.put_nowait, e), vad=vad)
         self.sessions += 1
         logger.info("client %s connected (%d Hz, %d channel(s))", ws.remote_address, params.rate, params.channels)
-        ended = False  # the client asked for the end (and waits for the summary)
+        ended_by = None  # "client": it sent `end` (and waits for the summary); "idle": it sent nothing for too long
+        timeout = self.options.idle_timeout_s or None
 
         async def send_events() -> None:
             while (event := await events.get()) is not None:
@@ -203,35 +260,42 @@ class Server:
         sender = asyncio.create_task(send_events())
         await events.put({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": params.rate,
                           "channels": params.channels, "barge_in": opts.barge_in, "max_waiting": opts.max_waiting,
-                          **self._ready})
+                          "idle_timeout_s": self.options.idle_timeout_s, **self._ready})
         run = loop.run_in_executor(None, assistant.run,
                                    pcm_source(messages, rate=params.rate, channels=params.channels))
         try:
-            async for message in ws:
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), timeout)  # cancelling recv() loses no message
+                except asyncio.TimeoutError:
+                    ended_by = "idle"
+                    break
                 if isinstance(message, bytes):
                     messages.put(message)
                     continue
                 try:
-                    ended = json.loads(message).get("type") == "end"
+                    is_end = json.loads(message).get("type") == "end"
                 except (ValueError, AttributeError):
-                    ended = False
-                if ended:
+                    is_end = False
+                if is_end:
+                    ended_by = "client"
                     break
                 assistant.report_error(f'unknown text message {message[:80]!r}: send PCM as binary messages, '
                                        f'and {{"type": "end"}} to finish')
         except ConnectionClosed:
             pass
         finally:
-            if not ended:
+            if ended_by is None:
                 assistant.abort()  # nobody is listening any more: drop what is pending
             messages.put(None)
             try:
                 await run
-                await events.put({"type": "summary", **assistant.summary()})
+                await events.put({"type": "summary", **assistant.summary(), "ended_by": ended_by or "disconnect"})
             except Exception as e:  # the listener itself failed: report it and free the server for the next client
                 logger.exception("session failed")
                 assistant.report_error(f"{type(e).__name__}: {e}")
             loop.call_soon(events.put_nowait, None)  # after the events already scheduled from other threads
             await sender
             self._claim = None
-            logger.info("client %s finished: %s", ws.remote_address, "ended" if ended else "disconnected")
+            how = {"client": "it sent end", "idle": f"it sent nothing for {timeout:g} s"}.get(ended_by, "it left")
+            logger.info("client %s finished: %s", ws.remote_address, how)

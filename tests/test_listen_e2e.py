@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
 import pytest
@@ -76,9 +80,11 @@ def test_listen_reports_a_bad_file():
     assert r.returncode == 2 and "max_waiting" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_serve_answers_a_websocket_client():
+def test_serve_answers_a_websocket_client(tmp_path):
     """`desta-edge serve` on the real tiny preset: a client streams the example question as 44.1 kHz
-    PCM and gets the `ready`, the answer and the `summary`; bad flags fail before the model loads."""
+    PCM and gets the `ready`, the answer and the `summary`; bad flags fail before the model loads.
+    As a systemd service would see it: READY=1 once listening, /health, and on SIGTERM STOPPING=1
+    and a clean exit."""
     pytest.importorskip("websockets")
     from websockets.sync.client import connect
 
@@ -88,8 +94,12 @@ def test_serve_answers_a_websocket_client():
     x, sr = sf.read(Path(__file__).resolve().parents[1] / "examples" / "what_is_the_capital_of_france.wav",
                     dtype="float32")
     x = soxr.resample(np.concatenate([np.zeros(sr // 2, np.float32), x, np.zeros(sr, np.float32)]), sr, 44100)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
     proc = subprocess.Popen([sys.executable, "-m", "desta_edge", "serve", "--port", "0", "--max-new-tokens", "8"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")})
     try:
         for line in proc.stderr:  # "serving on ws://127.0.0.1:PORT/..." once the model is warm
             if line.startswith("serving on "):
@@ -97,15 +107,22 @@ def test_serve_answers_a_websocket_client():
                 break
         else:
             pytest.fail(f"serve exited with {proc.wait()} before listening")
+        assert notify.recv(1024).decode().startswith("READY=1\nSTATUS=serving on ws://127.0.0.1:")
+        with urlopen(url.replace("ws://", "http://") + "/health", timeout=30) as r:
+            assert json.loads(r.read())["busy"] is False
         with connect(f"{url}/?rate=44100") as ws:
             ws.send((x * 32767).astype("<i2").tobytes())
             ws.send(json.dumps({"type": "end"}))
             events = []
             while not events or events[-1]["type"] != "summary":
                 events.append(json.loads(ws.recv(timeout=300)))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0 and "served 1 session(s)" in proc.stderr.read()
+        assert notify.recv(1024) == b"STOPPING=1"
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(30)
+        notify.close()
     assert events[0]["type"] == "ready" and events[0]["rate"] == 44100 and events[0]["warm_up_ms"] > 0
     (answer,) = [e for e in events if e["type"] == "answer"]
     assert "france" in answer["transcript"].lower() and answer["text"].strip()

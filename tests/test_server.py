@@ -54,9 +54,10 @@ def test_a_client_gets_the_listeners_events(server, tiny_model):
     `ready` and a `summary`; PCM split mid-sample across messages changes nothing."""
     events = session(server.port, pcm(SPEECH), piece=333)  # odd sizes: samples split across messages
     assert events[0] == {"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": 16000, "channels": 1,
-                         "barge_in": False, "max_waiting": 0, "warm_up_ms": 1.0}
+                         "barge_in": False, "max_waiting": 0, "idle_timeout_s": 60.0, "warm_up_ms": 1.0}
     summary = events[-1]
     assert summary["type"] == "summary" and summary["answers"] == 2 and summary["errors"] == 0
+    assert summary["ended_by"] == "client"
     local, _ = listen(tiny_model, SPEECH, OPTS)
     assert without_walls(events[1:-1]) == without_walls(local)
     assert [e["type"] for e in events].count("answer") == 2
@@ -120,3 +121,76 @@ def test_session_params_override_the_servers_options_per_client(server):
     assert p.options(OPTS) == OPTS and p.options(AssistantOptions()).barge_in is False
     with pytest.raises(ValueError, match="channels"):
         SessionParams.parse("/?channels=0")
+
+
+def test_health_answers_without_taking_the_client_slot(server):
+    """`GET /health` is plain HTTP (curl, a supervisor's probe): 200 and JSON, busy or not, and a
+    probe while a client is connected neither refuses nor disturbs that client."""
+    from urllib.request import urlopen
+
+    def health() -> dict:
+        with urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "application/json"
+            return json.loads(r.read())
+
+    idle = health()
+    assert idle["status"] == "ok" and idle["busy"] is False and idle["sessions"] == 0 and idle["backend"] == "torch"
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        assert json.loads(ws.recv())["type"] == "ready"
+        busy = health()
+        assert busy["busy"] is True and busy["sessions"] == 1 and busy["uptime_s"] >= idle["uptime_s"]
+        ws.send(pcm(SPEECH))
+        ws.send(json.dumps({"type": "end"}))
+        events = []
+        while not events or events[-1]["type"] != "summary":
+            events.append(json.loads(ws.recv(timeout=60)))
+    assert events[-1]["answers"] == 2 and events[-1]["ended_by"] == "client"
+
+
+def test_a_silent_client_is_ended_as_if_it_sent_end(tiny_model):
+    """After `idle_timeout_s` without a message the stream ends: what is pending is answered, the
+    summary says why, the connection closes and the next client is served."""
+    from websockets.exceptions import ConnectionClosedOK
+
+    s = Server(tiny_model, OPTS, server=ServerOptions(port=0, idle_timeout_s=0.5), vad_factory=EnergyVad)
+    s.start()
+    try:
+        with connect(f"ws://127.0.0.1:{s.port}/") as ws:
+            assert json.loads(ws.recv())["idle_timeout_s"] == 0.5
+            ws.send(pcm(SPEECH))  # then nothing: no `end`
+            events = []
+            while not events or events[-1]["type"] != "summary":
+                events.append(json.loads(ws.recv(timeout=60)))
+            with pytest.raises(ConnectionClosedOK):
+                ws.recv(timeout=10)
+        assert events[-1]["ended_by"] == "idle" and events[-1]["answers"] == 2
+        assert session(s.port, pcm(SPEECH))[-1]["answers"] == 2
+    finally:
+        s.stop()
+
+
+def test_server_options_are_checked():
+    for bad in ({"port": 70000}, {"port": -1}, {"idle_timeout_s": -1.0}, {"idle_timeout_s": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServerOptions(**bad)
+
+
+def test_notify_systemd(tmp_path, monkeypatch):
+    """READY=1 reaches the socket systemd names in NOTIFY_SOCKET (a path or an abstract name);
+    without one, nothing is sent; a socket nobody listens on is logged, not raised."""
+    import socket
+
+    from desta_edge.streaming.server import notify_systemd
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify_systemd("READY=1") is False
+    for address, env in ((str(tmp_path / "notify"), str(tmp_path / "notify")),
+                         (f"\0desta-edge-test-{id(tmp_path)}", f"@desta-edge-test-{id(tmp_path)}")):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(address)
+            sock.settimeout(5)
+            monkeypatch.setenv("NOTIFY_SOCKET", env)
+            assert notify_systemd("READY=1\nSTATUS=serving") is True
+            assert sock.recv(1024) == b"READY=1\nSTATUS=serving"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody"))
+    assert notify_systemd("READY=1") is False

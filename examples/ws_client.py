@@ -1,11 +1,11 @@
 """Stream an audio file to `desta-edge serve` and print its events, one JSON object per line.
 
-    python examples/ws_client.py recording.wav [--url ws://127.0.0.1:8765] [--fast]
+    python examples/ws_client.py recording.wav [--url ws://127.0.0.1:8765] [--fast] [--prompt TEXT] [--system TEXT]
 
 The file is sent as s16le PCM at its own rate and channel count (the server resamples), in 20 ms
 messages at real-time pace (as a microphone would deliver it), or as fast as the socket takes it
 with --fast. It asks for `barge_in=0`: in a recording, each next question would otherwise cancel
-the answer to the one before. Needs `websockets` and `soundfile` (both installed with
+the answer to the one before. --prompt and --system replace the server's for this client. Needs `websockets` and `soundfile` (both installed with
 `pip install "desta-edge[server]"`).
 """
 
@@ -15,6 +15,7 @@ import argparse
 import json
 import threading
 import time
+from urllib.parse import urlencode
 
 import numpy as np
 import soundfile as sf
@@ -26,11 +27,15 @@ def main() -> None:
     p.add_argument("audio")
     p.add_argument("--url", default="ws://127.0.0.1:8765")
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of at real-time pace")
+    p.add_argument("--prompt", help="the instruction after each utterance (default: the server's)")
+    p.add_argument("--system", help="the system message (default: the server's)")
     args = p.parse_args()
     x, rate = sf.read(args.audio, dtype="float32", always_2d=True)
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
     step = rate // 50
-    with connect(f"{args.url}/?rate={rate}&channels={x.shape[1]}&barge_in=0", max_size=None) as ws:
+    query = {"rate": rate, "channels": x.shape[1], "barge_in": 0}
+    query.update({k: v for k, v in (("prompt", args.prompt), ("system", args.system)) if v is not None})
+    with connect(f"{args.url}/?{urlencode(query)}", max_size=None) as ws:
 
         def receive() -> None:
             for message in ws:

@@ -1,7 +1,8 @@
 """`desta-edge serve`: the listener behind a WebSocket, for apps on this machine or the network.
 
-A client connects to `ws://HOST:PORT/?rate=16000&channels=1` (optionally also `barge_in=0|1` and
-`max_waiting=N`, overriding the server's settings for this client), streams raw little-endian 16-bit
+A client connects to `ws://HOST:PORT/?rate=16000&channels=1` (optionally also `barge_in=0|1`,
+`max_waiting=N`, `max_new_tokens=N`, `system=TEXT` and `prompt=TEXT`, URL-encoded, overriding the
+server's settings for this client), streams raw little-endian 16-bit
 PCM as binary messages (any size; a sample split across two messages is joined), and receives
 the events of `desta-edge listen --json` as text messages, one JSON object each: `ready` first,
 then `speech_start`, `transcript`, `token`, `answer`, ... as the audio comes in. A text message
@@ -49,6 +50,7 @@ MAX_RATE = 192_000  # highest PCM rate a client may announce
 MAX_CHANNELS = 8
 MAX_WAITING = 1000  # the largest max_waiting a client may ask for
 MAX_MESSAGE_BYTES = 1 << 20  # largest message a client may send (about 33 s of 16 kHz mono PCM)
+MAX_TEXT_CHARS = 2000  # the longest system message or prompt a client may set
 HEALTH_PATH = "/health"
 
 
@@ -91,21 +93,34 @@ def notify_systemd(state: str) -> bool:
 
 @dataclass(frozen=True)
 class SessionParams:
-    """What a client's query asks for ("/?rate=48000&channels=2&barge_in=0")."""
+    """What a client's query asks for ("/?rate=48000&channels=2&barge_in=0&prompt=Answer+in+one+word.").
+    None: the server's setting."""
 
     rate: int = SAMPLE_RATE  # its PCM's sample rate
     channels: int = 1  # and channel count (interleaved)
-    barge_in: bool | None = None  # None: the server's setting; 0 suits a client streaming a recording
-    max_waiting: int | None = None  # None: the server's setting (see AssistantOptions.max_waiting)
+    barge_in: bool | None = None  # 0 suits a client streaming a recording
+    max_waiting: int | None = None  # see AssistantOptions.max_waiting
+    max_new_tokens: int | None = None  # a lower cap per answer than the server's (never a higher one)
+    system: str | None = None  # the system message of this client's turns
+    prompt: str | None = None  # the instruction after each of its utterances
 
     @classmethod
     def parse(cls, path: str) -> SessionParams:
         """ValueError naming the parameter when one is bad or unknown."""
-        query = parse_qs(urlsplit(path).query)
-        unknown = set(query) - {"rate", "channels", "barge_in", "max_waiting"}
+        query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+        known = ("rate", "channels", "barge_in", "max_waiting", "max_new_tokens", "system", "prompt")
+        unknown = set(query) - set(known)
         if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}: expected rate, channels, barge_in "
-                             "and max_waiting")
+            raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}: expected {', '.join(known)}")
+
+        def text(key: str) -> str | None:
+            if key not in query:
+                return None
+            raw = query[key][-1]
+            if not raw.strip() or len(raw) > MAX_TEXT_CHARS or "\0" in raw:
+                raise ValueError(f"{key} must be non-empty text of at most {MAX_TEXT_CHARS} characters, "
+                                 f"got {len(raw)} characters")
+            return raw
 
         def number(key: str, low: int, high: int) -> int | None:
             if key not in query:
@@ -118,11 +133,20 @@ class SessionParams:
         barge_in = number("barge_in", 0, 1)
         return cls(rate=number("rate", 1, MAX_RATE) or SAMPLE_RATE, channels=number("channels", 1, MAX_CHANNELS) or 1,
                    barge_in=None if barge_in is None else bool(barge_in),
-                   max_waiting=number("max_waiting", 0, MAX_WAITING))
+                   max_waiting=number("max_waiting", 0, MAX_WAITING),
+                   max_new_tokens=number("max_new_tokens", 1, 1 << 20), system=text("system"), prompt=text("prompt"))
 
-    def options(self, opts: AssistantOptions) -> AssistantOptions:
-        """The server's assistant options with this client's overrides."""
-        given = {"barge_in": self.barge_in, "max_waiting": self.max_waiting}
+    def options(self, opts: AssistantOptions, audio_locator: str) -> AssistantOptions:
+        """The server's assistant options with this client's overrides; ValueError for a cap above
+        the server's, or a text that holds the model's audio locator (each turn has one audio)."""
+        if self.max_new_tokens is not None and self.max_new_tokens > opts.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be at most the server's {opts.max_new_tokens}, "
+                             f"got {self.max_new_tokens}")
+        for key in ("system", "prompt"):
+            if audio_locator in (getattr(self, key) or ""):
+                raise ValueError(f"{key} must not contain {audio_locator}: the server puts the audio before the prompt")
+        given = {"barge_in": self.barge_in, "max_waiting": self.max_waiting, "max_new_tokens": self.max_new_tokens,
+                 "system": self.system, "prompt": self.prompt}
         return replace(opts, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -223,7 +247,7 @@ class Server:
             response.headers["Content-Type"] = "application/json"
             return response
         try:
-            SessionParams.parse(request.path)
+            SessionParams.parse(request.path).options(self.opts, self.model.config.audio_locator)
         except ValueError as e:
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{e}\n")
         if self.busy():
@@ -241,7 +265,7 @@ class Server:
         events: asyncio.Queue[dict | None] = asyncio.Queue()
         messages = _Messages()
         params = SessionParams.parse(ws.request.path)
-        opts = params.options(self.opts)
+        opts = params.options(self.opts, self.model.config.audio_locator)
         vad = self._vad_factory() if self._vad_factory else None
         assistant = Assistant(self.model, opts, self.endpoint,
                               emit=lambda e: loop.call_soon_threadsafe(events.put_nowait, e), vad=vad)
@@ -260,6 +284,7 @@ class Server:
         sender = asyncio.create_task(send_events())
         await events.put({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": params.rate,
                           "channels": params.channels, "barge_in": opts.barge_in, "max_waiting": opts.max_waiting,
+                          "max_new_tokens": opts.max_new_tokens, "system": opts.system, "prompt": opts.prompt,
                           "idle_timeout_s": self.options.idle_timeout_s, **self._ready})
         run = loop.run_in_executor(None, assistant.run,
                                    pcm_source(messages, rate=params.rate, channels=params.channels))

@@ -54,7 +54,8 @@ def test_a_client_gets_the_listeners_events(server, tiny_model):
     `ready` and a `summary`; PCM split mid-sample across messages changes nothing."""
     events = session(server.port, pcm(SPEECH), piece=333)  # odd sizes: samples split across messages
     assert events[0] == {"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": 16000, "channels": 1,
-                         "barge_in": False, "max_waiting": 0, "idle_timeout_s": 60.0, "warm_up_ms": 1.0}
+                         "barge_in": False, "max_waiting": 0, "max_new_tokens": 6, "system": OPTS.system,
+                         "prompt": OPTS.prompt, "idle_timeout_s": 60.0, "warm_up_ms": 1.0}
     summary = events[-1]
     assert summary["type"] == "summary" and summary["answers"] == 2 and summary["errors"] == 0
     assert summary["ended_by"] == "client"
@@ -92,7 +93,10 @@ def test_bad_requests_get_clear_answers(server):
     message gets an error event and the stream goes on."""
     for query, says in (("?rate=abc", b"rate must be"), ("?rate=0", b"rate must be"),
                         ("?channels=99", b"channels must be"), ("?barge_in=yes", b"barge_in must be"),
-                        ("?rate=16000&lang=en", b"unknown parameter(s) lang")):
+                        ("?rate=16000&lang=en", b"unknown parameter(s) lang"), ("?rate=", b"rate must be"),
+                        ("?max_new_tokens=7", b"at most the server's 6"), ("?prompt=", b"prompt must be non-empty"),
+                        ("?system=%20", b"system must be non-empty"), (f"?prompt={'x' * 2001}", b"at most 2000"),
+                        ("?prompt=Hear%20%3C%7CAUDIO%7C%3E", b"prompt must not contain <|AUDIO|>")):
         with pytest.raises(InvalidStatus) as bad:
             connect(f"ws://127.0.0.1:{server.port}/{query}")
         assert bad.value.response.status_code == 400 and says in bad.value.response.body
@@ -110,15 +114,47 @@ def test_bad_requests_get_clear_answers(server):
     assert events[-1]["answers"] == 2
 
 
-def test_session_params_override_the_servers_options_per_client(server):
-    """`barge_in` and `max_waiting` in the query apply to that client only, and `ready` says so."""
-    with connect(f"ws://127.0.0.1:{server.port}/?barge_in=1&max_waiting=2") as ws:
-        ready = json.loads(ws.recv())
-    assert ready["barge_in"] is True and ready["max_waiting"] == 2
-    assert SessionParams.parse("/") == SessionParams(16000, 1, None, None)
+class _Recording:
+    """The model, noting the conversation of every answer it streams."""
+
+    def __init__(self, model) -> None:
+        self._model, self.conversations = model, []
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def stream(self, messages, **kwargs):
+        self.conversations.append([(m["role"], m["content"]) for m in messages])
+        return self._model.stream(messages, **kwargs)
+
+
+def test_session_params_override_the_servers_options_per_client(tiny_model):
+    """`barge_in`, `max_waiting`, `max_new_tokens`, `system` and `prompt` in the query apply to
+    that client only, and `ready` says so; the model gets that client's system message and prompt,
+    and its answers keep to its cap."""
+    model = _Recording(tiny_model)
+    server = Server(model, OPTS, server=ServerOptions(port=0), vad_factory=EnergyVad)
+    server.start()
+    try:
+        query = "?barge_in=1&max_waiting=2&max_new_tokens=2&system=Be+brief.&prompt=Answer%20in%20one%20word%3A"
+        with connect(f"ws://127.0.0.1:{server.port}/{query}") as ws:
+            ready = json.loads(ws.recv())
+        assert ready["barge_in"] is True and ready["max_waiting"] == 2 and ready["max_new_tokens"] == 2
+        assert ready["system"] == "Be brief." and ready["prompt"] == "Answer in one word:"
+        events = session(server.port, pcm(SPEECH), query="?max_new_tokens=2&system=Be+brief.&prompt=In+French%3A")
+        answers = [e["utterance"] for e in events if e["type"] == "answer"]
+        assert len(answers) == 2 and all(sum(e["type"] == "token" and e["utterance"] == u for e in events) <= 2
+                                         for u in answers)
+        assert session(server.port, pcm(SPEECH))[-1]["answers"] == 2  # the next client: the server's own
+    finally:
+        server.stop()
+    mine = [("system", "Be brief."), ("user", "<|AUDIO|>\nIn French:")]
+    default = [("system", OPTS.system), ("user", f"<|AUDIO|>\n{OPTS.prompt}")]
+    assert model.conversations == [mine, mine, default, default]
+    assert SessionParams.parse("/") == SessionParams()
     p = SessionParams.parse("/listen?rate=44100&channels=2&barge_in=0")
     assert (p.rate, p.channels, p.barge_in) == (44100, 2, False)
-    assert p.options(OPTS) == OPTS and p.options(AssistantOptions()).barge_in is False
+    assert p.options(OPTS, "<|AUDIO|>") == OPTS and p.options(AssistantOptions(), "<|AUDIO|>").barge_in is False
     with pytest.raises(ValueError, match="channels"):
         SessionParams.parse("/?channels=0")
 

@@ -71,8 +71,10 @@ class AnswerStream:
     are complete once iteration ends. `cancel()` stops generation before the next token.
     """
 
-    def __init__(self, audios: list[tuple[str, str]], pieces: Callable[["AnswerStream"], Iterator[str]]) -> None:
+    def __init__(self, audios: list[tuple[str, str]], pieces: Callable[["AnswerStream"], Iterator[str]],
+                 prompt_tokens: int = 0) -> None:
         self.audios = audios
+        self.prompt_tokens = prompt_tokens  # LLM input positions (audio embeddings and transcripts included)
         self.text = ""
         self.generated_ids: list[int] = []
         self.timings_ms: dict[str, float] = {}
@@ -488,7 +490,7 @@ class DestaModel:
                 yield stream.text[len(emitted) :]
             stream.timings_ms = self._finish_timings(prep, times)
 
-        return AnswerStream(prep.audios, pieces)
+        return AnswerStream(prep.audios, pieces, prompt_tokens=int(prep.attention_mask.sum()))
 
     # ------------------------------------------------------------------ pipeline
 

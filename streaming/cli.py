@@ -1,7 +1,9 @@
-"""`desta-edge listen`: the always-on loop from the command line.
+"""`desta-edge listen`, `serve` and `api`: the always-on loop and the daemons from the command line.
 
 For a person: a live transcript of what was heard, the answer as it streams, and its latency.
 With `--json`: one event object per line (see `assistant.EVENT_TYPES`), then a summary line.
+`serve` puts the loop behind a WebSocket (server.py); `api` answers whole spoken requests in the
+OpenAI chat format over HTTP (openai_api.py).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import json
 import logging
 import signal
 import sys
+import threading
 
 from desta_edge.runtime.backends import add_backend_arguments, whisper_dtype
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 
 from .assistant import Assistant, AssistantOptions
+from .openai_api import Api, ApiOptions
+from .openai_api import logger as api_log
 from .server import Server, ServerOptions, notify_systemd, require_websockets
 from .server import logger as server_log
 from .vad import DETECTORS, TURN_END_MS, Endpointer, EndpointOptions
@@ -49,13 +54,36 @@ def register_cli(sub) -> None:
     _add_assistant_arguments(s)
     s.set_defaults(func=_cmd_serve)
 
+    a = sub.add_parser("api", help="answer OpenAI-style chat completions with audio over HTTP")
+    a.add_argument("--host", default=ApiOptions.host,
+                   help="address to bind (default %(default)s: this machine only; 0.0.0.0 serves the network, "
+                        "without authentication)")
+    a.add_argument("--port", type=int, default=ApiOptions.port, help="port (default %(default)s; 0: any free one)")
+    _add_model_arguments(a)
+    a.add_argument("--model-id", default=None, help="the model name clients see (default: the --model value)")
+    a.add_argument("--system", default=ApiOptions.system,
+                   help='system message of a request that has none ("": none; default: the assistant\'s, as in listen)')
+    a.add_argument("--prompt", default=ApiOptions.prompt,
+                   help='instruction after a user message of audio alone ("": none; default %(default)r)')
+    a.add_argument("--max-new-tokens", type=int, default=ApiOptions.max_new_tokens,
+                   help="answer cap when a request gives none, and the most one may ask for (default %(default)s)")
+    a.add_argument("--max-queue", type=int, default=ApiOptions.max_queue,
+                   help="requests that may wait while one runs; one more gets 503 (default %(default)s)")
+    a.add_argument("--no-warm-up", action="store_true", help="serve at once; the first request then pays the "
+                                                              "model's first-call costs")
+    a.set_defaults(func=_cmd_api)
+
+
+def _add_model_arguments(p) -> None:
+    p.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
+    p.add_argument("--model-device", default=None, help="cpu, cuda ... for the model (default: cuda if available)")
+    add_backend_arguments(p)
+
 
 def _add_assistant_arguments(p) -> None:
     """The model, prompt, endpointing and answering options `listen` and `serve` share."""
     d = EndpointOptions()
-    p.add_argument("--model", default="tiny", help="preset, checkpoint directory or hub id (default: tiny)")
-    p.add_argument("--model-device", default=None, help="cpu, cuda ... for the model (default: cuda if available)")
-    add_backend_arguments(p)
+    _add_model_arguments(p)
     p.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction after each utterance")
     p.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     p.add_argument("--max-new-tokens", type=int, default=128, help="cap per answer (default 128)")
@@ -217,6 +245,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         notify_systemd("STOPPING=1")
     print(f"served {server.sessions} session(s)", file=sys.stderr)
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    try:
+        opts = ApiOptions(host=args.host, port=args.port, model_id=args.model_id or args.model, system=args.system,
+                          prompt=args.prompt, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue)
+    except ValueError as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    model = _load_model(args, progress=True)
+    if isinstance(model, int):
+        return model
+    if not args.no_warm_up:
+        print(f"warmed up in {model.warm_up() / 1000:.1f} s", file=sys.stderr)
+    try:
+        api = Api(model, opts)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        return _fail(f"cannot serve on {args.host}:{args.port}: {e}", 1)
+    api_log.setLevel(logging.INFO)  # a daemon's log: one line a request
+    # `systemctl stop`, `kill`: stop from another thread (shutting down waits for this one's loop)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=api.stop, daemon=True).start())
+    url = f"http://{args.host}:{api.port}"
+    print(f"serving {opts.model_id!r} on {url}/v1/chat/completions (OpenAI-style, audio as input_audio parts; "
+          f"health: {url}/health); Ctrl-C to stop", file=sys.stderr, flush=True)
+    notify_systemd(f"READY=1\nSTATUS=serving on {url}")
+    try:
+        api.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        notify_systemd("STOPPING=1")
+    print(f"answered {api.requests} request(s)", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import numpy as np
 import pytest
@@ -147,3 +147,33 @@ def test_display_shows_latency_only_when_audio_is_live(capsys):
     assert "compute: encoder 240 ms, ASR 110 ms, prefill 90 ms" in err and "after you stopped" not in err
     _Display()({"type": "skipped", "utterance": 3, "audio_s": 12.5, "wall_s": 14.0, "waiting": 1})
     assert "request 3 skipped unanswered: newer requests were waiting (--max-waiting 1)" in capsys.readouterr().err
+
+
+def test_api_answers_an_openai_style_request():
+    """`desta-edge api` on the real tiny preset: the example question sent as a base64 WAV part of
+    a chat completion is transcribed and answered; SIGTERM ends the server cleanly."""
+    import base64
+
+    proc = subprocess.Popen([sys.executable, "-m", "desta_edge", "api", "--port", "0", "--max-new-tokens", "16"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # "serving 'tiny' on http://127.0.0.1:PORT/v1/chat/completions ..."
+            if line.startswith("serving "):
+                url = line.split()[3]
+                break
+        else:
+            pytest.fail(f"api exited with {proc.wait()} before listening")
+        audio = base64.b64encode((Path(__file__).resolve().parents[1] / "examples" /
+                                  "what_is_the_capital_of_france.wav").read_bytes()).decode()
+        body = {"model": "tiny", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]}]}
+        request = Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urlopen(request, timeout=300) as r:
+            out = json.loads(r.read())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0 and "answered 1 request(s)" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert "france" in out["desta"]["transcripts"][0]["text"].lower()
+    assert out["choices"][0]["message"]["content"].strip() and out["usage"]["completion_tokens"] > 0

@@ -1,0 +1,405 @@
+"""`desta-edge api`: an OpenAI-style HTTP endpoint for whole spoken requests.
+
+For apps that already speak the OpenAI chat API (its clients, curl, agent frameworks):
+`POST /v1/chat/completions` takes the messages of a chat completion, whose user messages may hold
+`input_audio` parts (base64 audio in any format soundfile reads, up to 30 s each), and answers with
+a `chat.completion`, or with `"stream": true` with server-sent `chat.completion.chunk` events and
+`data: [DONE]`. `GET /v1/models` lists the one model served; `GET /health` reports on the server.
+
+Each audio part becomes one `<|AUDIO|>` of the seed's message format where it stands, so the
+text around it reads as in the request. As in `listen`, a request without a system message gets
+the assistant's, and a user message of audio alone gets the assistant's instruction after it
+("Reply to the speaker."), so a spoken question is answered rather than described. Greedy decoding unless the request gives a temperature
+above 0. Extension fields under `desta`: the transcript of each audio part and the stage timings.
+Fields this server cannot honour are refused with 400 and their name, unless they hold their
+neutral value (`"n": 1`, `"stop": null`, `"frequency_penalty": 0`, ...), so no request is
+silently answered other than it asked.
+
+One request runs at a time (one model; a 2-core CPU gains nothing from two); up to `max_queue`
+more wait, and beyond that a request gets 503. Unlike `desta-edge serve` there is no endpointing:
+each audio part is one request. Binds 127.0.0.1 by default; no authentication (an `Authorization`
+header is ignored).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from desta_edge.runtime.audio import AudioError, prepare_audio
+from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
+
+logger = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+HEALTH_PATH = "/health"
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# request fields accepted only at their neutral value: name -> the values that change nothing
+NEUTRAL = {"n": (1,), "stop": (None, [], ""), "frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0),
+           "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},), "tools": ([],), "tool_choice": ("none",),
+           "parallel_tool_calls": (False, True), "response_format": ({"type": "text"},), "modalities": (["text"],),
+           "store": (False,)}
+IGNORED = {"model", "user", "metadata", "service_tier"}  # names and labels that do not change the answer
+ACCEPTED = {"messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream",
+            "stream_options"}
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    host: str = "127.0.0.1"  # localhost only by default; "0.0.0.0" serves the network (no authentication)
+    port: int = 8000  # 0: any free port (see `Api.port`)
+    model_id: str = "desta-edge"  # the name in /v1/models and in every response
+    system: str = ASSISTANT_SYSTEM  # the system message of a request that has none ("": none)
+    prompt: str = ASSISTANT_PROMPT  # the instruction after a user message of audio alone ("": none)
+    max_new_tokens: int = 256  # the default answer cap, and the most a request may ask for
+    max_queue: int = 4  # requests that may wait while one runs; one more gets 503
+    max_body_bytes: int = 32 << 20  # a larger request body gets 413 (30 s of 48 kHz stereo WAV is 15 MB in base64)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be from 0 to 65535, got {self.port}")
+        if self.max_new_tokens < 1 or self.max_queue < 0 or self.max_body_bytes < 1:
+            raise ValueError(f"need max_new_tokens >= 1, max_queue >= 0 and max_body_bytes >= 1, got "
+                             f"{self.max_new_tokens}, {self.max_queue} and {self.max_body_bytes}")
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP status, message, and the request field at fault."""
+
+    def __init__(self, status: HTTPStatus, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.param = status, param
+
+    def body(self) -> dict:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": None}}
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(HTTPStatus.BAD_REQUEST, message, param)
+
+
+@dataclass
+class ChatRequest:
+    """A chat completion request in the model's terms."""
+
+    messages: list[dict]  # the seed's format: {"role", "content", "audios": [{"audio": Audio, "text": None}]}
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the token counts
+    audio_parts: list[str] = field(default_factory=list)  # where each audio came from ("messages[1].content[0]")
+
+
+def parse_chat_request(body: Any, audio_locator: str, opts: ApiOptions = ApiOptions()) -> ChatRequest:
+    """Check a chat completion request and decode its audio; ApiError (400) naming the field at fault.
+    `opts`: the answer cap, and the system message and instruction a request may leave out."""
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object")
+    for name, value in body.items():
+        if name in NEUTRAL and value not in NEUTRAL[name]:
+            raise _bad(f"{name}={json.dumps(value)} is not supported here (only {json.dumps(NEUTRAL[name][0])})",
+                       name)
+        if name not in NEUTRAL and name not in IGNORED and name not in ACCEPTED:
+            raise _bad(f"unknown or unsupported field {name!r}", name)
+
+    def number(name: str, kind: type, low: float, high: float, default):
+        value = body.get(name)
+        if value is None:
+            return default
+        types = (int, float) if kind is float else (int,)
+        if isinstance(value, bool) or not isinstance(value, types) or not low <= value <= high:
+            raise _bad(f"{name} must be {'a number' if kind is float else 'an integer'} from {low} to {high}, "
+                       f"got {json.dumps(value)}", name)
+        return kind(value)
+
+    cap_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    req = ChatRequest(messages=[], max_new_tokens=number(cap_name, int, 1, opts.max_new_tokens, opts.max_new_tokens),
+                      temperature=number("temperature", float, 0, 2, 0.0), top_p=number("top_p", float, 0, 1, 1.0),
+                      seed=number("seed", int, 0, 2**63 - 1, None))
+    if not isinstance(body.get("stream", False), bool):
+        raise _bad("stream must be true or false", "stream")
+    req.stream = body.get("stream", False)
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise _bad('stream_options may only hold "include_usage"', "stream_options")
+    req.include_usage = bool(options.get("include_usage", False))
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages must be a non-empty list", "messages")
+    for i, m in enumerate(messages):
+        req.messages.append(_message(m, f"messages[{i}]", audio_locator, req.audio_parts, opts.prompt))
+    if req.messages[-1]["role"] == "assistant":
+        raise _bad("the last message must not be the assistant's: there is nothing to answer", "messages")
+    if opts.system and all(m["role"] != "system" for m in req.messages):
+        req.messages.insert(0, {"role": "system", "content": opts.system})
+    return req
+
+
+def _message(m: Any, where: str, audio_locator: str, audio_parts: list[str], prompt: str) -> dict:
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+        raise _bad(f"{where} must be an object with a role of {', '.join(ROLES)}", where)
+    role, content = ROLES[m["role"]], m.get("content")
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not content:
+        raise _bad(f"{where}.content must be text or a non-empty list of content parts", f"{where}.content")
+    texts, audios = [], []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            if audio_locator in part["text"]:
+                raise _bad(f"{at}.text must not contain {audio_locator}: send audio as an input_audio part", at)
+            texts.append(part["text"])
+        elif kind == "input_audio":
+            if role != "user":
+                raise _bad(f"{at}: only user messages may hold audio", at)
+            audios.append({"audio": _decode_audio(part.get("input_audio"), at), "text": None})
+            audio_parts.append(at)
+            texts.append(audio_locator)
+        else:
+            raise _bad(f"{at} must be a text or an input_audio part, got type {json.dumps(kind)}", at)
+    if audios and prompt and all(t == audio_locator for t in texts):  # audio alone: say what to do with it
+        texts.append(prompt)
+    out = {"role": role, "content": "\n".join(texts)}
+    if audios:
+        out["audios"] = audios
+    return out
+
+
+def _decode_audio(spec: Any, at: str):
+    import soundfile as sf
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("data"), str):
+        raise _bad(f'{at}.input_audio must be {{"data": BASE64, "format": "wav"}}', at)
+    try:
+        raw = base64.b64decode(spec["data"], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _bad(f"{at}.input_audio.data is not valid base64: {e}", at) from e
+    announced = spec.get("format")
+    try:
+        samples, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise _bad(f"{at}.input_audio.data is not audio soundfile can read ({len(raw)} bytes, format "
+                   f"{json.dumps(announced)} announced): {getattr(e, 'error_string', e)}", at) from e
+    try:
+        return prepare_audio(samples, rate, source=at)
+    except AudioError as e:  # empty, NaN/Inf samples, longer than the 30 s window
+        raise _bad(str(e), at) from e
+
+
+class Api:
+    """Serves a loaded model over HTTP; see the module docstring."""
+
+    def __init__(self, model, opts: ApiOptions = ApiOptions()) -> None:
+        self.model, self.opts = model, opts
+        self._model_lock = threading.Lock()  # one request on the model at a time
+        self._admitted = 0  # requests running or waiting for the model
+        self._count_lock = threading.Lock()
+        self.requests = 0  # requests answered
+        self.started, self.created = time.monotonic(), int(time.time())
+        self._http = ThreadingHTTPServer((opts.host, opts.port), _Handler)  # binds now: OSError if taken
+        self._http.daemon_threads = True
+        self._http.api = self
+        self.port: int = self._http.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        self._http.serve_forever()
+
+    def start(self) -> int:
+        """Serve from a background thread; returns the port (tests, embedding apps)."""
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="desta-edge-api")
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        """Stop serving (from another thread than serve_forever's) and release the port."""
+        self._http.shutdown()
+        self._http.server_close()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.opts.model_id, "backend": self.model.backend_name,
+                "busy": self._admitted > 0, "waiting": max(0, self._admitted - 1), "requests": self.requests,
+                "uptime_s": round(time.monotonic() - self.started, 1)}
+
+    def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.opts.model_id, "object": "model",
+                                            "created": self.created,
+                                            "owned_by": "desta-edge"}]}
+
+    # ------------------------------------------------------------------ one request
+
+    def admit(self):
+        """A context for one request's turn on the model; ApiError 503 when the queue is full."""
+        with self._count_lock:
+            if self._admitted > self.opts.max_queue:
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE,
+                               f"busy: one request runs and {self.opts.max_queue} wait; try again shortly")
+            self._admitted += 1
+        return _Turn(self)
+
+    def answer(self, req: ChatRequest, send_chunk=None) -> dict:
+        """Run one request (holding the model); with `send_chunk`, stream the answer's pieces to it
+        as `chat.completion.chunk` objects. Returns the whole `chat.completion`."""
+        import torch
+
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": cid, "created": created, "model": self.opts.model_id}
+        if req.seed is not None:
+            torch.manual_seed(req.seed)
+        try:
+            stream = self.model.stream(req.messages, max_new_tokens=req.max_new_tokens,
+                                       do_sample=req.temperature > 0, temperature=req.temperature or 1.0,
+                                       top_p=req.top_p)
+        except ValueError as e:  # the model refuses the conversation (e.g. longer than its context)
+            raise _bad(str(e), "messages") from e
+        if send_chunk is not None:
+            send_chunk(_chunk(head, {"role": "assistant", "content": ""}))
+        try:
+            for piece in stream:
+                if send_chunk is not None:
+                    send_chunk(_chunk(head, {"content": piece}))
+        except BaseException:
+            stream.cancel()
+            raise
+        capped = len(stream.generated_ids) >= req.max_new_tokens and not stream.looped
+        reason = "length" if capped else "stop"
+        usage = {"prompt_tokens": stream.prompt_tokens, "completion_tokens": len(stream.generated_ids),
+                 "total_tokens": stream.prompt_tokens + len(stream.generated_ids)}
+        desta = {"transcripts": [{"part": at, "text": text} for at, (_, text) in zip(req.audio_parts, stream.audios)],
+                 "timings_ms": stream.timings_ms, "looped": stream.looped}
+        if send_chunk is not None:
+            last = _chunk(head, {}, reason)
+            last["desta"] = desta
+            send_chunk(last)
+            if req.include_usage:
+                send_chunk({**_chunk(head, {}), "choices": [], "usage": usage})
+        self.requests += 1
+        return {**head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": stream.text},
+                             "logprobs": None, "finish_reason": reason}],
+                "usage": usage, "desta": desta}
+
+
+class _Turn:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def __enter__(self) -> None:
+        self.api._model_lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.api._model_lock.release()
+        with self.api._count_lock:
+            self.api._admitted -= 1
+
+
+def _chunk(head: dict, delta: dict, finish_reason: str | None = None) -> dict:
+    return {**head, "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "desta-edge"
+
+    @property
+    def api(self) -> Api:
+        return self.server.api
+
+    def log_message(self, fmt: str, *args) -> None:  # the module logger, not stderr
+        logger.info("%s %s", self.address_string(), fmt % args)
+
+    def _json(self, status: int, body: dict) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path == HEALTH_PATH:
+            self._json(HTTPStatus.OK, self.api.health())
+        elif path == MODELS_PATH:
+            self._json(HTTPStatus.OK, self.api.models())
+        elif path == CHAT_PATH:
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, ApiError(HTTPStatus.METHOD_NOT_ALLOWED,
+                                                               f"{CHAT_PATH} takes POST").body())
+        else:
+            self._json(HTTPStatus.NOT_FOUND, ApiError(HTTPStatus.NOT_FOUND, f"no such path {path!r}: try "
+                                                      f"{CHAT_PATH}, {MODELS_PATH} or {HEALTH_PATH}").body())
+
+    def do_POST(self) -> None:
+        try:
+            if self.path.split("?")[0] != CHAT_PATH:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"no such path {self.path!r}: POST to {CHAT_PATH}")
+            req = parse_chat_request(self._body(), self.api.model.config.audio_locator, self.api.opts)
+            with self.api.admit():
+                if req.stream:
+                    self._stream(req)
+                else:
+                    self._json(HTTPStatus.OK, self.api.answer(req))
+        except ApiError as e:
+            self._json(e.status, e.body())
+        except (BrokenPipeError, ConnectionResetError):
+            logger.info("%s left before its answer was sent", self.address_string())
+        except Exception as e:  # the model failed on this request: report it, keep serving
+            logger.exception("request failed")
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                       ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}").body())
+
+    def _body(self) -> Any:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
+        if int(length) > self.api.opts.max_body_bytes:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is {int(length)} bytes; at most "
+                           f"{self.api.opts.max_body_bytes} are taken")
+        try:
+            return json.loads(self.rfile.read(int(length)))
+        except ValueError as e:
+            raise _bad(f"the request body is not JSON: {e}") from e
+
+    def _stream(self, req: ChatRequest) -> None:
+        """Server-sent events; a failure after the headers went out is sent as an error event."""
+        started = False
+
+        def send(obj: dict) -> None:
+            nonlocal started
+            if not started:
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                started = True
+            self.wfile.write(f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode())
+            self.wfile.flush()
+
+        try:
+            self.api.answer(req, send)
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as e:
+            if not started:
+                raise
+            logger.exception("request failed while streaming")
+            send(ApiError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(e).__name__}: {e}").body())
+        self.wfile.write(b"data: [DONE]\n\n")

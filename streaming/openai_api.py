@@ -9,8 +9,9 @@ a `chat.completion`, or with `"stream": true` with server-sent `chat.completion.
 Each audio part becomes one `<|AUDIO|>` of the seed's message format where it stands, so the
 text around it reads as in the request. As in `listen`, a request without a system message gets
 the assistant's, and a user message of audio alone gets the assistant's instruction after it
-("Reply to the speaker."), so a spoken question is answered rather than described. Greedy decoding unless the request gives a temperature
-above 0. Extension fields under `desta`: the transcript of each audio part and the stage timings.
+("Reply to the speaker."), so a spoken question is answered rather than described. Greedy
+decoding unless the request gives a temperature above 0. Extension fields under `desta`: the
+transcript of each audio part and the stage timings.
 Fields this server cannot honour are refused with 400 and their name, unless they hold their
 neutral value (`"n": 1`, `"stop": null`, `"frequency_penalty": 0`, ...), so no request is
 silently answered other than it asked.
@@ -130,9 +131,9 @@ def parse_chat_request(body: Any, audio_locator: str, opts: ApiOptions = ApiOpti
     req = ChatRequest(messages=[], max_new_tokens=number(cap_name, int, 1, opts.max_new_tokens, opts.max_new_tokens),
                       temperature=number("temperature", float, 0, 2, 0.0), top_p=number("top_p", float, 0, 1, 1.0),
                       seed=number("seed", int, 0, 2**63 - 1, None))
-    if not isinstance(body.get("stream", False), bool):
+    req.stream = body.get("stream") or False  # absent or null: no stream
+    if not isinstance(req.stream, bool):
         raise _bad("stream must be true or false", "stream")
-    req.stream = body.get("stream", False)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
         raise _bad('stream_options may only hold "include_usage"', "stream_options")
@@ -240,8 +241,7 @@ class Api:
                 "uptime_s": round(time.monotonic() - self.started, 1)}
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.opts.model_id, "object": "model",
-                                            "created": self.created,
+        return {"object": "list", "data": [{"id": self.opts.model_id, "object": "model", "created": self.created,
                                             "owned_by": "desta-edge"}]}
 
     # ------------------------------------------------------------------ one request

@@ -7,7 +7,9 @@ Design choices:
 - Files are read with soundfile (WAV, FLAC, OGG/Vorbis, MP3 where libsndfile supports it, ...),
   downmixed by averaging channels and resampled with soxr (a band-limited resampler).
 - Bad input raises `AudioError` (a `ValueError`) that names the file and the problem: missing,
-  unreadable/corrupt, empty, non-finite samples, or longer than the 30 s window. Nothing is
+  unreadable/corrupt, cut short (a WAV or MP3 holding less audio than its header announces, which
+  libsndfile would otherwise read without a word), empty, non-finite samples, or longer than the
+  30 s window. Nothing is
   truncated silently: clips longer than `MAX_AUDIO_SECONDS` are rejected unless the caller
   passes `allow_truncate=True`, in which case the cut is logged.
 - Speech detection uses Silero VAD, as the reference does, from the weights the `silero-vad` package
@@ -18,9 +20,11 @@ Design choices:
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,20 +61,55 @@ class Audio:
 
 def load_audio(path: str | os.PathLike, *, allow_truncate: bool = False) -> Audio:
     """Read an audio file, downmix to mono, resample to 16 kHz and validate it."""
-    import soundfile as sf
-
     path = Path(path)
     if not path.exists():
         raise AudioError(f"audio file not found: {path}")
     if not path.is_file():
         raise AudioError(f"audio path is not a file: {path}")
+    return decode_audio(path.read_bytes(), source=str(path), allow_truncate=allow_truncate)
+
+
+def decode_audio(raw: bytes, *, source: str = "<bytes>", allow_truncate: bool = False) -> Audio:
+    """`load_audio` for the bytes of an audio file (an upload, a request body)."""
+    import soundfile as sf
+
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(raw)) as f:
+            announced = f.frames if f.format == "MP3" else None
+            data = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(
-            f"cannot decode audio file {path}: {e} (unsupported format or corrupt file)"
-        ) from e
-    return prepare_audio(data, rate, source=str(path), allow_truncate=allow_truncate)
+        why = getattr(e, "error_string", None) or str(e)
+        raise AudioError(f"cannot decode audio file {source}: {why} (unsupported format or corrupt file)") from e
+    check_complete(raw, len(raw), source)
+    if announced is not None and len(data) < announced * (1 - MP3_TOLERANCE):
+        raise AudioError(f"{source}: the file is cut short: its header announces {announced} samples, it holds "
+                         f"{len(data)} (an interrupted write or download?)")
+    return prepare_audio(data, rate, source=source, allow_truncate=allow_truncate)
+
+
+MP3_TOLERANCE = 0.05  # an MP3 frame count in its header can be an estimate (VBR): only a larger gap is an error
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # what streaming writers put where the size is not known yet
+
+
+def check_complete(head: bytes, size: int, source: str) -> None:
+    """AudioError when a RIFF/WAVE file (`head`: its first bytes, through the data chunk's header;
+    `size`: its length) announces more bytes of samples than it holds. libsndfile reads such a
+    file without a word. Other formats, and the sizes a streaming writer leaves open, pass."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos, block = 12, 1
+    while pos + 8 <= len(head):
+        chunk, length = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if chunk == b"fmt " and pos + 22 <= len(head):
+            block = max(1, struct.unpack("<H", head[pos + 20 : pos + 22])[0])  # bytes per frame
+        if chunk == b"data":
+            held = size - pos - 8
+            if length in _WAV_UNKNOWN_SIZES or length <= held + block:
+                return
+            raise AudioError(f"{source}: the file is cut short: its header announces {length} bytes of samples, "
+                             f"it holds {held} ({held * 100 // length}%; an interrupted write or download?)")
+        pos += 8 + length + (length & 1)  # chunks are padded to an even size
 
 
 def prepare_audio(
@@ -104,20 +143,21 @@ def prepare_audio(
             f"{source}: {int(bad.sum())} non-finite (NaN/Inf) samples, first at "
             f"{first / sample_rate:.3f} s"
         )
+    peak = float(np.abs(data).max())  # of the input: resampling may overshoot a full-scale signal a little
+    if peak > 1.0:
+        logger.warning("%s: peak amplitude %.2f > 1.0 (clipped input?)", source, peak)
     if sample_rate != SAMPLE_RATE:
         import soxr
 
         data = soxr.resample(data, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    peak = float(np.abs(data).max())
-    if peak > 1.0:
-        logger.warning("%s: peak amplitude %.2f > 1.0 (clipped input?)", source, peak)
     duration = len(data) / SAMPLE_RATE
-    if duration > MAX_AUDIO_SECONDS + 1e-9:
+    if len(data) > N_SAMPLES:
         if not allow_truncate:
             raise AudioError(
-                f"{source}: audio is {duration:.2f} s long; the model's window is "
-                f"{MAX_AUDIO_SECONDS:.0f} s. Split it (e.g. `desta-edge listen` segments long "
-                "recordings) or pass allow_truncate=True to keep only the first 30 s."
+                f"{source}: audio is {duration:.3f} s long ({len(data)} samples at 16 kHz); the "
+                f"model's window is {MAX_AUDIO_SECONDS:.0f} s ({N_SAMPLES} samples). Split it (e.g. "
+                "`desta-edge listen` segments long recordings) or pass allow_truncate=True to keep "
+                "only the first 30 s."
             )
         logger.warning(
             "%s: %.2f s of audio truncated to the first %.0f s", source, duration, MAX_AUDIO_SECONDS

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from desta_edge.runtime.audio import AudioError
+from desta_edge.runtime.audio import AudioError, check_complete
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def file_source(path: str | Path, *, block_frames: int = 4096) -> Iterator[Chunk
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"cannot decode audio file {path}: {e}") from e
+    with open(path, "rb") as f:
+        check_complete(f.read(1 << 16), path.stat().st_size, str(path))  # a WAV cut short would end early
 
     def blocks() -> Iterator[np.ndarray]:
         with sf.SoundFile(str(path)) as f:

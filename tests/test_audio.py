@@ -78,11 +78,30 @@ def test_nan_and_inf_samples_are_rejected(wav_file):
 
 def test_too_long_is_an_error_unless_truncation_is_asked_for(wav_file, caplog):
     path = wav_file(tone(31.0, rate=8000), 8000)
-    with pytest.raises(AudioError, match="31.00 s long; the model's window is 30 s"):
+    with pytest.raises(AudioError, match=r"31.000 s long \(496000 samples at 16 kHz\); the model.s window is 30 s"):
         load_audio(path)
     clip = load_audio(path, allow_truncate=True)
     assert len(clip.samples) == N_SAMPLES
     assert "truncated" in caplog.text
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("MP3", None)])
+def test_a_file_cut_short_is_an_error(tmp_path, fmt, subtype):
+    """libsndfile reads a WAV or MP3 that lost its end (an interrupted write or download) without
+    a word; its header still announces the whole length, so the loss is an error here."""
+    whole = tmp_path / f"whole.{fmt.lower()}"
+    sf.write(str(whole), tone(2.0), 16000, format=fmt, subtype=subtype)
+    assert len(load_audio(whole).samples) == pytest.approx(32000, abs=1200)  # MP3: encoder delay and padding
+    raw = whole.read_bytes()
+    cut = tmp_path / f"cut.{fmt.lower()}"
+    cut.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(AudioError, match=f"{cut}: the file is cut short: its header announces"):
+        load_audio(cut)
+    if fmt == "WAV":  # a streaming writer's "size unknown" passes, and the audio is all there
+        pos = raw.index(b"data") + 4
+        open_ended = tmp_path / "open.wav"
+        open_ended.write_bytes(raw[:pos] + b"\xff\xff\xff\xff" + raw[pos + 4 :])
+        np.testing.assert_array_equal(load_audio(open_ended).samples, load_audio(whole).samples)
 
 
 def test_bad_shapes_rates_and_dtypes():

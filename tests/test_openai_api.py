@@ -118,7 +118,7 @@ def test_requests_become_the_seeds_messages():
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "@@@"}}]}]},
      "messages[0].content[0]", "not valid base64"),
     ({"messages": [{"role": "user", "content": [audio_part(b"RIFF not really a wav file")]}]},
-     "messages[0].content[0]", "not audio soundfile can read (26 bytes, format \"wav\" announced): Format not recognised"),
+     "messages[0].content[0]", "cannot decode audio file messages[0].content[0]: Format not recognised"),
 ])
 def test_bad_requests_name_the_field(body, param, says):
     with pytest.raises(ApiError) as bad:

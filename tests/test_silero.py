@@ -134,3 +134,17 @@ def test_requests_over_music_come_out_one_by_one(tmp_path):
     for e, want in zip(found, truth):
         assert abs(e.speech_end_s - want) < 0.3, (e.speech_end_s, want)
     assert len(ends(EndpointOptions(detector="webrtcvad"))) < 3
+
+
+def test_the_sigmoid_does_not_overflow():
+    """A very loud or clipped input drives Silero's gates far negative; 1/(1+exp(-x)) warned of an
+    overflow there (seen on a clipped recording), the tanh form does not."""
+    import warnings
+
+    from desta_edge.runtime.silero import _sigmoid
+
+    x = np.array([-1000.0, -5.0, 0.0, 5.0, 1000.0], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = _sigmoid(x)
+    np.testing.assert_allclose(y, [0.0, 1 / (1 + np.exp(5.0)), 0.5, 1 / (1 + np.exp(-5.0)), 1.0], atol=1e-7)

@@ -38,6 +38,12 @@ def test_file_source_errors(tmp_path):
     bad.write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match="cannot decode"):
         file_source(bad)
+    whole = tmp_path / "whole.wav"
+    sf.write(str(whole), np.zeros(16000, np.float32), 16000)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:20000])
+    with pytest.raises(AudioError, match=r"cut short: its header announces 32000 bytes of samples, it holds 19956"):
+        file_source(cut)
 
 
 def test_nan_samples_in_a_stream_become_silence_and_are_counted(tmp_path, caplog):

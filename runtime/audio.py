@@ -73,6 +73,8 @@ def decode_audio(raw: bytes, *, source: str = "<bytes>", allow_truncate: bool = 
     """`load_audio` for the bytes of an audio file (an upload, a request body)."""
     import soundfile as sf
 
+    if not raw:
+        raise AudioError(f"{source}: the file is empty (0 bytes)")
     try:
         with sf.SoundFile(io.BytesIO(raw)) as f:
             announced = f.frames if f.format == "MP3" else None

@@ -94,6 +94,9 @@ def test_a_file_cut_short_is_an_error(tmp_path, fmt, subtype):
     assert len(load_audio(whole).samples) == pytest.approx(32000, abs=1200)  # MP3: encoder delay and padding
     raw = whole.read_bytes()
     cut = tmp_path / f"cut.{fmt.lower()}"
+    cut.write_bytes(b"")
+    with pytest.raises(AudioError, match=f"{cut}: the file is empty"):
+        load_audio(cut)
     cut.write_bytes(raw[: len(raw) * 2 // 3])
     with pytest.raises(AudioError, match=f"{cut}: the file is cut short: its header announces"):
         load_audio(cut)

@@ -190,9 +190,11 @@ def _cmd_listen(args: argparse.Namespace) -> int:
             _json_line({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "warm_up_ms": warm_up_ms})
         else:
             print(f"warmed up in {warm_up_ms / 1000:.1f} s", file=sys.stderr)
+    heard_from = f"microphone {mic.description}" if mic is not None else args.source
     if not args.json:
-        heard_from = f"microphone {mic.description}" if mic is not None else args.source
         print(f"listening ({heard_from}); Ctrl-C to stop", file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `systemctl stop`, `kill`: as Ctrl-C, with the summary
+    notify_systemd(f"READY=1\nSTATUS=listening ({heard_from})")
     try:
         assistant.run(chunks)
     except KeyboardInterrupt:

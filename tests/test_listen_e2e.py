@@ -177,3 +177,26 @@ def test_api_answers_an_openai_style_request():
         proc.wait(30)
     assert "france" in out["desta"]["transcripts"][0]["text"].lower()
     assert out["choices"][0]["message"]["content"].strip() and out["usage"]["completion_tokens"] > 0
+
+
+def test_listen_tells_systemd_it_is_ready_and_stops_cleanly_on_sigterm(tmp_path):
+    """As a service: READY=1 once warm and listening (here on stdin, held open), and SIGTERM ends
+    it as Ctrl-C does, with the summary and exit 0."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(120)
+    proc = subprocess.Popen([sys.executable, "-m", "desta_edge", "listen", "--source", "-", "--json"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")})
+    try:
+        assert notify.recv(1024) == b"READY=1\nSTATUS=listening (-)"
+        proc.stdin.write("\0" * 32000)  # a second of silence
+        proc.stdin.flush()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        notify.close()
+    assert proc.returncode == 0, err[-2000:]
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["type"] == "ready" and events[-1]["type"] == "summary" and events[-1]["utterances"] == 0

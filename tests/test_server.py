@@ -230,3 +230,47 @@ def test_notify_systemd(tmp_path, monkeypatch):
             assert sock.recv(1024) == b"READY=1\nSTATUS=serving"
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody"))
     assert notify_systemd("READY=1") is False
+
+
+def test_the_example_client_streams_a_microphone(server, tmp_path):
+    """examples/ws_client.py --mic through a real capture stack (PortAudio opening ALSA's file
+    plugin fed at real-time pace, see virtual_mic.py) to the server: both requests answered, at
+    the times the one-process listener finds them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from virtual_mic import DEVICE, VirtualMic, available
+
+    if available() is not None:
+        pytest.skip(f"no virtual microphone: {available()}")
+    client = Path(__file__).resolve().parents[1] / "examples" / "ws_client.py"
+    with VirtualMic(tmp_path) as mic:
+        mic.play(SPEECH)
+        r = subprocess.run([sys.executable, str(client), "--mic", DEVICE, "--seconds", str(len(SPEECH) / 16000 + 1),
+                            "--url", f"ws://127.0.0.1:{server.port}"], env=mic.env, capture_output=True, text=True,
+                           timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["type"] == "ready" and events[0]["rate"] == 16000 and events[0]["barge_in"] is False
+    assert events[-1]["type"] == "summary" and events[-1]["answers"] == 2 and events[-1]["ended_by"] == "client"
+    ends = [e["speech_end_s"] for e in events if e["type"] == "speech_end"]
+    assert ends == pytest.approx([1.3, 2.9], abs=0.1)
+
+
+def test_the_example_client_streams_a_file(server, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import soundfile as sf
+
+    path = tmp_path / "speech.wav"
+    sf.write(str(path), np.repeat(SPEECH[:, None], 2, axis=1), 16000)  # stereo: sent as it is, mixed by the server
+    client = Path(__file__).resolve().parents[1] / "examples" / "ws_client.py"
+    r = subprocess.run([sys.executable, str(client), str(path), "--fast", "--prompt", "Be brief.",
+                        "--url", f"ws://127.0.0.1:{server.port}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events[0]["channels"] == 2 and events[0]["prompt"] == "Be brief." and events[0]["barge_in"] is False
+    assert events[-1]["answers"] == 2

@@ -57,6 +57,8 @@ class GenerationOutput:
     audios: list[tuple[str, str]]  # (audio source, transcript) in order of appearance
     generated_ids: list[list[int]]  # answer token ids (without the end-of-turn token)
     timings_ms: dict[str, float] = field(default_factory=dict)  # see STAGES
+    prompt_tokens: list[int] = field(default_factory=list)  # LLM input positions per conversation (padding excluded)
+    looped: list[bool] = field(default_factory=list)  # the answer loop guard ended that answer
 
 
 class Cancelled(Exception):
@@ -402,6 +404,7 @@ class DestaModel:
         times = StepTimes()
         rows: list[list[int]] = [[] for _ in range(prep.batch_size)]
         done = [False] * prep.batch_size
+        looped = [False] * prep.batch_size
         for nxt in self._tokens(prep, opts, times):
             for i, tok in enumerate(nxt.tolist()):
                 if done[i] or tok in self.eos_ids:
@@ -409,12 +412,13 @@ class DestaModel:
                     continue
                 rows[i].append(tok)
                 if stop_loops and _cut_loop(rows[i]):
-                    done[i] = True
+                    done[i] = looped[i] = True
             if all(done):
                 break
         timings = self._finish_timings(prep, times)
         text = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        return GenerationOutput(text=text, audios=prep.audios, generated_ids=rows, timings_ms=timings)
+        return GenerationOutput(text=text, audios=prep.audios, generated_ids=rows, timings_ms=timings,
+                                prompt_tokens=prep.attention_mask.sum(1).tolist(), looped=looped)
 
     def warm_up(self, conversation: Callable[[np.ndarray], list] | None = None) -> float:
         """Run every stage once on a short synthetic clip; returns the milliseconds it took.

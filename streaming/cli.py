@@ -68,7 +68,10 @@ def register_cli(sub) -> None:
     a.add_argument("--max-new-tokens", type=int, default=ApiOptions.max_new_tokens,
                    help="answer cap when a request gives none, and the most one may ask for (default %(default)s)")
     a.add_argument("--max-queue", type=int, default=ApiOptions.max_queue,
-                   help="requests that may wait while one runs; one more gets 503 (default %(default)s)")
+                   help="requests that may wait while the model is busy; one more gets 503 (default %(default)s)")
+    a.add_argument("--max-batch", type=int, default=ApiOptions.max_batch,
+                   help="waiting requests answered together at most (not streamed, greedy, the same cap; "
+                        "default %(default)s; 1: one at a time)")
     a.add_argument("--no-warm-up", action="store_true", help="serve at once; the first request then pays the "
                                                               "model's first-call costs")
     a.set_defaults(func=_cmd_api)
@@ -253,7 +256,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_api(args: argparse.Namespace) -> int:
     try:
         opts = ApiOptions(host=args.host, port=args.port, model_id=args.model_id or args.model, system=args.system,
-                          prompt=args.prompt, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue)
+                          prompt=args.prompt, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
+                          max_batch=args.max_batch)
     except ValueError as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     model = _load_model(args, progress=True)

@@ -16,8 +16,11 @@ Fields this server cannot honour are refused with 400 and their name, unless the
 neutral value (`"n": 1`, `"stop": null`, `"frequency_penalty": 0`, ...), so no request is
 silently answered other than it asked.
 
-One request runs at a time (one model; a 2-core CPU gains nothing from two); up to `max_queue`
-more wait, and beyond that a request gets 503. Unlike `desta-edge serve` there is no endpointing:
+One worker runs the model. Requests that wait for it while it is busy are answered together, up
+to `max_batch` at a time, when they can be (not streamed, greedy, the same answer cap): a batch
+gives each the answer it would have had alone (batches are left-padded; tested), and more answers
+per minute, though each waits for the longest in its batch (benchmarks/api_batching.py). Streamed
+and sampled requests run alone. Up to `max_queue` requests wait, and beyond that a request gets 503. Unlike `desta-edge serve` there is no endpointing:
 each audio part is one request. Binds 127.0.0.1 by default; no authentication (an `Authorization`
 header is ignored).
 """
@@ -28,6 +31,7 @@ import base64
 import binascii
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -63,15 +67,16 @@ class ApiOptions:
     system: str = ASSISTANT_SYSTEM  # the system message of a request that has none ("": none)
     prompt: str = ASSISTANT_PROMPT  # the instruction after a user message of audio alone ("": none)
     max_new_tokens: int = 256  # the default answer cap, and the most a request may ask for
-    max_queue: int = 4  # requests that may wait while one runs; one more gets 503
+    max_queue: int = 8  # requests that may wait while the model is busy; one more gets 503
+    max_batch: int = 8  # waiting requests answered together at most (1: one at a time)
     max_body_bytes: int = 32 << 20  # a larger request body gets 413 (30 s of 48 kHz stereo WAV is 15 MB in base64)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be from 0 to 65535, got {self.port}")
-        if self.max_new_tokens < 1 or self.max_queue < 0 or self.max_body_bytes < 1:
-            raise ValueError(f"need max_new_tokens >= 1, max_queue >= 0 and max_body_bytes >= 1, got "
-                             f"{self.max_new_tokens}, {self.max_queue} and {self.max_body_bytes}")
+        if self.max_new_tokens < 1 or self.max_queue < 0 or self.max_batch < 1 or self.max_body_bytes < 1:
+            raise ValueError(f"need max_new_tokens >= 1, max_queue >= 0, max_batch >= 1 and max_body_bytes >= 1, "
+                             f"got {self.max_new_tokens}, {self.max_queue}, {self.max_batch} and {self.max_body_bytes}")
 
 
 class ApiError(Exception):
@@ -194,21 +199,40 @@ def _decode_audio(spec: Any, at: str):
         raise _bad(str(e), at) from e
 
 
+@dataclass
+class _Job:
+    """One request handed to the model's worker; `done` is set with `result` or `error`."""
+
+    req: ChatRequest
+    send_chunk: Any = None  # streamed: called with each chunk, from the worker's thread
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict | None = None
+    error: BaseException | None = None
+
+    @property
+    def batchable(self) -> bool:
+        return self.send_chunk is None and self.req.temperature == 0  # greedy: a batch gives the same answer
+
+
 class Api:
     """Serves a loaded model over HTTP; see the module docstring."""
 
     def __init__(self, model, opts: ApiOptions = ApiOptions()) -> None:
         self.model, self.opts = model, opts
-        self._model_lock = threading.Lock()  # one request on the model at a time
-        self._admitted = 0  # requests running or waiting for the model
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._admitted = 0  # requests running or waiting
+        self._running = 0  # requests in the worker's current batch
         self._count_lock = threading.Lock()
         self.requests = 0  # requests answered
+        self.batches: dict[int, int] = {}  # batch size -> how many ran
         self.started, self.created = time.monotonic(), int(time.time())
         self._http = ThreadingHTTPServer((opts.host, opts.port), _Handler)  # binds now: OSError if taken
         self._http.daemon_threads = True
         self._http.api = self
         self.port: int = self._http.server_address[1]
         self._thread: threading.Thread | None = None
+        self._worker = threading.Thread(target=self._work, daemon=True, name="desta-edge-api-model")
+        self._worker.start()
 
     def serve_forever(self) -> None:
         self._http.serve_forever()
@@ -223,36 +247,90 @@ class Api:
         """Stop serving (from another thread than serve_forever's) and release the port."""
         self._http.shutdown()
         self._http.server_close()
+        self._jobs.put(None)
         if self._thread is not None:
             self._thread.join(30)
 
     def health(self) -> dict:
         return {"status": "ok", "model": self.opts.model_id, "backend": self.model.backend_name,
-                "busy": self._admitted > 0, "waiting": max(0, self._admitted - 1), "requests": self.requests,
-                "uptime_s": round(time.monotonic() - self.started, 1)}
+                "busy": self._running > 0, "waiting": self._admitted - self._running, "requests": self.requests,
+                "batches": dict(sorted(self.batches.items())), "uptime_s": round(time.monotonic() - self.started, 1)}
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.opts.model_id, "object": "model", "created": self.created,
                                             "owned_by": "desta-edge"}]}
 
-    # ------------------------------------------------------------------ one request
+    # ------------------------------------------------------------------ requests
 
-    def admit(self):
-        """A context for one request's turn on the model; ApiError 503 when the queue is full."""
+    def submit(self, req: ChatRequest, send_chunk=None) -> dict:
+        """Queue a request for the model and wait for its `chat.completion` (from a handler's
+        thread); with `send_chunk`, its chunks go there as they come. ApiError 503 when the
+        queue is full."""
         with self._count_lock:
-            if self._admitted > self.opts.max_queue:
-                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE,
-                               f"busy: one request runs and {self.opts.max_queue} wait; try again shortly")
+            waiting = self._admitted - self._running
+            if waiting >= self.opts.max_queue + (0 if self._running else 1):
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"busy: the model is answering and "
+                               f"{self.opts.max_queue} requests wait; try again shortly")
             self._admitted += 1
-        return _Turn(self)
+        job = _Job(req, send_chunk)
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _work(self) -> None:
+        """The model's thread: take the next request and those waiting behind it that can share
+        its batch, answer them, repeat."""
+        held: list[_Job | None] = []  # taken from the queue, for the next turn (None: stop)
+        while True:
+            first = held.pop() if held else self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.opts.max_batch and first.batchable:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is not None and nxt.batchable and nxt.req.max_new_tokens == first.req.max_new_tokens:
+                    batch.append(nxt)
+                else:
+                    held.append(nxt)
+                    break
+            with self._count_lock:
+                self._running = len(batch)
+            try:
+                self._run(batch)
+            finally:
+                with self._count_lock:
+                    self._admitted -= len(batch)
+                    self._running = 0
+                    self.batches[len(batch)] = self.batches.get(len(batch), 0) + 1
+                for job in batch:
+                    job.done.set()
+
+    def _run(self, batch: list[_Job]) -> None:
+        """Answer a batch, or its requests one by one if it fails (so one bad request fails alone)."""
+        if len(batch) > 1:
+            try:
+                for job, result in zip(batch, self.answer_batch([job.req for job in batch])):
+                    job.result = result
+                return
+            except Exception:
+                logger.warning("a batch of %d failed; answering its requests one by one", len(batch), exc_info=True)
+        for job in batch:
+            try:
+                job.result = self.answer(job.req, job.send_chunk)
+            except Exception as e:  # the handler reports it; the worker goes on
+                job.error = e
 
     def answer(self, req: ChatRequest, send_chunk=None) -> dict:
-        """Run one request (holding the model); with `send_chunk`, stream the answer's pieces to it
-        as `chat.completion.chunk` objects. Returns the whole `chat.completion`."""
+        """Run one request on the model (the worker's thread); with `send_chunk`, stream the
+        answer's pieces to it as `chat.completion.chunk` objects. Returns the `chat.completion`."""
         import torch
 
-        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        head = {"id": cid, "created": created, "model": self.opts.model_id}
+        head = _head(self.opts.model_id)
         if req.seed is not None:
             torch.manual_seed(req.seed)
         try:
@@ -270,36 +348,48 @@ class Api:
         except BaseException:
             stream.cancel()
             raise
-        capped = len(stream.generated_ids) >= req.max_new_tokens and not stream.looped
-        reason = "length" if capped else "stop"
-        usage = {"prompt_tokens": stream.prompt_tokens, "completion_tokens": len(stream.generated_ids),
-                 "total_tokens": stream.prompt_tokens + len(stream.generated_ids)}
-        desta = {"transcripts": [{"part": at, "text": text} for at, (_, text) in zip(req.audio_parts, stream.audios)],
-                 "timings_ms": stream.timings_ms, "looped": stream.looped}
+        out = _completion(head, req, stream.text, len(stream.generated_ids), stream.prompt_tokens, stream.looped,
+                          stream.audios, stream.timings_ms)
         if send_chunk is not None:
-            last = _chunk(head, {}, reason)
-            last["desta"] = desta
+            last = _chunk(head, {}, out["choices"][0]["finish_reason"])
+            last["desta"] = out["desta"]
             send_chunk(last)
             if req.include_usage:
-                send_chunk({**_chunk(head, {}), "choices": [], "usage": usage})
+                send_chunk({**_chunk(head, {}), "choices": [], "usage": out["usage"]})
         self.requests += 1
-        return {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": stream.text},
-                             "logprobs": None, "finish_reason": reason}],
-                "usage": usage, "desta": desta}
+        return out
+
+    def answer_batch(self, reqs: list[ChatRequest]) -> list[dict]:
+        """Greedy requests with the same cap, in one `generate` call (the worker's thread)."""
+        try:
+            out = self.model.generate([r.messages for r in reqs], max_new_tokens=reqs[0].max_new_tokens)
+        except ValueError as e:
+            raise _bad(str(e), "messages") from e
+        results, n = [], 0
+        for i, req in enumerate(reqs):
+            audios, n = out.audios[n : n + len(req.audio_parts)], n + len(req.audio_parts)
+            timings = {**out.timings_ms, "batch_size": len(reqs)}
+            results.append(_completion(_head(self.opts.model_id), req, out.text[i], len(out.generated_ids[i]),
+                                       out.prompt_tokens[i], out.looped[i], audios, timings))
+        self.requests += len(reqs)
+        return results
 
 
-class _Turn:
-    def __init__(self, api: Api) -> None:
-        self.api = api
+def _head(model_id: str) -> dict:
+    return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_id}
 
-    def __enter__(self) -> None:
-        self.api._model_lock.acquire()
 
-    def __exit__(self, *exc) -> None:
-        self.api._model_lock.release()
-        with self.api._count_lock:
-            self.api._admitted -= 1
+def _completion(head: dict, req: ChatRequest, text: str, n_tokens: int, prompt_tokens: int, looped: bool,
+                audios: list[tuple[str, str]], timings_ms: dict) -> dict:
+    """A `chat.completion` object, with the `desta` extension."""
+    reason = "length" if n_tokens >= req.max_new_tokens and not looped else "stop"
+    return {**head, "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": reason}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n_tokens,
+                      "total_tokens": prompt_tokens + n_tokens},
+            "desta": {"transcripts": [{"part": at, "text": t} for at, (_, t) in zip(req.audio_parts, audios)],
+                      "timings_ms": timings_ms, "looped": looped}}
 
 
 def _chunk(head: dict, delta: dict, finish_reason: str | None = None) -> dict:
@@ -343,11 +433,10 @@ class _Handler(BaseHTTPRequestHandler):
             if self.path.split("?")[0] != CHAT_PATH:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such path {self.path!r}: POST to {CHAT_PATH}")
             req = parse_chat_request(self._body(), self.api.model.config.audio_locator, self.api.opts)
-            with self.api.admit():
-                if req.stream:
-                    self._stream(req)
-                else:
-                    self._json(HTTPStatus.OK, self.api.answer(req))
+            if req.stream:
+                self._stream(req)
+            else:
+                self._json(HTTPStatus.OK, self.api.submit(req))
         except ApiError as e:
             self._json(e.status, e.body())
         except (BrokenPipeError, ConnectionResetError):
@@ -385,7 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         try:
-            self.api.answer(req, send)
+            self.api.submit(req, send)
         except (BrokenPipeError, ConnectionResetError):
             raise
         except Exception as e:

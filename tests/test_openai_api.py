@@ -178,54 +178,106 @@ def test_http_errors(api):
     assert get(api, "/v1/models")[1]["data"][0]["id"] == "desta-edge"
 
 
-def test_body_limit_queue_limit_and_failures(tiny_model):
-    """A body over the limit gets 413; with the model busy and the queue full, 503; a request the
-    model fails on gets 500 and the next one is served; a client that leaves mid-stream does not
-    stop the server."""
+class Gated:
+    """The tiny model behind a gate the test opens, noting the batch size of each call; it can be
+    told to fail its next call of a kind ("stream" or "generate")."""
 
-    class Flaky:
-        def __init__(self) -> None:
-            self.fail = True
+    def __init__(self, model) -> None:
+        self._model, self.calls, self.fail = model, [], None
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.gate.set()
 
-        def __getattr__(self, name):
-            return getattr(tiny_model, name)
+    def __getattr__(self, name):
+        return getattr(self._model, name)
 
-        def stream(self, *args, **kwargs):
-            if self.fail:
-                self.fail = False
-                raise RuntimeError("out of memory")
-            return tiny_model.stream(*args, **kwargs)
+    def _enter(self, kind: str, n: int) -> None:
+        self.calls.append((kind, n))
+        self.entered.set()
+        assert self.gate.wait(60)
+        if self.fail == kind:
+            self.fail = None
+            raise RuntimeError("out of memory")
 
-    api = Api(Flaky(), ApiOptions(port=0, max_new_tokens=4, max_queue=0, max_body_bytes=1 << 20))
+    def stream(self, messages, **kwargs):
+        self._enter("stream", 1)
+        return self._model.stream(messages, **kwargs)
+
+    def generate(self, messages, **kwargs):
+        self._enter("generate", len(messages))
+        return self._model.generate(messages, **kwargs)
+
+
+def test_waiting_requests_are_batched_and_failures_stay_alone(tiny_model):
+    """Greedy requests that wait while the model is busy are answered in one batch, each with the
+    answer it gets alone; a streamed one runs alone; one more than the queue holds gets 503; a
+    request the model fails on gets 500 and the next is served; a body over the limit gets 413; a
+    client that leaves mid-stream does not stop the server."""
+    model = Gated(tiny_model)
+    api = Api(model, ApiOptions(port=0, max_new_tokens=4, max_queue=3, max_batch=4, max_body_bytes=1 << 20))
     api.start()
     try:
         hi = {"messages": [{"role": "user", "content": "hi"}]}
+        spoken = {"messages": [{"role": "user", "content": [QUESTION]}]}
+        model.fail = "stream"
         status, err = post(api, hi)
         assert status == 500 and "RuntimeError: out of memory" in err["error"]["message"]
-        assert post(api, hi)[0] == 200
+        alone = {"hi": post(api, hi), "spoken": post(api, spoken)}
+        assert all(status == 200 for status, _ in alone.values())
+
+        def behind_a_busy_model(bodies: dict, *, then=lambda: None) -> dict:
+            """Post `bodies` one by one while the model is busy with a first request, call `then`,
+            free the model; the replies by name."""
+            model.gate.clear()
+            model.entered.clear()
+            model.calls.clear()
+            replies = {}
+            threads = [threading.Thread(target=lambda: post(api, hi))]
+            threads[0].start()
+            assert model.entered.wait(60)
+            for name, body in bodies.items():
+                threads.append(threading.Thread(target=lambda n=name, b=body: replies.update({n: post(api, b)})))
+                threads[-1].start()
+                wait_for(lambda n=len(threads) - 1: get(api, "/health")[1]["waiting"] == n)
+            then()
+            model.gate.set()
+            for t in threads:
+                t.join(120)
+            return replies
+
+        def refused() -> None:
+            status, err = post(api, hi)
+            assert status == 503 and "busy" in err["error"]["message"]
+
+        results = behind_a_busy_model({"streamed": {**hi, "stream": True}, "hi": hi, "spoken": spoken}, then=refused)
+        assert model.calls == [("stream", 1), ("stream", 1), ("generate", 2)]
+        for name in ("hi", "spoken"):
+            status, out = results[name]
+            assert status == 200 and out["desta"]["timings_ms"]["batch_size"] == 2
+            assert out["choices"] == alone[name][1]["choices"] and out["usage"] == alone[name][1]["usage"]
+            assert out["desta"]["transcripts"] == alone[name][1]["desta"]["transcripts"]
+        assert get(api, "/health")[1]["batches"] == {"1": 5, "2": 1}  # failed, alone x2, first, streamed
+
+        def fail_next() -> None:
+            model.fail = "generate"
+
+        again = behind_a_busy_model({"hi": hi, "spoken": spoken}, then=fail_next)  # the batch fails ...
+        assert model.calls == [("stream", 1), ("generate", 2), ("stream", 1), ("stream", 1)]  # ... so one by one
+        assert {name: reply[1]["choices"] for name, reply in again.items()} == \
+            {name: reply[1]["choices"] for name, reply in alone.items()}
+
         with socket.create_connection(("127.0.0.1", api.port)) as s:  # announces a body over the limit
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n")
             reply = s.makefile("rb").read()
         assert reply.startswith(b"HTTP/1.0 413 ") and b"1048577 bytes; at most 1048576" in reply
 
-        api._model_lock.acquire()  # the model is busy: one request may be admitted (and wait), no more
-        waiting = []
-        waiter = threading.Thread(target=lambda: waiting.append(post(api, hi)))
-        waiter.start()
-        wait_for(lambda: get(api, "/health")[1]["busy"])
-        status, err = post(api, hi)
-        assert status == 503 and "busy" in err["error"]["message"]
-        api._model_lock.release()
-        waiter.join(60)
-        assert waiting[0][0] == 200
-
         body = json.dumps({**hi, "stream": True}).encode()
         with socket.create_connection(("127.0.0.1", api.port)) as s:  # asks for a stream, then leaves
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        wait_for(lambda: not get(api, "/health")[1]["busy"])
-        assert post(api, hi)[0] == 200 and get(api, "/health")[1]["requests"] >= 3
+        wait_for(lambda: get(api, "/health")[1]["batches"].get("1", 0) == 7)
+        assert post(api, hi)[0] == 200
     finally:
+        model.gate.set()
         api.stop()
 
 

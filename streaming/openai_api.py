@@ -11,18 +11,17 @@ text around it reads as in the request. As in `listen`, a request without a syst
 the assistant's, and a user message of audio alone gets the assistant's instruction after it
 ("Reply to the speaker."), so a spoken question is answered rather than described. Greedy
 decoding unless the request gives a temperature above 0. Extension fields under `desta`: the
-transcript of each audio part and the stage timings.
-Fields this server cannot honour are refused with 400 and their name, unless they hold their
-neutral value (`"n": 1`, `"stop": null`, `"frequency_penalty": 0`, ...), so no request is
-silently answered other than it asked.
+transcript of each audio part and the stage timings. Fields this server cannot honour are
+refused with 400 and their name, unless they hold their neutral value (`"n": 1`, `"stop": null`,
+`"frequency_penalty": 0`, ...), so no request is silently answered other than it asked.
 
 One worker runs the model. Requests that wait for it while it is busy are answered together, up
 to `max_batch` at a time, when they can be (not streamed, greedy, the same answer cap): a batch
 gives each the answer it would have had alone (batches are left-padded; tested), and more answers
 per minute, though each waits for the longest in its batch (benchmarks/api_batching.py). Streamed
-and sampled requests run alone. Up to `max_queue` requests wait, and beyond that a request gets 503. Unlike `desta-edge serve` there is no endpointing:
-each audio part is one request. Binds 127.0.0.1 by default; no authentication (an `Authorization`
-header is ignored).
+and sampled requests run alone. Up to `max_queue` requests wait, and beyond that a request gets
+503. Unlike `desta-edge serve` there is no endpointing: each audio part is one request. Binds
+127.0.0.1 by default; no authentication (an `Authorization` header is ignored).
 """
 
 from __future__ import annotations

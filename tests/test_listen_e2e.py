@@ -1,8 +1,10 @@
 """`desta-edge listen` end to end on the real tiny backbones: a noisy multi-question recording
-(two synthesizers, six voices, 20 dB noise + hum) from a file, and raw PCM on stdin."""
+(two synthesizers, six voices, 20 dB noise + hum) from a file, and raw PCM on stdin; also the
+daemons, `serve` and `api`, and what a systemd service sees of them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -152,8 +154,6 @@ def test_display_shows_latency_only_when_audio_is_live(capsys):
 def test_api_answers_an_openai_style_request():
     """`desta-edge api` on the real tiny preset: the example question sent as a base64 WAV part of
     a chat completion is transcribed and answered; SIGTERM ends the server cleanly."""
-    import base64
-
     proc = subprocess.Popen([sys.executable, "-m", "desta_edge", "api", "--port", "0", "--max-new-tokens", "16"],
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -18,7 +18,7 @@ def test_bad_audio_is_reported_without_a_traceback(tmp_path):
     sf.write(str(nan), np.full(1600, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
     long = tmp_path / "long.wav"
     sf.write(str(long), np.zeros(8000 * 31, dtype=np.int16), 8000)
-    cases = {tmp_path / "missing.wav": "not found", corrupt: "cannot decode", nan: "non-finite", long: "31.00 s long"}
+    cases = {tmp_path / "missing.wav": "not found", corrupt: "cannot decode", nan: "non-finite", long: "31.000 s long"}
     for path, message in cases.items():
         r = run("ask", str(path), "--json")
         assert r.returncode == 2, (path, r.stderr)

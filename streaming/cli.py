@@ -196,9 +196,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     heard_from = f"microphone {mic.description}" if mic is not None else args.source
     if not args.json:
         print(f"listening ({heard_from}); Ctrl-C to stop", file=sys.stderr)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `systemctl stop`, `kill`: as Ctrl-C, with the summary
-    notify_systemd(f"READY=1\nSTATUS=listening ({heard_from})")
-    try:
+    try:  # from here on, an interrupt ends with the summary
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # `systemctl stop`, `kill`: as Ctrl-C
+        notify_systemd(f"READY=1\nSTATUS=listening ({heard_from})")
         assistant.run(chunks)
     except KeyboardInterrupt:
         pass  # the summary of what was heard so far follows

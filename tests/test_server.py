@@ -188,11 +188,11 @@ def test_a_silent_client_is_ended_as_if_it_sent_end(tiny_model):
     summary says why, the connection closes and the next client is served."""
     from websockets.exceptions import ConnectionClosedOK
 
-    s = Server(tiny_model, OPTS, server=ServerOptions(port=0, idle_timeout_s=0.5), vad_factory=EnergyVad)
+    s = Server(tiny_model, OPTS, server=ServerOptions(port=0, idle_timeout_s=1.0), vad_factory=EnergyVad)
     s.start()
     try:
         with connect(f"ws://127.0.0.1:{s.port}/") as ws:
-            assert json.loads(ws.recv())["idle_timeout_s"] == 0.5
+            assert json.loads(ws.recv())["idle_timeout_s"] == 1.0
             ws.send(pcm(SPEECH))  # then nothing: no `end`
             events = []
             while not events or events[-1]["type"] != "summary":

@@ -9,9 +9,8 @@ Design choices:
 - Bad input raises `AudioError` (a `ValueError`) that names the file and the problem: missing,
   unreadable/corrupt, cut short (a WAV or MP3 holding less audio than its header announces, which
   libsndfile would otherwise read without a word), empty, non-finite samples, or longer than the
-  30 s window. Nothing is
-  truncated silently: clips longer than `MAX_AUDIO_SECONDS` are rejected unless the caller
-  passes `allow_truncate=True`, in which case the cut is logged.
+  30 s window. Nothing is truncated silently: clips longer than `MAX_AUDIO_SECONDS` are rejected
+  unless the caller passes `allow_truncate=True`, in which case the cut is logged.
 - Speech detection uses Silero VAD, as the reference does, from the weights the `silero-vad` package
   ships (no network, no download; `silero.py`). webrtcvad, used here before 2026-11-28, called 17 of
   23 tones, beeps, noises and clicks among the corpus's test clips speech, and Whisper wrote "you" for

@@ -322,5 +322,5 @@ class Server:
             loop.call_soon(events.put_nowait, None)  # after the events already scheduled from other threads
             await sender
             self._claim = None
-            how = {"client": "it sent end", "idle": f"it sent nothing for {timeout:g} s"}.get(ended_by, "it left")
-            logger.info("client %s finished: %s", ws.remote_address, how)
+            logger.info("client %s finished: %s", ws.remote_address,
+                        {"client": "it sent end", "idle": "it sent nothing for a while"}.get(ended_by, "it left"))

@@ -205,6 +205,19 @@ def test_a_silent_client_is_ended_as_if_it_sent_end(tiny_model):
         s.stop()
 
 
+def test_no_idle_timeout(tiny_model, caplog):
+    """idle_timeout_s=0: a client may stay silent; its session ends when it says so."""
+    caplog.set_level("INFO", logger="desta_edge.streaming.server")
+    s = Server(tiny_model, OPTS, server=ServerOptions(port=0, idle_timeout_s=0), vad_factory=EnergyVad)
+    s.start()
+    try:
+        events = session(s.port, pcm(SPEECH))
+    finally:
+        s.stop()
+    assert events[0]["idle_timeout_s"] == 0 and events[-1]["ended_by"] == "client"
+    assert "finished: it sent end" in caplog.text
+
+
 def test_server_options_are_checked():
     for bad in ({"port": 70000}, {"port": -1}, {"idle_timeout_s": -1.0}, {"idle_timeout_s": float("nan")}):
         with pytest.raises(ValueError, match=next(iter(bad))):

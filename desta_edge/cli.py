@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     ask = sub.add_parser("ask", help="answer a spoken question in an audio file")
-    ask.add_argument("audio", help="audio file (WAV/FLAC/OGG/..., any rate, mono or stereo, up to 30 s)")
+    ask.add_argument("audio", help="audio file (WAV/FLAC/OGG/..., any rate, mono or stereo, up to 30 s), or - "
+                                   "for the bytes of one on stdin (e.g. arecord -d 5 -f S16_LE -r 16000 | ask -)")
     ask.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction placed after the audio")
     ask.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     ask.add_argument("--model", default="tiny", help="preset name, checkpoint directory or hub id (default: tiny)")
@@ -67,12 +68,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from desta_edge import AudioError, DestaModel, load_audio
+    from desta_edge.runtime.audio import decode_audio
     from desta_edge.runtime.backends import whisper_dtype
 
     if args.max_new_tokens < 1:
         return _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", EXIT_BAD_INPUT)
-    try:
-        clip = load_audio(args.audio)  # validate before the (slow) model load
+    try:  # validate before the (slow) model load
+        clip = decode_audio(sys.stdin.buffer.read(), source="stdin") if args.audio == "-" else load_audio(args.audio)
     except AudioError as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     t0 = time.perf_counter()

@@ -90,7 +90,9 @@ def decode_audio(raw: bytes, *, source: str = "<bytes>", allow_truncate: bool = 
 
 
 MP3_TOLERANCE = 0.05  # an MP3 frame count in its header can be an estimate (VBR): only a larger gap is an error
-_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # what streaming writers put where the size is not known yet
+# what writers to a pipe put where the size is not known yet: 0, or the largest size they can write
+# (0xFFFFFFFF, or about 2**31 rounded to a frame, as arecord does)
+_WAV_OPEN_SIZE = 0x7FFF0000
 
 
 def check_complete(head: bytes, size: int, source: str) -> None:
@@ -106,7 +108,7 @@ def check_complete(head: bytes, size: int, source: str) -> None:
             block = max(1, struct.unpack("<H", head[pos + 20 : pos + 22])[0])  # bytes per frame
         if chunk == b"data":
             held = size - pos - 8
-            if length in _WAV_UNKNOWN_SIZES or length <= held + block:
+            if length == 0 or length >= _WAV_OPEN_SIZE or length <= held + block:
                 return
             raise AudioError(f"{source}: the file is cut short: its header announces {length} bytes of samples, "
                              f"it holds {held} ({held * 100 // length}%; an interrupted write or download?)")

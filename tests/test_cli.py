@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -30,3 +31,11 @@ def test_usage_errors():
     assert run().returncode == 2
     r = run("ask", "x.wav", "--max-new-tokens", "0")
     assert r.returncode == 2 and "--max-new-tokens" in r.stderr
+
+
+
+def test_ask_checks_audio_from_stdin_like_a_file():
+    example = Path(__file__).resolve().parents[1] / "examples" / "what_is_the_capital_of_france.wav"
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "ask", "-"], input=example.read_bytes()[:3000],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 2 and b"error: stdin: the file is cut short" in r.stderr and b"Traceback" not in r.stderr

@@ -151,6 +151,16 @@ def test_cli_ask_json(tmp_path):
     assert human.returncode == 0 and "heard:" in human.stderr and human.stdout.strip()
 
 
+def test_cli_ask_reads_audio_from_stdin():
+    """`ask -`: the bytes of an audio file piped in (e.g. from a recorder)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "what_is_the_capital_of_france.wav"
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "ask", "-", "--json", "--max-new-tokens", "16"],
+                       input=example.read_bytes(), capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    out = json.loads(r.stdout.decode().splitlines()[-1])
+    assert "france" in out["transcript"].lower() and "paris" in out["answer"].lower()
+
+
 def test_models_command_lists_ready_backbones():
     r = run_cli("models", "--json")
     assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@
     print(out.text[0])
 """
 
-from desta_edge.runtime.audio import Audio, AudioError, load_audio, prepare_audio
+from desta_edge.runtime.audio import Audio, AudioError, decode_audio, load_audio, prepare_audio
 from desta_edge.runtime.config import DestaConfig
 from desta_edge.runtime.model import AnswerStream, DestaModel, GenerationOutput
 
@@ -21,6 +21,7 @@ __all__ = [
     "DestaConfig",
     "DestaModel",
     "GenerationOutput",
+    "decode_audio",
     "load_audio",
     "prepare_audio",
 ]

@@ -165,3 +165,13 @@ def test_a_shorter_window_is_exactly_the_start_of_the_full_one():
         LogMel(80)(clips, 601)
     with pytest.raises(AudioError, match="window of 200 frames holds"):
         LogMel(80)(clips, 200)
+
+
+def test_decode_audio_reads_the_bytes_of_a_file_like_load_audio(wav_file):
+    import desta_edge
+
+    path = wav_file(tone(0.5, rate=22050), 22050)
+    np.testing.assert_array_equal(desta_edge.decode_audio(path.read_bytes(), source="upload").samples,
+                                  load_audio(path).samples)
+    with pytest.raises(AudioError, match="upload: the file is empty"):
+        desta_edge.decode_audio(b"", source="upload")

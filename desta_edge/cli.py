@@ -67,8 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from desta_edge import AudioError, DestaModel, load_audio
-    from desta_edge.runtime.audio import decode_audio
+    from desta_edge import AudioError, DestaModel, decode_audio, load_audio
     from desta_edge.runtime.backends import whisper_dtype
 
     if args.max_new_tokens < 1:

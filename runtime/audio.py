@@ -74,6 +74,7 @@ def decode_audio(raw: bytes, *, source: str = "<bytes>", allow_truncate: bool = 
 
     if not raw:
         raise AudioError(f"{source}: the file is empty (0 bytes)")
+    check_complete(raw, len(raw), source)  # before decoding what would only be thrown away
     try:
         with sf.SoundFile(io.BytesIO(raw)) as f:
             announced = f.frames if f.format == "MP3" else None
@@ -82,7 +83,6 @@ def decode_audio(raw: bytes, *, source: str = "<bytes>", allow_truncate: bool = 
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         why = getattr(e, "error_string", None) or str(e)
         raise AudioError(f"cannot decode audio file {source}: {why} (unsupported format or corrupt file)") from e
-    check_complete(raw, len(raw), source)
     if announced is not None and len(data) < announced * (1 - MP3_TOLERANCE):
         raise AudioError(f"{source}: the file is cut short: its header announces {announced} samples, it holds "
                          f"{len(data)} (an interrupted write or download?)")

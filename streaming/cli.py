@@ -44,10 +44,7 @@ def register_cli(sub) -> None:
     p.set_defaults(func=_cmd_listen)
 
     s = sub.add_parser("serve", help="answer spoken queries streamed over a WebSocket, one client at a time")
-    s.add_argument("--host", default=ServerOptions.host,
-                   help="address to bind (default %(default)s: this machine only; 0.0.0.0 serves the network, "
-                        "without authentication)")
-    s.add_argument("--port", type=int, default=ServerOptions.port, help="port (default %(default)s; 0: any free one)")
+    _add_bind_arguments(s, ServerOptions.host, ServerOptions.port)
     s.add_argument("--idle-timeout-s", type=float, default=ServerOptions.idle_timeout_s,
                    help="end a client's stream, as if it had sent end, after this many seconds without a message "
                         "(default %(default)g; 0: never)")
@@ -55,10 +52,7 @@ def register_cli(sub) -> None:
     s.set_defaults(func=_cmd_serve)
 
     a = sub.add_parser("api", help="answer OpenAI-style chat completions with audio over HTTP")
-    a.add_argument("--host", default=ApiOptions.host,
-                   help="address to bind (default %(default)s: this machine only; 0.0.0.0 serves the network, "
-                        "without authentication)")
-    a.add_argument("--port", type=int, default=ApiOptions.port, help="port (default %(default)s; 0: any free one)")
+    _add_bind_arguments(a, ApiOptions.host, ApiOptions.port)
     _add_model_arguments(a)
     a.add_argument("--model-id", default=None, help="the model name clients see (default: the --model value)")
     a.add_argument("--system", default=ApiOptions.system,
@@ -75,6 +69,14 @@ def register_cli(sub) -> None:
     a.add_argument("--no-warm-up", action="store_true", help="serve at once; the first request then pays the "
                                                               "model's first-call costs")
     a.set_defaults(func=_cmd_api)
+
+
+def _add_bind_arguments(p, host: str, port: int) -> None:
+    """`--host` and `--port` of the daemons."""
+    p.add_argument("--host", default=host,
+                   help="address to bind (default %(default)s: this machine only; 0.0.0.0 serves the network, "
+                        "without authentication)")
+    p.add_argument("--port", type=int, default=port, help="port (default %(default)s; 0: any free one)")
 
 
 def _add_model_arguments(p) -> None:

@@ -14,6 +14,12 @@ finished request (runtime/turn.py). When the silence reaches `turn_end_ms` (shor
 hangover), the endpointer asks for that verdict, waiting for it if need be, and a finished
 request ends the utterance there instead of after the whole hangover.
 
+Barge-in and false interruptions: speech with `barge_in_ms` of voiced audio during an answer stops
+it (a `cancelled` event) but keeps it, suspended. If that speech proves not to be a request (the
+endpointer drops it as background, or its transcript is only a backchannel such as "mhm" or
+"okay"), the answer goes on where it stopped (a `resumed` event, then its tokens and `answer`);
+if it is a request, the suspended answer is dropped and the request answered.
+
 Events are dicts: `type`, `utterance`, `audio_s` (stream position), `wall_s` (seconds since the
 loop started), plus type-specific fields; see `EVENT_TYPES`. One utterance's failure becomes an
 `error` event; the loop goes on.
@@ -23,10 +29,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +47,14 @@ from .vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEn
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = ("speech_start", "speech_end", "transcript", "token", "answer", "cancelled", "discarded", "skipped",
-               "error")
+EVENT_TYPES = ("speech_start", "speech_end", "transcript", "token", "answer", "cancelled", "resumed", "discarded",
+               "skipped", "error")
+
+# What a listener says to keep a speaker going, not to take the turn: an interruption whose
+# transcript holds only these words and hums (or no words) does not end the answer it interrupted.
+# English, as Whisper writes them ("Mm-hmm." -> "mm", "hmm"; "MMHMM" is a hum too).
+BACKCHANNEL_WORDS = frozenset("huh yeah yes yep yup ok okay right sure alright i see got it go on cool nice wow".split())
+HUM = re.compile(r"[mh]+|u+[hm]+|a+h+|o+h+")  # mm, hmm, mhm, mmhmm, uh, um, uhm, ah, oh, ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,9 @@ class AssistantOptions:
     speculative: bool = True  # start work at the first short pause
     barge_in: bool = True  # speech during an answer cancels it ...
     barge_in_ms: int = 300  # ... once it has this much voiced audio (a short "mhm" or a click does not)
+    # an answer stopped by barge-in goes on where it stopped when the interruption proves false:
+    # dropped as background, or only a backchannel ("mhm", "okay"; `BACKCHANNEL_WORDS`)
+    resume_false_interruptions: bool = True
     turn_detection: bool = True  # end an utterance after turn_end_ms when the LLM judges it finished
     turn_threshold: float = TurnOptions.threshold  # end-of-turn probability that counts as finished
     # False (live audio): the reader waits for a verdict at most the rest of the hangover;
@@ -73,6 +89,8 @@ class Stats:
     answers: int = 0
     errors: int = 0
     cancelled: int = 0  # answers stopped by barge-in
+    resumed: int = 0  # of those, answers that went on because the interruption proved false
+    backchannels: int = 0  # interruptions left unanswered because they were only a backchannel
     skipped: int = 0  # requests dropped unanswered because more than max_waiting waited
     speculative_used: int = 0  # commits that reused a speculative start
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
@@ -97,7 +115,23 @@ class _Job:
     discard: bool = False
     started: bool = False  # the worker has taken it up
     cancel: bool = False  # barge-in
+    interrupted_by: int | None = None  # the utterance whose speech set `cancel`
     answering: bool = False
+
+
+@dataclass(eq=False)
+class _Suspended:
+    """An answer stopped by barge-in, kept until its interruption is judged (worker thread only)."""
+    job: _Job
+    stream: object  # the model's AnswerStream, not iterated further yet
+    pieces: Iterator[str]
+    first_wall: float | None  # wall clock of its first token
+
+
+@dataclass(frozen=True)
+class _ResumeAfter:
+    """A queue item: utterance `interruption` was dropped; the answer it stopped may go on."""
+    interruption: int
 
 
 class Assistant:
@@ -128,10 +162,11 @@ class Assistant:
         self._emit_fn = emit
         self._clock = clock
         self._lock = threading.Lock()
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.Queue[_Job | _ResumeAfter | None] = queue.Queue()
         self._spec: _Job | None = None  # the pending speculative job, if any
         self._current: _Job | None = None  # the job the worker is on
         self._waiting: deque[_Job] = deque()  # committed jobs the worker has not taken up, oldest first
+        self._suspended: _Suspended | None = None  # an answer stopped by barge-in (worker thread only)
         self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
         self.started_at = clock()  # clock() when run() began (or this was built); events carry wall_s relative to it
         self._audio_s = 0.0
@@ -207,6 +242,8 @@ class Assistant:
             self._drop_spec()
         elif isinstance(ev, Discarded):
             self._drop_spec()
+            if self.opts.resume_false_interruptions:  # the worker resumes an answer this utterance stopped
+                self._jobs.put(_ResumeAfter(ev.utterance))
             if ev.reason == "distant":
                 self.stats.discarded_distant += 1
             else:
@@ -275,6 +312,7 @@ class Assistant:
         cur = self._current
         if (self.opts.barge_in and cur is not None and cur.answering and not cur.cancel
                 and self.endpointer.voiced_ms >= self.opts.barge_in_ms):
+            cur.interrupted_by = self.endpointer.utterance
             cur.cancel = True
 
     def _turn_complete(self, utterance: int) -> bool:
@@ -309,6 +347,9 @@ class Assistant:
 
     def _worker(self) -> None:
         while (job := self._jobs.get()) is not None:
+            if isinstance(job, _ResumeAfter):
+                self._resume(job.interruption)
+                continue
             with self._lock:
                 job.discard |= self._aborted
                 job.started = not job.discard
@@ -331,6 +372,36 @@ class Assistant:
                     self._emit("error", job.utterance, message=f"{type(e).__name__}: {e}")
             finally:
                 self._current = None
+        self._drop_suspended()
+
+    def _drop_suspended(self) -> None:
+        if self._suspended is not None:
+            self._suspended.stream.cancel()
+            self._suspended = None
+
+    def _resume(self, interruption: int) -> None:
+        """Go on with the answer that utterance `interruption` stopped, if it is still suspended."""
+        s = self._suspended
+        if s is None or s.job.interrupted_by != interruption:
+            return
+        self._suspended = None
+        if self._aborted:
+            s.stream.cancel()
+            return
+        job = s.job
+        job.cancel = False
+        job.interrupted_by = None
+        self.stats.resumed += 1
+        self._emit("resumed", job.utterance, text=s.stream.text, interruption=interruption)
+        self._current = job
+        try:
+            self._stream_out(job, s.stream, s.pieces, s.first_wall, resumed=True)
+        except Exception as e:  # as in _worker: report it, keep listening
+            self.stats.errors += 1
+            logger.exception("utterance %d failed after resuming", job.utterance)
+            self._emit("error", job.utterance, message=f"{type(e).__name__}: {e}")
+        finally:
+            self._current = None
 
     def _answer(self, job: _Job) -> None:
         stream = self.model.stream(self._messages(job.samples), max_new_tokens=self.opts.max_new_tokens,
@@ -350,21 +421,38 @@ class Assistant:
         if job.discard:
             stream.cancel()
             return
-        job.answering = True
         transcript = stream.audios[0][1]
+        s = self._suspended
+        if s is not None:
+            if s.job.interrupted_by == job.utterance and is_backchannel(transcript):
+                stream.cancel()  # "mhm" asks for nothing: the interrupted answer goes on
+                self.stats.backchannels += 1
+                self._emit("discarded", job.utterance, reason="backchannel", transcript=transcript)
+                self._resume(job.utterance)
+                return
+            self._drop_suspended()  # a request came after it: that answer is over
+        job.answering = True
         self._emit("transcript", job.utterance, text=transcript)
         first_wall = None
         if first is not None:
             first_wall = self._clock()
             self._emit("token", job.utterance, text=first)
-        for piece in pieces:
-            if job.cancel:
+        self._stream_out(job, stream, pieces, first_wall)
+
+    def _stream_out(self, job: _Job, stream, pieces: Iterator[str], first_wall: float | None,
+                    resumed: bool = False) -> None:
+        """Stream the rest of an answer and report it, or stop at barge-in (suspended to resume)."""
+        while not job.cancel:  # no piece is taken from the model once barge-in has stopped the answer
+            if (piece := next(pieces, None)) is None:
                 break
             self._emit("token", job.utterance, text=piece)
-        if job.cancel:
-            stream.cancel()
+        else:  # stopped by barge-in, not by the end of the answer
             self.stats.cancelled += 1
             self._emit("cancelled", job.utterance, text=stream.text)
+            if self.opts.resume_false_interruptions and not self._aborted:
+                self._suspended = _Suspended(job, stream, pieces, first_wall)
+            else:
+                stream.cancel()
             return
         end_wall = self._clock()
         t = stream.timings_ms
@@ -380,8 +468,15 @@ class Assistant:
         }
         self.stats.answers += 1
         self.stats.looped_answers += stream.looped
-        self._emit("answer", job.utterance, text=stream.text, transcript=transcript, timings_ms=timings,
-                   speculative=job.speculative, **({"looped": True} if stream.looped else {}))
+        self._emit("answer", job.utterance, text=stream.text, transcript=stream.audios[0][1], timings_ms=timings,
+                   speculative=job.speculative, **({"looped": True} if stream.looped else {}),
+                   **({"resumed": True} if resumed else {}))
+
+
+def is_backchannel(transcript: str) -> bool:
+    """Does `transcript` hold only `BACKCHANNEL_WORDS` (or no words at all: a cough, a laugh)?"""
+    words = re.sub(r"[^a-z' ]+", " ", transcript.lower().replace("-", " ")).split()
+    return len(words) <= 4 and all(w in BACKCHANNEL_WORDS or HUM.fullmatch(w) for w in words)
 
 
 def _ms(seconds: float) -> float:

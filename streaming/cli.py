@@ -142,6 +142,9 @@ def _add_assistant_arguments(p) -> None:
                    help="voiced audio that makes speech a barge-in (default %(default)s; shorter: a backchannel)")
     p.add_argument("--no-barge-in", dest="barge_in", action="store_false",
                    help="answer every utterance in full (default for files and stdin)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="an answer stopped by barge-in stays stopped, even when the interruption was background "
+                        "speech or only a backchannel (\"mhm\", \"okay\"); by default it goes on (a 'resumed' event)")
     p.add_argument("--max-waiting", type=int, default=AssistantOptions.max_waiting,
                    help="requests that may wait while another is answered; one more skips the oldest waiting one "
                         "(a 'skipped' event), so answers stay current on a slow machine (default 0: no limit)")
@@ -304,7 +307,8 @@ def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[
                             speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
                             turn_threshold=args.turn_threshold, wait_for_turn_verdict=fast_file,
                             barge_in=args.barge_in if args.barge_in is not None else live,
-                            barge_in_ms=args.barge_in_ms, max_waiting=args.max_waiting)
+                            barge_in_ms=args.barge_in_ms, resume_false_interruptions=not args.no_resume,
+                            max_waiting=args.max_waiting)
     return endpoint, opts
 
 
@@ -364,6 +368,10 @@ class _Display:
             print(f"  ({line})", file=sys.stderr, flush=True)
         elif kind == "cancelled":
             print(" [interrupted]", flush=True)
+        elif kind == "resumed":  # the interruption was not a request: the same answer goes on
+            print(f"assistant (going on): {e['text']}", end="", flush=True)
+        elif kind == "discarded" and e["reason"] == "backchannel":
+            print(f"you: {e['transcript'].strip()} (a backchannel, not a request)", flush=True)
         elif kind == "skipped":
             print(f"\n[{e['audio_s']:7.2f}s] request {e['utterance']} skipped unanswered: newer requests were "
                   f"waiting (--max-waiting {e['waiting']})", file=sys.stderr, flush=True)

@@ -291,6 +291,11 @@ class Endpointer:
         """Voiced audio in the utterance being heard (0 between utterances)."""
         return self._voiced * self.opts.frame_ms if self.in_speech else 0
 
+    @property
+    def utterance(self) -> int:
+        """Id of the utterance being heard (between utterances: the id the next one will get)."""
+        return self._next_id
+
     def _t(self, frame_index: int) -> float:
         return frame_index * self.opts.frame_ms / 1000
 

@@ -10,7 +10,7 @@ import pytest
 from streaming_helpers import EnergyVad, signal
 from test_model import speechlike
 from desta_edge.runtime.model import WARM_UP_TRANSCRIPT
-from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions
+from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions, is_backchannel
 from desta_edge.streaming.sources import Chunk
 from desta_edge.streaming.vad import EndpointOptions
 
@@ -103,8 +103,9 @@ class SlowModel:
     class config:
         audio_locator = "<|AUDIO|>"
 
-    def __init__(self, fail_first=False):
+    def __init__(self, fail_first=False, transcripts=()):
         self.fail_first = fail_first
+        self.transcripts = transcripts  # what the n-th call hears ("hello" past the list)
         self.calls = 0
         self.streams = []
 
@@ -112,14 +113,15 @@ class SlowModel:
         self.calls += 1
         if self.fail_first and self.calls == 1:
             raise ValueError("corrupt utterance")
-        s = FakeStream()
+        heard = self.transcripts[self.calls - 1] if self.calls <= len(self.transcripts) else "hello"
+        s = FakeStream(heard)
         self.streams.append(s)
         return s
 
 
 class FakeStream:
-    def __init__(self):
-        self.audios = [("<array>", "hello")]
+    def __init__(self, transcript="hello"):
+        self.audios = [("<array>", transcript)]
         self.text = ""
         self.timings_ms = {k: 1.0 for k in ("features", "encoder", "asr", "prefill", "first_token", "total")}
         self.cancelled = False
@@ -155,9 +157,114 @@ def test_barge_in_cancels_the_answer_in_progress():
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
     # the second utterance is held back until the first answer streams
     events, stats = listen(model, x, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    assert stats.resumed == 0  # "hello" is a request, not a backchannel
     cancelled = [e for e in events if e["type"] == "cancelled"]
     assert stats.cancelled == 1 and cancelled[0]["utterance"] == 0 and model.streams[0].cancelled
     assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1
+
+
+BARGE_IN = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))  # the second request held (below)
+
+
+@pytest.mark.parametrize("heard", ["Mm-hmm.", "Okay, yeah.", "uh huh", " "])
+def test_an_answer_stopped_by_a_backchannel_goes_on_where_it_stopped(heard):
+    """Barge-in stops the answer at once; the interruption turns out to be "mhm" (or no words at
+    all: a cough): it is not answered, and the first answer goes on, nothing lost or repeated."""
+    model = SlowModel(transcripts=["hello", heard])
+    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    kinds = [(e["type"], e["utterance"]) for e in events if e["type"] not in ("token", "speech_start", "speech_end")]
+    assert kinds == [("transcript", 0), ("cancelled", 0), ("discarded", 1), ("resumed", 0), ("answer", 0)]
+    (back,) = [e for e in events if e["type"] == "discarded"]
+    assert back["reason"] == "backchannel" and back["transcript"] == heard
+    (resumed,) = [e for e in events if e["type"] == "resumed"]
+    (cancelled,) = [e for e in events if e["type"] == "cancelled"]
+    assert resumed["interruption"] == 1 and resumed["text"] == cancelled["text"] and 0 < len(cancelled["text"]) < 40
+    (answer,) = [e for e in events if e["type"] == "answer"]
+    tokens = "".join(e["text"] for e in events if e["type"] == "token")
+    assert answer["text"] == tokens == "x" * 40 and answer["resumed"] is True
+    assert (stats.cancelled, stats.resumed, stats.backchannels, stats.answers) == (1, 1, 1, 1)
+    assert not model.streams[0].cancelled and model.streams[1].cancelled
+
+
+def test_a_request_that_interrupts_drops_the_stopped_answer():
+    model = SlowModel(transcripts=["hello", "Okay, stop. What time is it?"])
+    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    assert [e["utterance"] for e in events if e["type"] == "answer"] == [1]
+    assert stats.resumed == 0 and stats.backchannels == 0 and model.streams[0].cancelled
+    assert not [e for e in events if e["type"] in ("resumed", "discarded")]
+
+
+def test_without_resume_a_backchannel_is_answered_as_a_request():
+    model = SlowModel(transcripts=["hello", "Mm-hmm."])
+    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True, resume_false_interruptions=False),
+                           before_chunk=hold_until_answering(model, 1.9))
+    assert [e["utterance"] for e in events if e["type"] == "answer"] == [1] and stats.resumed == 0
+    assert model.streams[0].cancelled
+
+
+def test_an_answer_stopped_by_speech_the_endpointer_drops_goes_on():
+    """Barge-in after 100 ms of voiced audio; the interruption (200 ms) is too short to be a request:
+    the endpointer drops it, and the answer goes on without the model hearing it."""
+    model = SlowModel()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
+    events, stats = listen(model, x, AssistantOptions(barge_in=True, barge_in_ms=100),
+                           before_chunk=hold_until_answering(model, 1.9))
+    kinds = [e["type"] for e in events if e["type"] not in ("token", "speech_start", "speech_end")]
+    # fed faster than real time, the drop may come before the worker reports the stop
+    assert sorted(kinds[1:3]) == ["cancelled", "discarded"] and kinds[::3] == ["transcript", "resumed"]
+    assert kinds[-1] == "answer" and len(kinds) == 5
+    assert next(e for e in events if e["type"] == "discarded")["reason"] == "short"
+    assert next(e for e in events if e["type"] == "answer")["text"] == "x" * 40
+    assert not model.streams[0].cancelled and (stats.cancelled, stats.resumed, stats.backchannels) == (1, 1, 0)
+
+
+class PacedModel:
+    """A real model whose answer pieces come 50 ms apart, so that barge-in lands mid-answer."""
+
+    def __init__(self, model):
+        self.model, self.config, self.streams = model, model.config, []
+
+    def stream(self, messages, max_new_tokens, cancelled=None):
+        self.streams.append(_Paced(self.model.stream(messages, max_new_tokens=max_new_tokens, cancelled=cancelled)))
+        return self.streams[-1]
+
+
+class _Paced:
+    def __init__(self, stream):
+        self._stream, self.started = stream, threading.Event()
+
+    def __getattr__(self, name):  # audios, text, timings_ms, looped, cancel
+        return getattr(self._stream, name)
+
+    def __iter__(self):
+        for piece in self._stream:
+            yield piece
+            self.started.set()
+            time.sleep(0.05)
+
+
+def test_a_resumed_answer_is_the_answer_given_without_the_interruption(tiny_model):
+    """The model's own stream, suspended at barge-in and resumed after the interruption was dropped,
+    ends as the same answer does with no interruption at all."""
+    model = PacedModel(tiny_model)
+    opts = AssistantOptions(max_new_tokens=24, turn_detection=False, barge_in=True, barge_in_ms=100)
+    plain, _ = listen(model, signal(("s", 0.5), ("v", 0.6), ("s", 2.0)), opts)
+    model.streams.clear()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
+    events, stats = listen(model, x, opts, before_chunk=hold_until_answering(model, 1.9))
+    assert stats.cancelled == 1 and stats.resumed == 1 and not model.streams[0].cancelled
+    answer = next(e for e in events if e["type"] == "answer")
+    assert answer["text"] == next(e for e in plain if e["type"] == "answer")["text"]
+    assert "".join(e["text"] for e in events if e["type"] == "token") == answer["text"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Mm-hmm.", True), ("MMHMM", True), ("Hmmm...", True), ("Uh-huh", True), ("Okay, yeah.", True), ("I see.", True),
+    (" ", True), ("", True), ("Okay, stop.", False), ("No.", False), ("What time is it?", False), ("Hi.", False),
+    ("yeah yeah yeah yeah yeah", False),
+])
+def test_what_counts_as_a_backchannel(text, expected):
+    assert is_backchannel(text) is expected
 
 
 def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():

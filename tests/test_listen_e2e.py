@@ -151,6 +151,23 @@ def test_display_shows_latency_only_when_audio_is_live(capsys):
     assert "request 3 skipped unanswered: newer requests were waiting (--max-waiting 1)" in capsys.readouterr().err
 
 
+def test_display_and_flags_of_a_false_interruption(capsys):
+    from desta_edge.cli import _parser
+    from desta_edge.streaming.cli import _Display, _options
+
+    show = _Display()
+    show({"type": "cancelled", "utterance": 0, "audio_s": 3.0, "wall_s": 3.1, "text": "The capital of"})
+    show({"type": "discarded", "utterance": 1, "audio_s": 4.0, "wall_s": 4.1, "reason": "backchannel",
+          "transcript": " Mm-hmm."})
+    show({"type": "resumed", "utterance": 0, "audio_s": 4.0, "wall_s": 4.1, "text": "The capital of",
+          "interruption": 1})
+    out = capsys.readouterr().out
+    assert " [interrupted]\nyou: Mm-hmm. (a backchannel, not a request)\nassistant (going on): The capital of" in out
+    for argv, resume in ((["listen"], True), (["listen", "--no-resume"], False), (["serve", "--no-resume"], False)):
+        _, opts = _options(_parser().parse_args(argv), live=True, fast_file=False)
+        assert opts.resume_false_interruptions is resume and opts.barge_in is True
+
+
 def test_api_answers_an_openai_style_request():
     """`desta-edge api` on the real tiny preset: the example question sent as a base64 WAV part of
     a chat completion is transcribed and answered; SIGTERM ends the server cleanly."""

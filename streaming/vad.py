@@ -11,7 +11,7 @@ Time is an input: the machine counts the samples it has been given and knows not
 wall clock, so tests feed exact frames and never sleep.
 
     SILENCE ──(start_frames voiced in the last start_window)──► SPEECH
-    SPEECH  ──(pause_ms of silence)──► emits Pause (a speculative start may begin)
+    SPEECH  ──(pause_ms of silence, min_speech_ms voiced)──► emits Pause (a speculative start may begin)
     SPEECH  ──(voiced again after a Pause)──► emits Resume (discard the speculation)
     SPEECH  ──(turn_end_ms of silence, and `turn_check` says the request is complete)──►
                 emits SpeechEnd(reason="turn_complete"), back to SILENCE
@@ -423,7 +423,9 @@ class Endpointer:
             return self._end("turn_complete")
         if len(self._frames) >= self.opts.frames(self.opts.max_utterance_s * 1000):
             return self._end("max_length")
-        if not self._paused and self._silence == self.opts.frames(self.opts.pause_ms):
+        # no speculative start for an utterance that would be dropped as too short if it ended here
+        if (not self._paused and self._silence == self.opts.frames(self.opts.pause_ms)
+                and self._voiced * self.opts.frame_ms >= self.opts.min_speech_ms):
             self._paused = True
             return [Pause(self._next_id, self._t(idx + 1), self._audio(self._loud_onset()))]
         return []

@@ -54,8 +54,8 @@ def test_a_client_gets_the_listeners_events(server, tiny_model):
     `ready` and a `summary`; PCM split mid-sample across messages changes nothing."""
     events = session(server.port, pcm(SPEECH), piece=333)  # odd sizes: samples split across messages
     assert events[0] == {"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": 16000, "channels": 1,
-                         "barge_in": False, "max_waiting": 0, "max_new_tokens": 6, "system": OPTS.system,
-                         "prompt": OPTS.prompt, "idle_timeout_s": 60.0, "warm_up_ms": 1.0}
+                         "barge_in": False, "resume": True, "max_waiting": 0, "max_new_tokens": 6,
+                         "system": OPTS.system, "prompt": OPTS.prompt, "idle_timeout_s": 60.0, "warm_up_ms": 1.0}
     summary = events[-1]
     assert summary["type"] == "summary" and summary["answers"] == 2 and summary["errors"] == 0
     assert summary["ended_by"] == "client"
@@ -93,6 +93,7 @@ def test_bad_requests_get_clear_answers(server):
     message gets an error event and the stream goes on."""
     for query, says in (("?rate=abc", b"rate must be"), ("?rate=0", b"rate must be"),
                         ("?channels=99", b"channels must be"), ("?barge_in=yes", b"barge_in must be"),
+                        ("?resume=2", b"resume must be"),
                         ("?rate=16000&lang=en", b"unknown parameter(s) lang"), ("?rate=", b"rate must be"),
                         ("?max_new_tokens=7", b"at most the server's 6"), ("?prompt=", b"prompt must be non-empty"),
                         ("?system=%20", b"system must be non-empty"), (f"?prompt={'x' * 2001}", b"at most 2000"),
@@ -153,7 +154,8 @@ def test_session_params_override_the_servers_options_per_client(tiny_model):
     assert model.conversations == [mine, mine, default, default]
     assert SessionParams.parse("/") == SessionParams()
     p = SessionParams.parse("/listen?rate=44100&channels=2&barge_in=0")
-    assert (p.rate, p.channels, p.barge_in) == (44100, 2, False)
+    assert (p.rate, p.channels, p.barge_in, p.resume) == (44100, 2, False, None)
+    assert SessionParams.parse("/?resume=0").options(OPTS, "<|AUDIO|>").resume_false_interruptions is False
     assert p.options(OPTS, "<|AUDIO|>") == OPTS and p.options(AssistantOptions(), "<|AUDIO|>").barge_in is False
     with pytest.raises(ValueError, match="channels"):
         SessionParams.parse("/?channels=0")

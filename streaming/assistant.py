@@ -475,7 +475,7 @@ class Assistant:
 
 def is_backchannel(transcript: str) -> bool:
     """Does `transcript` hold only `BACKCHANNEL_WORDS` (or no words at all: a cough, a laugh)?"""
-    words = re.sub(r"[^a-z' ]+", " ", transcript.lower().replace("-", " ")).split()
+    words = re.findall(r"[\w']+", transcript.lower().replace("-", " "))  # any script: "¿Qué hora es?" is a request
     return len(words) <= 4 and all(w in BACKCHANNEL_WORDS or HUM.fullmatch(w) for w in words)
 
 

@@ -261,7 +261,7 @@ def test_a_resumed_answer_is_the_answer_given_without_the_interruption(tiny_mode
 @pytest.mark.parametrize("text,expected", [
     ("Mm-hmm.", True), ("MMHMM", True), ("Hmmm...", True), ("Uh-huh", True), ("Okay, yeah.", True), ("I see.", True),
     (" ", True), ("", True), ("Okay, stop.", False), ("No.", False), ("What time is it?", False), ("Hi.", False),
-    ("yeah yeah yeah yeah yeah", False),
+    ("yeah yeah yeah yeah yeah", False), ("今天天气怎么样？", False), ("¿Qué hora es?", False), ("♪", True),
 ])
 def test_what_counts_as_a_backchannel(text, expected):
     assert is_backchannel(text) is expected

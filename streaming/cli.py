@@ -370,8 +370,13 @@ class _Display:
             print(" [interrupted]", flush=True)
         elif kind == "resumed":  # the interruption was not a request: the same answer goes on
             print(f"assistant (going on): {e['text']}", end="", flush=True)
-        elif kind == "discarded" and e["reason"] == "backchannel":
-            print(f"you: {e['transcript'].strip()} (a backchannel, not a request)", flush=True)
+        elif kind == "discarded":  # heard, not answered: say why, so a person is not left wondering
+            if e["reason"] == "backchannel":
+                print(f"you: {e['transcript'].strip()} (a backchannel, not a request)", flush=True)
+            else:
+                why = (f"{e['voiced_ms']} ms of speech, too short for a request" if e["reason"] == "short"
+                       else "background speech, far under the talker")
+                print(f"  (ignored: {why})", file=sys.stderr, flush=True)
         elif kind == "skipped":
             print(f"\n[{e['audio_s']:7.2f}s] request {e['utterance']} skipped unanswered: newer requests were "
                   f"waiting (--max-waiting {e['waiting']})", file=sys.stderr, flush=True)

@@ -163,6 +163,11 @@ def test_display_and_flags_of_a_false_interruption(capsys):
           "interruption": 1})
     out = capsys.readouterr().out
     assert " [interrupted]\nyou: Mm-hmm. (a backchannel, not a request)\nassistant (going on): The capital of" in out
+    show({"type": "discarded", "utterance": 2, "audio_s": 6.0, "wall_s": 6.1, "reason": "short", "voiced_ms": 180})
+    show({"type": "discarded", "utterance": 3, "audio_s": 9.0, "wall_s": 9.1, "reason": "distant", "voiced_ms": 900})
+    err = capsys.readouterr().err
+    assert "(ignored: 180 ms of speech, too short for a request)" in err
+    assert "(ignored: background speech, far under the talker)" in err
     for argv, resume in ((["listen"], True), (["listen", "--no-resume"], False), (["serve", "--no-resume"], False)):
         _, opts = _options(_parser().parse_args(argv), live=True, fast_file=False)
         assert opts.resume_false_interruptions is resume and opts.barge_in is True

@@ -167,6 +167,7 @@ class Assistant:
         self._current: _Job | None = None  # the job the worker is on
         self._waiting: deque[_Job] = deque()  # committed jobs the worker has not taken up, oldest first
         self._suspended: _Suspended | None = None  # an answer stopped by barge-in (worker thread only)
+        self._resume_next: _ResumeAfter | None = None  # taken by the worker before the queue (worker only)
         self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
         self.started_at = clock()  # clock() when run() began (or this was built); events carry wall_s relative to it
         self._audio_s = 0.0
@@ -346,21 +347,26 @@ class Assistant:
         ]
 
     def _worker(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if isinstance(job, _ResumeAfter):
-                self._resume(job.interruption)
-                continue
-            with self._lock:
-                job.discard |= self._aborted
-                job.started = not job.discard
-                if job in self._waiting:
-                    self._waiting.remove(job)
-            if job.discard:
-                job.judged.set()
-                continue
+        while (item := self._resume_next or self._jobs.get()) is not None:
+            self._resume_next = None
+            if isinstance(item, _ResumeAfter):
+                s = self._suspended
+                if s is None or s.job.interrupted_by != item.interruption:
+                    continue  # nothing it stopped, or a request since has ended that answer
+                job, work = s.job, self._resume
+            else:
+                job, work = item, self._answer
+                with self._lock:
+                    job.discard |= self._aborted
+                    job.started = not job.discard
+                    if job in self._waiting:
+                        self._waiting.remove(job)
+                if job.discard:
+                    job.judged.set()
+                    continue
             self._current = job
             try:
-                self._answer(job)
+                work(job)
             except Cancelled:  # speech resumed while the speculative job ran: stopped between stages
                 job.judged.set()
             except Exception as e:  # one bad utterance must not stop the loop
@@ -379,29 +385,16 @@ class Assistant:
             self._suspended.stream.cancel()
             self._suspended = None
 
-    def _resume(self, interruption: int) -> None:
-        """Go on with the answer that utterance `interruption` stopped, if it is still suspended."""
-        s = self._suspended
-        if s is None or s.job.interrupted_by != interruption:
-            return
-        self._suspended = None
+    def _resume(self, job: _Job) -> None:
+        """Go on with `job`'s suspended answer: its interruption was not a request."""
+        s, self._suspended = self._suspended, None
         if self._aborted:
             s.stream.cancel()
             return
-        job = s.job
-        job.cancel = False
-        job.interrupted_by = None
         self.stats.resumed += 1
-        self._emit("resumed", job.utterance, text=s.stream.text, interruption=interruption)
-        self._current = job
-        try:
-            self._stream_out(job, s.stream, s.pieces, s.first_wall, resumed=True)
-        except Exception as e:  # as in _worker: report it, keep listening
-            self.stats.errors += 1
-            logger.exception("utterance %d failed after resuming", job.utterance)
-            self._emit("error", job.utterance, message=f"{type(e).__name__}: {e}")
-        finally:
-            self._current = None
+        self._emit("resumed", job.utterance, text=s.stream.text, interruption=job.interrupted_by)
+        job.cancel, job.interrupted_by = False, None
+        self._stream_out(job, s.stream, s.pieces, s.first_wall, resumed=True)
 
     def _answer(self, job: _Job) -> None:
         stream = self.model.stream(self._messages(job.samples), max_new_tokens=self.opts.max_new_tokens,
@@ -428,7 +421,7 @@ class Assistant:
                 stream.cancel()  # "mhm" asks for nothing: the interrupted answer goes on
                 self.stats.backchannels += 1
                 self._emit("discarded", job.utterance, reason="backchannel", transcript=transcript)
-                self._resume(job.utterance)
+                self._resume_next = _ResumeAfter(job.utterance)  # the worker's next item
                 return
             self._drop_suspended()  # a request came after it: that answer is over
         job.answering = True

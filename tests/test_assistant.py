@@ -186,6 +186,31 @@ def test_an_answer_stopped_by_a_backchannel_goes_on_where_it_stopped(heard):
     assert not model.streams[0].cancelled and model.streams[1].cancelled
 
 
+class _BreaksLate(FakeStream):
+    def __iter__(self):
+        for i, piece in enumerate(super().__iter__()):
+            if i == 30:
+                raise RuntimeError("the backend went away")
+            yield piece
+
+
+def test_a_resumed_answer_that_fails_is_reported_under_its_own_utterance():
+    model = SlowModel(transcripts=["hello", "Mm-hmm."])
+    model_stream = model.stream
+
+    def stream(messages, max_new_tokens, cancelled=None):  # the first answer breaks after 30 pieces
+        s = model_stream(messages, max_new_tokens, cancelled)
+        if model.calls == 1:
+            s.__class__ = _BreaksLate
+        return s
+
+    model.stream = stream
+    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert error["utterance"] == 0 and "the backend went away" in error["message"]
+    assert stats.resumed == 1 and stats.errors == 1 and stats.answers == 0
+
+
 def test_a_request_that_interrupts_drops_the_stopped_answer():
     model = SlowModel(transcripts=["hello", "Okay, stop. What time is it?"])
     events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))

@@ -53,7 +53,8 @@ EVENT_TYPES = ("speech_start", "speech_end", "transcript", "token", "answer", "c
 # What a listener says to keep a speaker going, not to take the turn: an interruption whose
 # transcript holds only these words and hums (or no words) does not end the answer it interrupted.
 # English, as Whisper writes them ("Mm-hmm." -> "mm", "hmm"; "MMHMM" is a hum too).
-BACKCHANNEL_WORDS = frozenset("huh yeah yes yep yup ok okay right sure alright i see got it go on cool nice wow".split())
+BACKCHANNEL_WORDS = frozenset(
+    "huh yeah yes yep yup ok okay right sure alright i see got it go on cool nice wow".split())
 HUM = re.compile(r"[mh]+|u+[hm]+|a+h+|o+h+")  # mm, hmm, mhm, mmhmm, uh, um, uhm, ah, oh, ...
 
 
@@ -68,6 +69,9 @@ class AssistantOptions:
     # an answer stopped by barge-in goes on where it stopped when the interruption proves false:
     # dropped as background, or only a backchannel ("mhm", "okay"; `BACKCHANNEL_WORDS`)
     resume_false_interruptions: bool = True
+    # an utterance whose transcript has no words, or only hums and hesitations ("um", "hmm"), asks
+    # nothing: it is not answered (a `discarded` event with reason "filler"; `is_filler`)
+    drop_fillers: bool = True
     turn_detection: bool = True  # end an utterance after turn_end_ms when the LLM judges it finished
     turn_threshold: float = TurnOptions.threshold  # end-of-turn probability that counts as finished
     # False (live audio): the reader waits for a verdict at most the rest of the hangover;
@@ -91,6 +95,7 @@ class Stats:
     cancelled: int = 0  # answers stopped by barge-in
     resumed: int = 0  # of those, answers that went on because the interruption proved false
     backchannels: int = 0  # interruptions left unanswered because they were only a backchannel
+    discarded_filler: int = 0  # utterances left unanswered because they held no words or only hums
     skipped: int = 0  # requests dropped unanswered because more than max_waiting waited
     speculative_used: int = 0  # commits that reused a speculative start
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
@@ -424,6 +429,11 @@ class Assistant:
                 self._resume_next = _ResumeAfter(job.utterance)  # the worker's next item
                 return
             self._drop_suspended()  # a request came after it: that answer is over
+        if self.opts.drop_fillers and is_filler(transcript):
+            stream.cancel()
+            self.stats.discarded_filler += 1
+            self._emit("discarded", job.utterance, reason="filler", transcript=transcript)
+            return
         job.answering = True
         self._emit("transcript", job.utterance, text=transcript)
         first_wall = None
@@ -466,10 +476,19 @@ class Assistant:
                    **({"resumed": True} if resumed else {}))
 
 
+def _words(transcript: str) -> list[str]:
+    return re.findall(r"[\w']+", transcript.lower().replace("-", " "))  # any script: "¿Qué hora es?" has words
+
+
 def is_backchannel(transcript: str) -> bool:
-    """Does `transcript` hold only `BACKCHANNEL_WORDS` (or no words at all: a cough, a laugh)?"""
-    words = re.findall(r"[\w']+", transcript.lower().replace("-", " "))  # any script: "¿Qué hora es?" is a request
+    """Does `transcript` hold only `BACKCHANNEL_WORDS` and hums (or no words at all: a cough, a laugh)?"""
+    words = _words(transcript)
     return len(words) <= 4 and all(w in BACKCHANNEL_WORDS or HUM.fullmatch(w) for w in words)
+
+
+def is_filler(transcript: str) -> bool:
+    """Does `transcript` hold no words, or only hums and hesitations ("Um.", "Hmm...")?"""
+    return all(HUM.fullmatch(w) for w in _words(transcript))
 
 
 def _ms(seconds: float) -> float:

@@ -145,6 +145,9 @@ def _add_assistant_arguments(p) -> None:
     p.add_argument("--no-resume", action="store_true",
                    help="an answer stopped by barge-in stays stopped, even when the interruption was background "
                         "speech or only a backchannel (\"mhm\", \"okay\"); by default it goes on (a 'resumed' event)")
+    p.add_argument("--answer-fillers", action="store_true",
+                   help="answer utterances with no words or only hums (\"um\", \"hmm\") too; by default they are "
+                        "dropped (a 'discarded' event, reason 'filler')")
     p.add_argument("--max-waiting", type=int, default=AssistantOptions.max_waiting,
                    help="requests that may wait while another is answered; one more skips the oldest waiting one "
                         "(a 'skipped' event), so answers stay current on a slow machine (default 0: no limit)")
@@ -308,7 +311,7 @@ def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[
                             turn_threshold=args.turn_threshold, wait_for_turn_verdict=fast_file,
                             barge_in=args.barge_in if args.barge_in is not None else live,
                             barge_in_ms=args.barge_in_ms, resume_false_interruptions=not args.no_resume,
-                            max_waiting=args.max_waiting)
+                            drop_fillers=not args.answer_fillers, max_waiting=args.max_waiting)
     return endpoint, opts
 
 
@@ -371,8 +374,9 @@ class _Display:
         elif kind == "resumed":  # the interruption was not a request: the same answer goes on
             print(f"assistant (going on): {e['text']}", end="", flush=True)
         elif kind == "discarded":  # heard, not answered: say why, so a person is not left wondering
-            if e["reason"] == "backchannel":
-                print(f"you: {e['transcript'].strip()} (a backchannel, not a request)", flush=True)
+            if e["reason"] in ("backchannel", "filler"):
+                heard = e["transcript"].strip() or "(no words)"
+                print(f"you: {heard} (a {e['reason']}, not a request)", flush=True)
             else:
                 why = (f"{e['voiced_ms']} ms of speech, too short for a request" if e["reason"] == "short"
                        else "background speech, far under the talker")

@@ -10,11 +10,17 @@ import pytest
 from streaming_helpers import EnergyVad, signal
 from test_model import speechlike
 from desta_edge.runtime.model import WARM_UP_TRANSCRIPT
-from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions, is_backchannel
+from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions, is_backchannel, is_filler
 from desta_edge.streaming.sources import Chunk
 from desta_edge.streaming.vad import EndpointOptions
 
 N = 320  # 20 ms chunks
+
+
+def tone_opts(**fields) -> AssistantOptions:
+    """Options for a loop fed sine tones: they stand in for speech here, but the model's speech
+    check hears no words in them, so the filler drop (tested on its own) is off."""
+    return AssistantOptions(**{"drop_fillers": False, **fields})
 
 
 def chunks_of(x: np.ndarray, before_chunk=None):
@@ -24,7 +30,7 @@ def chunks_of(x: np.ndarray, before_chunk=None):
         yield Chunk(x[i : i + N], i / 16000)
 
 
-def listen(model, x, opts=AssistantOptions(max_new_tokens=6, turn_detection=False), before_chunk=None, turn=None,
+def listen(model, x, opts=tone_opts(max_new_tokens=6, turn_detection=False), before_chunk=None, turn=None,
            endpoint=EndpointOptions()):
     events = []
     a = Assistant(model, opts, endpoint, emit=events.append, vad=EnergyVad(), turn_detector=turn)
@@ -59,7 +65,7 @@ def test_streaming_answer_equals_the_offline_answer(tiny_model):
     events, _ = listen(tiny_model, x)
     answer = next(e for e in events if e["type"] == "answer")
     utt = x[int(0.2 * 16000) : int(1.4 * 16000)]  # pre-roll + speech + tail, as the endpointer cuts it
-    opts = AssistantOptions()
+    opts = tone_opts()
     offline = tiny_model.generate([
         {"role": "system", "content": opts.system},
         {"role": "user", "content": f"<|AUDIO|>\n{opts.prompt}", "audios": [{"audio": (utt, 16000), "text": None}]},
@@ -71,12 +77,12 @@ def test_a_looping_answer_is_ended_counted_and_marked(tiny_model):
     """The tiny random LLM loops: with a 64-token cap the guard ends the answer early, the answer
     event says so, and the summary counts it; a 6-token answer is too short to be cut or marked."""
     x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
-    events, stats = listen(tiny_model, x, AssistantOptions(max_new_tokens=64, turn_detection=False))
+    events, stats = listen(tiny_model, x, tone_opts(max_new_tokens=64, turn_detection=False))
     (answer,) = [e for e in events if e["type"] == "answer"]
     assert answer["looped"] is True and stats.looped_answers == 1
     streamed = [e for e in events if e["type"] == "token"]
     assert len(streamed) < 64  # stopped when the loop was found, not at the cap
-    events, stats = listen(tiny_model, x, AssistantOptions(max_new_tokens=6, turn_detection=False))
+    events, stats = listen(tiny_model, x, tone_opts(max_new_tokens=6, turn_detection=False))
     (answer,) = [e for e in events if e["type"] == "answer"]
     assert "looped" not in answer and stats.looped_answers == 0  # 6 tokens cannot loop
 
@@ -91,7 +97,7 @@ def test_speculation_is_discarded_when_speech_resumes(tiny_model):
 def test_without_speculation_the_answer_is_the_same(tiny_model):
     x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
     spec, _ = listen(tiny_model, x)
-    plain, stats = listen(tiny_model, x, AssistantOptions(max_new_tokens=6, speculative=False))
+    plain, stats = listen(tiny_model, x, tone_opts(max_new_tokens=6, speculative=False))
     get = lambda ev: next(e["text"] for e in ev if e["type"] == "answer")
     assert get(spec) == get(plain) and stats.speculative_used == 0
     assert next(e for e in plain if e["type"] == "answer")["speculative"] is False
@@ -156,7 +162,7 @@ def test_barge_in_cancels_the_answer_in_progress():
     model = SlowModel()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
     # the second utterance is held back until the first answer streams
-    events, stats = listen(model, x, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    events, stats = listen(model, x, tone_opts(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
     assert stats.resumed == 0  # "hello" is a request, not a backchannel
     cancelled = [e for e in events if e["type"] == "cancelled"]
     assert stats.cancelled == 1 and cancelled[0]["utterance"] == 0 and model.streams[0].cancelled
@@ -171,7 +177,7 @@ def test_an_answer_stopped_by_a_backchannel_goes_on_where_it_stopped(heard):
     """Barge-in stops the answer at once; the interruption turns out to be "mhm" (or no words at
     all: a cough): it is not answered, and the first answer goes on, nothing lost or repeated."""
     model = SlowModel(transcripts=["hello", heard])
-    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    events, stats = listen(model, BARGE_IN, tone_opts(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
     kinds = [(e["type"], e["utterance"]) for e in events if e["type"] not in ("token", "speech_start", "speech_end")]
     assert kinds == [("transcript", 0), ("cancelled", 0), ("discarded", 1), ("resumed", 0), ("answer", 0)]
     (back,) = [e for e in events if e["type"] == "discarded"]
@@ -205,7 +211,7 @@ def test_a_resumed_answer_that_fails_is_reported_under_its_own_utterance():
         return s
 
     model.stream = stream
-    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    events, stats = listen(model, BARGE_IN, tone_opts(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
     (error,) = [e for e in events if e["type"] == "error"]
     assert error["utterance"] == 0 and "the backend went away" in error["message"]
     assert stats.resumed == 1 and stats.errors == 1 and stats.answers == 0
@@ -213,7 +219,7 @@ def test_a_resumed_answer_that_fails_is_reported_under_its_own_utterance():
 
 def test_a_request_that_interrupts_drops_the_stopped_answer():
     model = SlowModel(transcripts=["hello", "Okay, stop. What time is it?"])
-    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
+    events, stats = listen(model, BARGE_IN, tone_opts(barge_in=True), before_chunk=hold_until_answering(model, 1.9))
     assert [e["utterance"] for e in events if e["type"] == "answer"] == [1]
     assert stats.resumed == 0 and stats.backchannels == 0 and model.streams[0].cancelled
     assert not [e for e in events if e["type"] in ("resumed", "discarded")]
@@ -221,7 +227,7 @@ def test_a_request_that_interrupts_drops_the_stopped_answer():
 
 def test_without_resume_a_backchannel_is_answered_as_a_request():
     model = SlowModel(transcripts=["hello", "Mm-hmm."])
-    events, stats = listen(model, BARGE_IN, AssistantOptions(barge_in=True, resume_false_interruptions=False),
+    events, stats = listen(model, BARGE_IN, tone_opts(barge_in=True, resume_false_interruptions=False),
                            before_chunk=hold_until_answering(model, 1.9))
     assert [e["utterance"] for e in events if e["type"] == "answer"] == [1] and stats.resumed == 0
     assert model.streams[0].cancelled
@@ -232,7 +238,7 @@ def test_an_answer_stopped_by_speech_the_endpointer_drops_goes_on():
     the endpointer drops it, and the answer goes on without the model hearing it."""
     model = SlowModel()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
-    events, stats = listen(model, x, AssistantOptions(barge_in=True, barge_in_ms=100),
+    events, stats = listen(model, x, tone_opts(barge_in=True, barge_in_ms=100),
                            before_chunk=hold_until_answering(model, 1.9))
     kinds = [e["type"] for e in events if e["type"] not in ("token", "speech_start", "speech_end")]
     # fed faster than real time, the drop may come before the worker reports the stop
@@ -272,7 +278,7 @@ def test_a_resumed_answer_is_the_answer_given_without_the_interruption(tiny_mode
     """The model's own stream, suspended at barge-in and resumed after the interruption was dropped,
     ends as the same answer does with no interruption at all."""
     model = PacedModel(tiny_model)
-    opts = AssistantOptions(max_new_tokens=24, turn_detection=False, barge_in=True, barge_in_ms=100)
+    opts = tone_opts(max_new_tokens=24, turn_detection=False, barge_in=True, barge_in_ms=100)
     plain, _ = listen(model, signal(("s", 0.5), ("v", 0.6), ("s", 2.0)), opts)
     model.streams.clear()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
@@ -281,6 +287,30 @@ def test_a_resumed_answer_is_the_answer_given_without_the_interruption(tiny_mode
     answer = next(e for e in events if e["type"] == "answer")
     assert answer["text"] == next(e for e in plain if e["type"] == "answer")["text"]
     assert "".join(e["text"] for e in events if e["type"] == "token") == answer["text"]
+
+
+def test_an_utterance_of_hums_or_no_words_is_not_answered(tiny_model):
+    """"Um." before a request, and a tone the speech check hears no words in: `discarded` events
+    with reason "filler", not answers; with drop_fillers off both are answered, as before."""
+    model = SlowModel(transcripts=["Um.", "hello"])
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 1.0), ("v", 0.6), ("s", 1.0))
+    events, stats = listen(model, x, AssistantOptions(barge_in=False, turn_detection=False))
+    (dropped,) = [e for e in events if e["type"] == "discarded"]
+    assert dropped == {**dropped, "utterance": 0, "reason": "filler", "transcript": "Um."}
+    assert [e["utterance"] for e in events if e["type"] == "answer"] == [1] and stats.discarded_filler == 1
+    assert not [e for e in events if e["type"] in ("transcript", "token") and e["utterance"] == 0]
+    tone = signal(("s", 0.5), ("v", 0.8), ("s", 1.0))
+    events, stats = listen(tiny_model, tone, AssistantOptions(max_new_tokens=4, turn_detection=False))
+    assert [(e["reason"], e["transcript"]) for e in events if e["type"] == "discarded"] == [("filler", " ")]
+    assert stats.answers == 0 and stats.discarded_filler == 1
+    events, stats = listen(tiny_model, tone, tone_opts(max_new_tokens=4, turn_detection=False))
+    assert stats.answers == 1 and stats.discarded_filler == 0
+
+
+@pytest.mark.parametrize("text,expected", [("Um.", True), ("Hmm...", True), ("Uh, um", True), (" ", True),
+                                           ("Okay.", False), ("Huh?", False), ("What?", False)])
+def test_what_counts_as_a_filler(text, expected):
+    assert is_filler(text) is expected
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -296,7 +326,7 @@ def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():
     """A 200 ms "mhm" during the answer is a new (discarded) utterance, not a barge-in."""
     model = SlowModel()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
-    events, stats = listen(model, x, AssistantOptions(barge_in=True, barge_in_ms=300),
+    events, stats = listen(model, x, tone_opts(barge_in=True, barge_in_ms=300),
                            before_chunk=hold_until_answering(model, 1.9))
     assert stats.cancelled == 0 and not model.streams[0].cancelled
     assert stats.answers == 1 and len(next(e for e in events if e["type"] == "answer")["text"]) == 40
@@ -308,7 +338,7 @@ def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():
 def test_without_barge_in_every_answer_completes():
     model = SlowModel()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
-    events, stats = listen(model, x, AssistantOptions(barge_in=False))
+    events, stats = listen(model, x, tone_opts(barge_in=False))
     assert stats.cancelled == 0 and stats.answers == 2
     assert all(len(e["text"]) == 40 for e in events if e["type"] == "answer")
 
@@ -319,7 +349,7 @@ def test_abort_stops_the_answer_in_progress_and_drops_the_rest():
     model = SlowModel()
     x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0))
     events = []
-    a = Assistant(model, AssistantOptions(barge_in=False, turn_detection=False), emit=events.append, vad=EnergyVad())
+    a = Assistant(model, tone_opts(barge_in=False, turn_detection=False), emit=events.append, vad=EnergyVad())
     hold = hold_until_answering(model, 1.9)
 
     def abort_while_answering(audio_s):
@@ -340,7 +370,7 @@ def test_background_speech_far_under_the_talker_is_dropped_not_answered():
     t = np.arange(len(x)) / 16000
     x = (x + 0.3 * 10 ** (-26 / 20) * ((t % 0.6) < 0.4) * np.sin(2 * np.pi * 90 * t)).astype(np.float32)
     events = []
-    a = Assistant(InstantModel(), AssistantOptions(barge_in=False, turn_detection=False), emit=events.append,
+    a = Assistant(InstantModel(), tone_opts(barge_in=False, turn_detection=False), emit=events.append,
                   vad=EnergyVad(threshold=0.005))
     stats = a.run(chunks_of(x))
     assert stats.answers == 2 and stats.discarded_distant == 1 and stats.discarded_short == 0
@@ -351,7 +381,7 @@ def test_background_speech_far_under_the_talker_is_dropped_not_answered():
 def test_one_failing_utterance_does_not_stop_the_loop():
     model = SlowModel(fail_first=True)
     x = signal(("s", 0.5), ("v", 0.6), ("s", 1.0), ("v", 0.6), ("s", 1.0))
-    events, stats = listen(model, x, AssistantOptions(speculative=False, barge_in=False))
+    events, stats = listen(model, x, tone_opts(speculative=False, barge_in=False))
     errors = [e for e in events if e["type"] == "error"]
     assert stats.errors == 1 and errors[0]["utterance"] == 0 and "corrupt utterance" in errors[0]["message"]
     assert stats.answers == 1 and next(e for e in events if e["type"] == "answer")["utterance"] == 1
@@ -384,7 +414,7 @@ def test_past_max_waiting_the_oldest_waiting_request_is_skipped(max_waiting):
         model.release.set()
 
     events = []
-    a = Assistant(model, AssistantOptions(max_new_tokens=6, turn_detection=False, speculative=False,
+    a = Assistant(model, tone_opts(max_new_tokens=6, turn_detection=False, speculative=False,
                                           barge_in=False, max_waiting=max_waiting),
                   emit=events.append, vad=EnergyVad())
     stats = a.run(fed())
@@ -417,7 +447,7 @@ def test_long_session_keeps_state_bounded():
     one = signal(("v", 0.5), ("s", 0.7))
     x = np.tile(one, 200)
     events = []
-    a = Assistant(InstantModel(), AssistantOptions(barge_in=False), emit=events.append, vad=EnergyVad())
+    a = Assistant(InstantModel(), tone_opts(barge_in=False), emit=events.append, vad=EnergyVad())
     stats = a.run(chunks_of(x))
     assert stats.answers == 200 and stats.errors == 0
     assert len(a._walls) <= a._walls.maxlen and a._jobs.empty() and a._spec is None
@@ -446,7 +476,7 @@ def test_a_finished_request_ends_at_turn_end_ms(tiny_model, delay_s):
     verdict comes later than the audio: the decision is made at that frame, from the samples seen."""
     turn = StubTurn(1.0, delay_s)
     answered = threading.Event()
-    opts = AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True)
+    opts = tone_opts(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True)
 
     def second_after_first_answer(audio_s):  # the worker is free when the second request comes
         if audio_s == pytest.approx(1.6):
@@ -472,7 +502,7 @@ def test_a_finished_request_ends_at_turn_end_ms(tiny_model, delay_s):
 
 
 def test_an_unfinished_request_waits_for_the_hangover(tiny_model):
-    events, stats = listen(tiny_model, signal(*PAUSED), AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=StubTurn(0.0))
+    events, stats = listen(tiny_model, signal(*PAUSED), tone_opts(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=StubTurn(0.0))
     ends = [e for e in events if e["type"] == "speech_end"]
     hangover_s = EndpointOptions().hangover_ms / 1000
     assert [(e["reason"], e["audio_s"]) for e in ends] == [("silence", 2.4 + hangover_s)]
@@ -481,7 +511,7 @@ def test_an_unfinished_request_waits_for_the_hangover(tiny_model):
 
 def test_turn_detection_is_off_when_turn_end_equals_the_hangover(tiny_model):
     turn = StubTurn(1.0)
-    events, stats = listen(tiny_model, signal(*PAUSED), AssistantOptions(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=turn,
+    events, stats = listen(tiny_model, signal(*PAUSED), tone_opts(max_new_tokens=4, barge_in=False, wait_for_turn_verdict=True), turn=turn,
                            endpoint=EndpointOptions(turn_end_ms=EndpointOptions().hangover_ms))
     assert stats.answers == 1 and stats.turn_ends == 0 and turn.asked == []
 
@@ -509,7 +539,7 @@ def test_a_failing_speculative_job_does_not_hang_the_turn_check():
     done = []
     t = threading.Thread(target=lambda: done.append(listen(
         model, signal(("s", 0.5), ("v", 0.6), ("s", 1.0), ("v", 0.6), ("s", 1.0)),
-        AssistantOptions(barge_in=False, wait_for_turn_verdict=True), turn=StubTurn(1.0))), daemon=True)
+        tone_opts(barge_in=False, wait_for_turn_verdict=True), turn=StubTurn(1.0))), daemon=True)
     t.start()
     t.join(30)
     assert not t.is_alive(), "the loop hung waiting for a verdict"
@@ -555,9 +585,9 @@ def test_assistant_options_are_checked():
     with pytest.raises(ValueError, match="barge_in_ms"):
         AssistantOptions(barge_in_ms=-1)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        AssistantOptions(max_new_tokens=0)
+        tone_opts(max_new_tokens=0)
     with pytest.raises(ValueError, match="max_waiting"):
-        AssistantOptions(max_waiting=-1)
+        tone_opts(max_waiting=-1)
 
 
 def test_warm_up_uses_the_assistants_prompt_and_the_turn_check(tiny_model):
@@ -580,7 +610,7 @@ def test_warm_up_uses_the_assistants_prompt_and_the_turn_check(tiny_model):
             asked.append(conversation(np.zeros(160, dtype=np.float32)))
             return self.model.warm_up(conversation)
 
-    opts = AssistantOptions(system="Be brief.", prompt="Answer it.", max_new_tokens=4)
+    opts = tone_opts(system="Be brief.", prompt="Answer it.", max_new_tokens=4)
     a = Assistant(Recorder(tiny_model), opts, EndpointOptions(), vad=EnergyVad(), turn_detector=Turn())
     assert a.warm_up() > 0
     (messages,) = asked

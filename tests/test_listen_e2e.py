@@ -168,9 +168,13 @@ def test_display_and_flags_of_a_false_interruption(capsys):
     err = capsys.readouterr().err
     assert "(ignored: 180 ms of speech, too short for a request)" in err
     assert "(ignored: background speech, far under the talker)" in err
+    show({"type": "discarded", "utterance": 4, "audio_s": 12.0, "wall_s": 12.1, "reason": "filler", "transcript": " "})
+    assert "you: (no words) (a filler, not a request)" in capsys.readouterr().out
     for argv, resume in ((["listen"], True), (["listen", "--no-resume"], False), (["serve", "--no-resume"], False)):
         _, opts = _options(_parser().parse_args(argv), live=True, fast_file=False)
-        assert opts.resume_false_interruptions is resume and opts.barge_in is True
+        assert opts.resume_false_interruptions is resume and opts.barge_in is True and opts.drop_fillers is True
+    _, opts = _options(_parser().parse_args(["listen", "--answer-fillers"]), live=True, fast_file=False)
+    assert opts.drop_fillers is False
 
 
 def test_api_answers_an_openai_style_request():

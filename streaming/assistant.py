@@ -420,19 +420,9 @@ class Assistant:
             stream.cancel()
             return
         transcript = stream.audios[0][1]
-        s = self._suspended
-        if s is not None:
-            if s.job.interrupted_by == job.utterance and is_backchannel(transcript):
-                stream.cancel()  # "mhm" asks for nothing: the interrupted answer goes on
-                self.stats.backchannels += 1
-                self._emit("discarded", job.utterance, reason="backchannel", transcript=transcript)
-                self._resume_next = _ResumeAfter(job.utterance)  # the worker's next item
-                return
-            self._drop_suspended()  # a request came after it: that answer is over
-        if self.opts.drop_fillers and is_filler(transcript):
+        if reason := self._not_a_request(job, transcript):
             stream.cancel()
-            self.stats.discarded_filler += 1
-            self._emit("discarded", job.utterance, reason="filler", transcript=transcript)
+            self._emit("discarded", job.utterance, reason=reason, transcript=transcript)
             return
         job.answering = True
         self._emit("transcript", job.utterance, text=transcript)
@@ -441,6 +431,21 @@ class Assistant:
             first_wall = self._clock()
             self._emit("token", job.utterance, text=first)
         self._stream_out(job, stream, pieces, first_wall)
+
+    def _not_a_request(self, job: _Job, transcript: str) -> str | None:
+        """Why a committed utterance asks nothing ("backchannel" or "filler"), or None for a request.
+        A request ends the answer suspended by barge-in; a backchannel that caused it resumes it next."""
+        s = self._suspended
+        if s is not None:
+            if s.job.interrupted_by == job.utterance and is_backchannel(transcript):
+                self.stats.backchannels += 1
+                self._resume_next = _ResumeAfter(job.utterance)  # the worker's next item
+                return "backchannel"
+            self._drop_suspended()
+        if self.opts.drop_fillers and is_filler(transcript):
+            self.stats.discarded_filler += 1
+            return "filler"
+        return None
 
     def _stream_out(self, job: _Job, stream, pieces: Iterator[str], first_wall: float | None,
                     resumed: bool = False) -> None:

@@ -20,6 +20,11 @@ endpointer drops it as background, or its transcript is only a backchannel such 
 "okay"), the answer goes on where it stopped (a `resumed` event, then its tokens and `answer`);
 if it is a request, the suspended answer is dropped and the request answered.
 
+Playback: an app that speaks the answers through a loudspeaker says when it plays (`playback`).
+Speech heard while it plays (or within `echo_tail_ms` after) whose transcript reads back a recent
+answer is that answer's echo, not a request: it is not answered, and an answer it stopped goes on.
+With `half_duplex` the microphone is not heard at all while the loudspeaker plays.
+
 Events are dicts: `type`, `utterance`, `audio_s` (stream position), `wall_s` (seconds since the
 loop started), plus type-specific fields; see `EVENT_TYPES`. One utterance's failure becomes an
 `error` event; the loop goes on.
@@ -27,7 +32,9 @@ loop started), plus type-specific fields; see `EVENT_TYPES`. One utterance's fai
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 import queue
 import re
 import threading
@@ -57,6 +64,18 @@ BACKCHANNEL_WORDS = frozenset(
     "huh yeah yes yep yup ok okay right sure alright i see got it go on cool nice wow".split())
 HUM = re.compile(r"[mh]+|u+[hm]+|a+h+|o+h+")  # mm, hmm, mhm, mmhmm, uh, um, uhm, ah, oh, ...
 
+# An echo: a transcript of at least ECHO_MIN_WORDS words of which ECHO_SHARE or more read back an
+# answer, in runs of at least ECHO_RUN_WORDS words in the answer's order (a shared "the" or "is" is
+# not a read-back). Chosen on answers of the tiny preset played through a simulated loudspeaker and
+# room (see the README, "Playback"): follow-up questions that quote the answer reach 0.67.
+ECHO_MIN_WORDS = 3
+ECHO_RUN_WORDS = 2
+ECHO_SHARE = 0.7
+NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+NUMBER_WORDS.update({w: str(10 * i) for i, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)})
+
 
 @dataclass(frozen=True)
 class AssistantOptions:
@@ -80,11 +99,15 @@ class AssistantOptions:
     # requests allowed to wait for the model while it answers another; one more skips the oldest
     # waiting one (a `skipped` event), so answers stay current on a slow machine (0: no limit)
     max_waiting: int = 0
+    # while the app reports that its loudspeaker plays (`Assistant.playback`), and echo_tail_ms after:
+    echo_guard: bool = True  # speech whose transcript reads back a recent answer is its echo, not a request
+    half_duplex: bool = False  # the microphone is not heard at all (nobody can interrupt an answer)
+    echo_tail_ms: int = 500  # the room's reverberation and the audio path's delay after playback stops
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.barge_in_ms < 0 or self.max_waiting < 0:
-            raise ValueError(f"need max_new_tokens >= 1, barge_in_ms >= 0 and max_waiting >= 0, got "
-                             f"{self.max_new_tokens}, {self.barge_in_ms} and {self.max_waiting}")
+        if self.max_new_tokens < 1 or min(self.barge_in_ms, self.max_waiting, self.echo_tail_ms) < 0:
+            raise ValueError(f"need max_new_tokens >= 1, and barge_in_ms, max_waiting and echo_tail_ms >= 0, got "
+                             f"{self.max_new_tokens}, {self.barge_in_ms}, {self.max_waiting} and {self.echo_tail_ms}")
 
 
 @dataclass
@@ -96,6 +119,7 @@ class Stats:
     resumed: int = 0  # of those, answers that went on because the interruption proved false
     backchannels: int = 0  # interruptions left unanswered because they were only a backchannel
     discarded_filler: int = 0  # utterances left unanswered because they held no words or only hums
+    echoes: int = 0  # utterances heard during playback left unanswered because they read back an answer
     skipped: int = 0  # requests dropped unanswered because more than max_waiting waited
     speculative_used: int = 0  # commits that reused a speculative start
     speculative_discarded: int = 0  # speculative starts thrown away because speech resumed
@@ -110,6 +134,7 @@ class _Job:
     utterance: int
     samples: np.ndarray
     audio_s: float  # stream position when the job was created
+    start_s: float  # stream position of the utterance's onset
     speculative: bool = False  # started at a pause, before the end was decided
     speech_end_wall: float | None = None  # wall clock when the last voiced audio arrived (set on commit)
     commit_wall: float | None = None  # wall clock when the endpointer decided the end
@@ -131,6 +156,29 @@ class _Suspended:
     stream: object  # the model's AnswerStream, not iterated further yet
     pieces: Iterator[str]
     first_wall: float | None  # wall clock of its first token
+
+
+class _Playback:
+    """When the app's loudspeaker played, in stream time (thread-safe): the app reports it from its
+    own thread; the reader asks about each frame, the worker about each utterance."""
+
+    def __init__(self, tail_s: float) -> None:
+        self.tail_s = tail_s
+        self._lock = threading.Lock()
+        self._spans: deque[list[float]] = deque(maxlen=64)  # [start, end] of recent playbacks; end inf while playing
+
+    def report(self, active: bool, at_s: float) -> None:
+        with self._lock:
+            playing = bool(self._spans) and self._spans[-1][1] == math.inf
+            if active and not playing:
+                self._spans.append([at_s, math.inf])
+            elif not active and playing:
+                self._spans[-1][1] = at_s
+
+    def overlaps(self, start_s: float, end_s: float) -> bool:
+        """Did the loudspeaker play (or still echo) at any time in [start_s, end_s]?"""
+        with self._lock:
+            return any(a <= end_s and start_s < b + self.tail_s for a, b in self._spans)
 
 
 @dataclass(frozen=True)
@@ -176,7 +224,10 @@ class Assistant:
         self._walls: deque[tuple[float, float]] = deque(maxlen=4096)  # (audio end s, wall) per chunk
         self.started_at = clock()  # clock() when run() began (or this was built); events carry wall_s relative to it
         self._audio_s = 0.0
+        self._onset_s = 0.0  # onset of the utterance in progress (main thread)
         self._aborted = False  # abort() was called: the worker drops every job
+        self._playback = _Playback(opts.echo_tail_ms / 1000)
+        self._answers: deque[tuple[int, str]] = deque(maxlen=2)  # (utterance, text) of the latest answers
         self.stats = Stats()
 
     # ------------------------------------------------------------------ events
@@ -190,6 +241,12 @@ class Assistant:
         event.update(fields)
         with self._lock:
             self._emit_fn(event)
+
+    def playback(self, active: bool) -> None:
+        """Report that the app's loudspeaker started (True) or stopped (False) playing, e.g. the
+        spoken answers (thread-safe; call it as the sound starts and ends). Speech heard meanwhile
+        may be the answers' echo: see `AssistantOptions.echo_guard` and `half_duplex`."""
+        self._playback.report(active, self._audio_s)
 
     def _wall_at(self, audio_s: float) -> float:
         """Wall clock when the chunk holding stream position `audio_s` arrived (main thread only)."""
@@ -225,7 +282,12 @@ class Assistant:
                 # frame by frame, so each event is handled before the endpointer sees later audio
                 # (the end-of-turn check needs the speculative job of the Pause before it)
                 for i in range(0, len(chunk.samples), step):
-                    for event in self.endpointer.push(chunk.samples[i : i + step]):
+                    frame = chunk.samples[i : i + step]
+                    if self.opts.half_duplex:
+                        t = chunk.audio_s + i / SAMPLE_RATE
+                        if self._playback.overlaps(t, t + len(frame) / SAMPLE_RATE):
+                            frame = np.zeros_like(frame)  # the loudspeaker plays: nothing is heard
+                    for event in self.endpointer.push(frame):
                         self._on_event(event)
                     self._barge_in()
             for event in self.endpointer.flush():
@@ -238,11 +300,12 @@ class Assistant:
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, SpeechStart):
+            self._onset_s = ev.audio_s
             self._emit("speech_start", ev.utterance, ev.audio_s)
         elif isinstance(ev, Pause):
             if self.opts.speculative:
                 self._drop_spec()
-                self._spec = _Job(ev.utterance, ev.samples, ev.audio_s, speculative=True)
+                self._spec = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s, speculative=True)
                 self._jobs.put(self._spec)
         elif isinstance(ev, Resume):
             self._drop_spec()
@@ -267,7 +330,7 @@ class Assistant:
             if job is None or job.utterance != ev.utterance or not np.array_equal(job.samples, ev.samples):
                 if job is not None:
                     self._discard(job)
-                job = _Job(ev.utterance, ev.samples, ev.audio_s)
+                job = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s)
                 self._jobs.put(job)
             else:
                 self.stats.speculative_used += 1
@@ -420,9 +483,9 @@ class Assistant:
             stream.cancel()
             return
         transcript = stream.audios[0][1]
-        if reason := self._not_a_request(job, transcript):
+        if why := self._not_a_request(job, transcript):
             stream.cancel()
-            self._emit("discarded", job.utterance, reason=reason, transcript=transcript)
+            self._emit("discarded", job.utterance, **why, transcript=transcript)
             return
         job.answering = True
         self._emit("transcript", job.utterance, text=transcript)
@@ -432,20 +495,42 @@ class Assistant:
             self._emit("token", job.utterance, text=first)
         self._stream_out(job, stream, pieces, first_wall)
 
-    def _not_a_request(self, job: _Job, transcript: str) -> str | None:
-        """Why a committed utterance asks nothing ("backchannel" or "filler"), or None for a request.
-        A request ends the answer suspended by barge-in; a backchannel that caused it resumes it next."""
+    def _not_a_request(self, job: _Job, transcript: str) -> dict | None:
+        """Why a committed utterance asks nothing (`reason` "echo", "backchannel" or "filler", with
+        `echo_of` for an echo), or None for a request. A request ends the answer suspended by
+        barge-in; an interruption that asks nothing resumes it next."""
         s = self._suspended
-        if s is not None:
-            if s.job.interrupted_by == job.utterance and is_backchannel(transcript):
-                self.stats.backchannels += 1
-                self._resume_next = _ResumeAfter(job.utterance)  # the worker's next item
-                return "backchannel"
-            self._drop_suspended()
-        if self.opts.drop_fillers and is_filler(transcript):
+        interrupted = s is not None and s.job.interrupted_by == job.utterance
+        if (echo_of := self._echo_of(job, transcript)) is not None:
+            self.stats.echoes += 1
+            why = {"reason": "echo", "echo_of": echo_of}
+        elif interrupted and is_backchannel(transcript):
+            self.stats.backchannels += 1
+            why = {"reason": "backchannel"}
+        elif self.opts.drop_fillers and is_filler(transcript):
             self.stats.discarded_filler += 1
-            return "filler"
-        return None
+            why = {"reason": "filler"}
+        else:
+            self._drop_suspended()
+            return None
+        if interrupted:
+            self._resume_next = _ResumeAfter(job.utterance)  # the worker's next item
+        return why
+
+    def _echo_of(self, job: _Job, transcript: str) -> int | None:
+        """The utterance whose answer `transcript` reads back, if the job was heard during playback."""
+        if not self.opts.echo_guard or not self._playback.overlaps(job.start_s, job.audio_s):
+            return None
+        answers = list(self._answers)
+        if self._suspended is not None:
+            answers.append((self._suspended.job.utterance, self._suspended.stream.text))
+        return next((u for u, text in reversed(answers) if is_echo(transcript, text)), None)
+
+    def _remember(self, job: _Job, text: str) -> None:
+        """Keep what was said in answer to `job` (as far as it was streamed), for the echo guard."""
+        if self._answers and self._answers[-1][0] == job.utterance:
+            self._answers.pop()
+        self._answers.append((job.utterance, text))
 
     def _stream_out(self, job: _Job, stream, pieces: Iterator[str], first_wall: float | None,
                     resumed: bool = False) -> None:
@@ -456,6 +541,7 @@ class Assistant:
             self._emit("token", job.utterance, text=piece)
         else:  # stopped by barge-in, not by the end of the answer
             self.stats.cancelled += 1
+            self._remember(job, stream.text)
             self._emit("cancelled", job.utterance, text=stream.text)
             if self.opts.resume_false_interruptions and not self._aborted:
                 self._suspended = _Suspended(job, stream, pieces, first_wall)
@@ -476,6 +562,7 @@ class Assistant:
         }
         self.stats.answers += 1
         self.stats.looped_answers += stream.looped
+        self._remember(job, stream.text)
         self._emit("answer", job.utterance, text=stream.text, transcript=stream.audios[0][1], timings_ms=timings,
                    speculative=job.speculative, **({"looped": True} if stream.looped else {}),
                    **({"resumed": True} if resumed else {}))
@@ -483,6 +570,21 @@ class Assistant:
 
 def _words(transcript: str) -> list[str]:
     return re.findall(r"[\w']+", transcript.lower().replace("-", " "))  # any script: "¿Qué hora es?" has words
+
+
+def echo_share(transcript: str, answer: str) -> float:
+    """The share of the transcript's words that read back `answer`: those in runs of at least
+    `ECHO_RUN_WORDS` words that the answer has in the same order (numbers as digits: "ten" = "10")."""
+    heard, said = ([NUMBER_WORDS.get(w, w) for w in _words(t)] for t in (transcript, answer))
+    if not heard:
+        return 0.0
+    blocks = difflib.SequenceMatcher(None, heard, said, autojunk=False).get_matching_blocks()
+    return sum(b.size for b in blocks if b.size >= ECHO_RUN_WORDS) / len(heard)
+
+
+def is_echo(transcript: str, answer: str) -> bool:
+    """Is `transcript` the answer read back (heard from the loudspeaker that speaks it)?"""
+    return len(_words(transcript)) >= ECHO_MIN_WORDS and echo_share(transcript, answer) >= ECHO_SHARE
 
 
 def is_backchannel(transcript: str) -> bool:

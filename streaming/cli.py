@@ -49,6 +49,14 @@ def register_cli(sub) -> None:
                    help="end a client's stream, as if it had sent end, after this many seconds without a message "
                         "(default %(default)g; 0: never)")
     _add_assistant_arguments(s)
+    s.add_argument("--half-duplex", action="store_true",
+                   help="while a client reports that its loudspeaker plays ({\"type\": \"playback\"} messages), "
+                        "hear nothing: its echo cannot be taken for a request, and nobody can interrupt")
+    s.add_argument("--no-echo-guard", action="store_true",
+                   help="answer speech heard during playback even when its transcript reads back a recent answer "
+                        "(by default that is the answer's echo: a 'discarded' event, reason 'echo')")
+    s.add_argument("--echo-tail-ms", type=int, default=AssistantOptions.echo_tail_ms,
+                   help="how long after playback stops its echo may still be heard (default %(default)s)")
     s.set_defaults(func=_cmd_serve)
 
     a = sub.add_parser("api", help="answer OpenAI-style chat completions with audio over HTTP")
@@ -311,7 +319,11 @@ def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[
                             turn_threshold=args.turn_threshold, wait_for_turn_verdict=fast_file,
                             barge_in=args.barge_in if args.barge_in is not None else live,
                             barge_in_ms=args.barge_in_ms, resume_false_interruptions=not args.no_resume,
-                            drop_fillers=not args.answer_fillers, max_waiting=args.max_waiting)
+                            drop_fillers=not args.answer_fillers, max_waiting=args.max_waiting,
+                            # serve's playback options (listen hears no playback reports)
+                            half_duplex=getattr(args, "half_duplex", False),
+                            echo_guard=not getattr(args, "no_echo_guard", False),
+                            echo_tail_ms=getattr(args, "echo_tail_ms", AssistantOptions.echo_tail_ms))
     return endpoint, opts
 
 
@@ -374,9 +386,10 @@ class _Display:
         elif kind == "resumed":  # the interruption was not a request: the same answer goes on
             print(f"assistant (going on): {e['text']}", end="", flush=True)
         elif kind == "discarded":  # heard, not answered: say why, so a person is not left wondering
-            if e["reason"] in ("backchannel", "filler"):
+            if e["reason"] in ("backchannel", "filler", "echo"):
                 heard = e["transcript"].strip() or "(no words)"
-                print(f"you: {heard} (a {e['reason']}, not a request)", flush=True)
+                what = "the echo of an answer" if e["reason"] == "echo" else f"a {e['reason']}"
+                print(f"you: {heard} ({what}, not a request)", flush=True)
             else:
                 why = (f"{e['voiced_ms']} ms of speech, too short for a request" if e["reason"] == "short"
                        else "background speech, far under the talker")

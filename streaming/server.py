@@ -1,11 +1,14 @@
 """`desta-edge serve`: the listener behind a WebSocket, for apps on this machine or the network.
 
 A client connects to `ws://HOST:PORT/?rate=16000&channels=1` (optionally also `barge_in=0|1`,
-`resume=0|1`, `max_waiting=N`, `max_new_tokens=N`, `system=TEXT` and `prompt=TEXT`, URL-encoded,
-overriding the server's settings for this client), streams raw little-endian 16-bit PCM as binary
-messages (any size; a sample split across two messages is joined), and receives
-the events of `desta-edge listen --json` as text messages, one JSON object each: `ready` first,
-then `speech_start`, `transcript`, `token`, `answer`, ... as the audio comes in. A text message
+`resume=0|1`, `echo_guard=0|1`, `half_duplex=0|1`, `max_waiting=N`, `max_new_tokens=N`,
+`system=TEXT` and `prompt=TEXT`, URL-encoded, overriding the server's settings for this client),
+streams raw little-endian 16-bit PCM as binary messages (any size; a sample split across two
+messages is joined), and receives the events of `desta-edge listen --json` as text messages, one
+JSON object each: `ready` first, then `speech_start`, `transcript`, `token`, `answer`, ... as the
+audio comes in. A client that speaks the answers through a loudspeaker sends the text messages
+`{"type": "playback", "active": true}` and `... false` as the sound starts and ends
+(`Assistant.playback`: its echo is then not taken for a request). A text message
 `{"type": "end"}` (or closing the connection) ends the stream: the server answers what is still
 pending, sends a `summary` and closes. A client that disconnects without `end` gets nothing more:
 its pending requests are dropped and the server is free for the next client at once. A client
@@ -100,6 +103,8 @@ class SessionParams:
     channels: int = 1  # and channel count (interleaved)
     barge_in: bool | None = None  # 0 suits a client streaming a recording
     resume: bool | None = None  # see AssistantOptions.resume_false_interruptions
+    echo_guard: bool | None = None  # see AssistantOptions.echo_guard
+    half_duplex: bool | None = None  # see AssistantOptions.half_duplex
     max_waiting: int | None = None  # see AssistantOptions.max_waiting
     max_new_tokens: int | None = None  # a lower cap per answer than the server's (never a higher one)
     system: str | None = None  # the system message of this client's turns
@@ -109,7 +114,8 @@ class SessionParams:
     def parse(cls, path: str) -> SessionParams:
         """ValueError naming the parameter when one is bad or unknown."""
         query = parse_qs(urlsplit(path).query, keep_blank_values=True)
-        known = ("rate", "channels", "barge_in", "resume", "max_waiting", "max_new_tokens", "system", "prompt")
+        known = ("rate", "channels", "barge_in", "resume", "echo_guard", "half_duplex", "max_waiting", "max_new_tokens",
+                 "system", "prompt")
         unknown = set(query) - set(known)
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}: expected {', '.join(known)}")
@@ -136,7 +142,8 @@ class SessionParams:
             return None if value is None else bool(value)
 
         return cls(rate=number("rate", 1, MAX_RATE) or SAMPLE_RATE, channels=number("channels", 1, MAX_CHANNELS) or 1,
-                   barge_in=flag("barge_in"), resume=flag("resume"),
+                   barge_in=flag("barge_in"), resume=flag("resume"), echo_guard=flag("echo_guard"),
+                   half_duplex=flag("half_duplex"),
                    max_waiting=number("max_waiting", 0, MAX_WAITING),
                    max_new_tokens=number("max_new_tokens", 1, 1 << 20), system=text("system"), prompt=text("prompt"))
 
@@ -149,7 +156,8 @@ class SessionParams:
         for key in ("system", "prompt"):
             if audio_locator in (getattr(self, key) or ""):
                 raise ValueError(f"{key} must not contain {audio_locator}: the server puts the audio before the prompt")
-        given = {"barge_in": self.barge_in, "resume_false_interruptions": self.resume, "max_waiting": self.max_waiting,
+        given = {"barge_in": self.barge_in, "resume_false_interruptions": self.resume, "echo_guard": self.echo_guard,
+                 "half_duplex": self.half_duplex, "max_waiting": self.max_waiting,
                  "max_new_tokens": self.max_new_tokens, "system": self.system, "prompt": self.prompt}
         return replace(opts, **{k: v for k, v in given.items() if v is not None})
 
@@ -288,7 +296,8 @@ class Server:
         sender = asyncio.create_task(send_events())
         await events.put({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": params.rate,
                           "channels": params.channels, "barge_in": opts.barge_in,
-                          "resume": opts.resume_false_interruptions, "max_waiting": opts.max_waiting,
+                          "resume": opts.resume_false_interruptions, "echo_guard": opts.echo_guard,
+                          "half_duplex": opts.half_duplex, "max_waiting": opts.max_waiting,
                           "max_new_tokens": opts.max_new_tokens, "system": opts.system, "prompt": opts.prompt,
                           "idle_timeout_s": self.options.idle_timeout_s, **self._ready})
         run = loop.run_in_executor(None, assistant.run,
@@ -304,14 +313,19 @@ class Server:
                     messages.put(message)
                     continue
                 try:
-                    is_end = json.loads(message).get("type") == "end"
+                    control = json.loads(message)
+                    kind = control.get("type")
                 except (ValueError, AttributeError):
-                    is_end = False
-                if is_end:
+                    kind = None
+                if kind == "end":
                     ended_by = "client"
                     break
+                if kind == "playback" and isinstance(control.get("active"), bool):
+                    assistant.playback(control["active"])
+                    continue
                 assistant.report_error(f'unknown text message {message[:80]!r}: send PCM as binary messages, '
-                                       f'and {{"type": "end"}} to finish')
+                                       f'{{"type": "playback", "active": true|false}} as a loudspeaker starts '
+                                       f'and stops, and {{"type": "end"}} to finish')
         except ConnectionClosed:
             pass
         finally:

@@ -10,7 +10,8 @@ import pytest
 from streaming_helpers import EnergyVad, signal
 from test_model import speechlike
 from desta_edge.runtime.model import WARM_UP_TRANSCRIPT
-from desta_edge.streaming.assistant import EVENT_TYPES, Assistant, AssistantOptions, is_backchannel, is_filler
+from desta_edge.streaming.assistant import (EVENT_TYPES, Assistant, AssistantOptions, echo_share, is_backchannel,
+                                             is_echo, is_filler)
 from desta_edge.streaming.sources import Chunk
 from desta_edge.streaming.vad import EndpointOptions
 
@@ -333,6 +334,122 @@ def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():
     assert stats.discarded_short == 1  # the "mhm" itself: too short to be a query
     (dropped,) = [e for e in events if e["type"] == "discarded"]
     assert dropped["reason"] == "short" and dropped["voiced_ms"] == 200 and stats.discarded_distant == 0
+
+
+ANSWER = "The capital of France is Paris, a city of about two million people."
+
+
+class SpokenStream(FakeStream):
+    """An answer of words, streamed a word at a time (until cancelled)."""
+
+    def __iter__(self):
+        for word in ANSWER.split(" "):
+            if self.cancelled:
+                return
+            piece = word if not self.text else " " + word
+            self.text += piece
+            yield piece
+            self.started.set()
+            time.sleep(0.03)
+
+
+class SpeakingModel(SlowModel):
+    def stream(self, messages, max_new_tokens, cancelled=None):
+        s = super().stream(messages, max_new_tokens, cancelled)
+        s.__class__ = SpokenStream
+        return s
+
+
+def play_from(assistant_of, at_s: float, until_s: float | None = None, hold=None):
+    """A `before_chunk` hook: the app's loudspeaker plays from stream position `at_s` (to `until_s`)."""
+    def hook(audio_s):
+        if hold is not None:
+            hold(audio_s)
+        if audio_s == pytest.approx(at_s):
+            assistant_of().playback(True)
+        if until_s is not None and audio_s == pytest.approx(until_s):
+            assistant_of().playback(False)
+    return hook
+
+
+def listen_with_playback(model, x, opts, at_s, until_s=None, hold=None):
+    events = []
+    a = Assistant(model, opts, EndpointOptions(), emit=events.append, vad=EnergyVad())
+    stats = a.run(chunks_of(x, play_from(lambda: a, at_s, until_s, hold)))
+    return events, stats
+
+
+ECHO_HEARD = "the capital of France is Paris, the city of about 2 million people"  # as an ASR might hear it
+
+
+def test_the_echo_of_an_answer_played_aloud_is_not_answered():
+    """The app plays the first answer from 1.5 s; speech heard meanwhile that reads it back is its
+    echo: discarded (naming the answer it echoes), not answered."""
+    model = SpeakingModel(transcripts=["hello", ECHO_HEARD])
+    events, stats = listen_with_playback(model, BARGE_IN, tone_opts(barge_in=False), at_s=1.5)
+    (echo,) = [e for e in events if e["type"] == "discarded"]
+    assert echo["reason"] == "echo" and echo["echo_of"] == 0 and echo["utterance"] == 1
+    assert echo["transcript"] == ECHO_HEARD
+    assert [e["utterance"] for e in events if e["type"] == "answer"] == [0] and stats.echoes == 1
+
+
+@pytest.mark.parametrize("case", ["no playback", "playback over before", "guard off", "a new request"])
+def test_what_is_not_taken_for_an_echo(case):
+    """Only speech heard during playback (or its tail) is checked, and only a read-back is an echo."""
+    heard = "What is the capital of Spain?" if case == "a new request" else ECHO_HEARD
+    model = SpeakingModel(transcripts=["hello", heard])
+    opts = tone_opts(barge_in=False, echo_guard=case != "guard off", echo_tail_ms=300)
+    at_s, until_s = (1.5, 1.56) if case == "playback over before" else (1.5, None)  # its tail ends at 1.86 s
+    if case == "no playback":
+        events, stats = listen(model, BARGE_IN, opts)
+    else:
+        events, stats = listen_with_playback(model, BARGE_IN, opts, at_s, until_s)
+    assert [e["utterance"] for e in events if e["type"] == "answer"] == [0, 1] and stats.echoes == 0
+
+
+def test_an_answer_stopped_by_its_own_echo_goes_on():
+    """With barge-in, the echo of the answer being played stops it; once heard as an echo, the
+    answer goes on where it stopped."""
+    model = SpeakingModel(transcripts=["hello", "the capital of France is Paris"])
+
+    def hold(audio_s):  # the echo begins once six words have been streamed (and played)
+        if audio_s == pytest.approx(1.9):
+            deadline = time.monotonic() + 5
+            while not (model.streams and len(model.streams[0].text.split()) >= 6) and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+    events, stats = listen_with_playback(model, BARGE_IN, tone_opts(barge_in=True), at_s=1.5, hold=hold)
+    kinds = [(e["type"], e["utterance"]) for e in events if e["type"] not in ("token", "speech_start", "speech_end")]
+    assert kinds == [("transcript", 0), ("cancelled", 0), ("discarded", 1), ("resumed", 0), ("answer", 0)]
+    assert next(e for e in events if e["type"] == "discarded")["reason"] == "echo"
+    assert next(e for e in events if e["type"] == "answer")["text"] == ANSWER
+    assert (stats.cancelled, stats.resumed, stats.echoes, stats.backchannels) == (1, 1, 1, 0)
+
+
+def test_half_duplex_hears_nothing_while_the_loudspeaker_plays():
+    """Speech from 1.9 to 2.5 s falls in playback (1.5-2.0 s) and its 600 ms tail: not heard at
+    all; the speech at 3.5 s is."""
+    model = SlowModel()
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.6), ("s", 1.0), ("v", 0.6), ("s", 1.0))
+    opts = tone_opts(barge_in=False, half_duplex=True, echo_tail_ms=600)
+    events, stats = listen_with_playback(model, x, opts, at_s=1.5, until_s=2.0)
+    starts = [e["audio_s"] for e in events if e["type"] == "speech_start"]
+    assert starts == pytest.approx([0.5, 3.5], abs=0.05) and stats.answers == 2
+
+
+@pytest.mark.parametrize("heard, answer, expected", [
+    ("The capital of France is Paris.", "The capital of France is Paris.", True),
+    ("There were seven days in a week.", "There were 7 days in a week.", True),  # numbers either way
+    ("the color of the rainbow is a magic phenomenon", "The color of the rainbow is a magical phenomenon.", True),
+    ("The capital of France is, are you sure?", "The capital of France is Paris.", False),  # quoting it back
+    ("Did you say the lights in the kitchen?", "The lights in the kitchen are on.", False),
+    ("What is the capital of Spain?", "The capital of France is Paris.", False),
+    ("Paris.", "The capital of France is Paris.", False),  # too few words to tell
+    ("the is of a", "The capital of France is a city.", False),  # shared words, no run of them
+])
+def test_what_counts_as_an_echo(heard, answer, expected):
+    assert is_echo(heard, answer) is expected
+    assert echo_share("", answer) == 0.0
 
 
 def test_without_barge_in_every_answer_completes():

@@ -175,6 +175,14 @@ def test_display_and_flags_of_a_false_interruption(capsys):
         assert opts.resume_false_interruptions is resume and opts.barge_in is True and opts.drop_fillers is True
     _, opts = _options(_parser().parse_args(["listen", "--answer-fillers"]), live=True, fast_file=False)
     assert opts.drop_fillers is False
+    show({"type": "discarded", "utterance": 5, "audio_s": 15.0, "wall_s": 15.1, "reason": "echo", "echo_of": 4,
+          "transcript": " The capital of France is Paris."})
+    assert "you: The capital of France is Paris. (the echo of an answer, not a request)" in capsys.readouterr().out
+    _, opts = _options(_parser().parse_args(["serve"]), live=True, fast_file=False)
+    assert (opts.echo_guard, opts.half_duplex, opts.echo_tail_ms) == (True, False, 500)
+    argv = ["serve", "--half-duplex", "--no-echo-guard", "--echo-tail-ms", "800"]
+    _, opts = _options(_parser().parse_args(argv), live=True, fast_file=False)
+    assert (opts.echo_guard, opts.half_duplex, opts.echo_tail_ms) == (False, True, 800)
 
 
 def test_api_answers_an_openai_style_request():

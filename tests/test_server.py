@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("websockets")
-from desta_edge.streaming.assistant import AssistantOptions
+from desta_edge.streaming.assistant import Assistant, AssistantOptions
 from desta_edge.streaming.server import Server, ServerOptions, SessionParams
 from streaming_helpers import EnergyVad, signal
 from test_assistant import listen
@@ -56,7 +56,8 @@ def test_a_client_gets_the_listeners_events(server, tiny_model):
     `ready` and a `summary`; PCM split mid-sample across messages changes nothing."""
     events = session(server.port, pcm(SPEECH), piece=333)  # odd sizes: samples split across messages
     assert events[0] == {"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": 16000, "channels": 1,
-                         "barge_in": False, "resume": True, "max_waiting": 0, "max_new_tokens": 6,
+                         "barge_in": False, "resume": True, "echo_guard": True, "half_duplex": False,
+                         "max_waiting": 0, "max_new_tokens": 6,
                          "system": OPTS.system, "prompt": OPTS.prompt, "idle_timeout_s": 60.0, "warm_up_ms": 1.0}
     summary = events[-1]
     assert summary["type"] == "summary" and summary["answers"] == 2 and summary["errors"] == 0
@@ -95,7 +96,7 @@ def test_bad_requests_get_clear_answers(server):
     message gets an error event and the stream goes on."""
     for query, says in (("?rate=abc", b"rate must be"), ("?rate=0", b"rate must be"),
                         ("?channels=99", b"channels must be"), ("?barge_in=yes", b"barge_in must be"),
-                        ("?resume=2", b"resume must be"),
+                        ("?resume=2", b"resume must be"), ("?half_duplex=yes", b"half_duplex must be"),
                         ("?rate=16000&lang=en", b"unknown parameter(s) lang"), ("?rate=", b"rate must be"),
                         ("?max_new_tokens=7", b"at most the server's 6"), ("?prompt=", b"prompt must be non-empty"),
                         ("?system=%20", b"system must be non-empty"), (f"?prompt={'x' * 2001}", b"at most 2000"),
@@ -158,9 +159,30 @@ def test_session_params_override_the_servers_options_per_client(tiny_model):
     p = SessionParams.parse("/listen?rate=44100&channels=2&barge_in=0")
     assert (p.rate, p.channels, p.barge_in, p.resume) == (44100, 2, False, None)
     assert SessionParams.parse("/?resume=0").options(OPTS, "<|AUDIO|>").resume_false_interruptions is False
+    echo = SessionParams.parse("/?echo_guard=0&half_duplex=1").options(OPTS, "<|AUDIO|>")
+    assert (echo.echo_guard, echo.half_duplex) == (False, True)
     assert p.options(OPTS, "<|AUDIO|>") == OPTS and p.options(AssistantOptions(), "<|AUDIO|>").barge_in is False
     with pytest.raises(ValueError, match="channels"):
         SessionParams.parse("/?channels=0")
+
+
+def test_a_client_reports_its_loudspeaker_playing(server, monkeypatch):
+    """`playback` messages reach the listener in order (tests/test_assistant.py tests what it does
+    with them); a malformed one gets an error event and the stream goes on."""
+    reported = []
+    monkeypatch.setattr(Assistant, "playback", lambda self, active: reported.append(active))
+    with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        assert json.loads(ws.recv())["type"] == "ready"
+        for active in (True, False):
+            ws.send(pcm(SPEECH[:8000]))
+            ws.send(json.dumps({"type": "playback", "active": active}))
+        ws.send(json.dumps({"type": "playback", "active": "yes"}))
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and '"playback", "active": true|false' in error["message"]
+        ws.send(json.dumps({"type": "end"}))
+        while (event := json.loads(ws.recv(timeout=60)))["type"] != "summary":
+            pass
+    assert reported == [True, False] and event["errors"] == 0
 
 
 def test_health_answers_without_taking_the_client_slot(server):

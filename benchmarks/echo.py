@@ -1,0 +1,264 @@
+"""The assistant's own voice: spoken answers heard back through a loudspeaker.
+
+    python benchmarks/echo.py [--questions 20] [--echo-dbfs -30] [--gap-s 12] [--fast]
+                              [--out benchmarks/results]
+
+A closed loop, as an app that speaks the answers would run it. A user asks questions, one every
+`--gap-s` seconds (espeak-ng and flite voices at -26 dBFS in a small room). A simulated app takes
+each `answer` event, speaks its text with another synthesizer's voice, and plays it through a
+simulated loudspeaker (band-limited, softly clipped, the room's reverberation) into the same
+microphone at `--echo-dbfs`, 0.2 s after the answer, reporting `Assistant.playback` while it
+plays (except in the first variant). An answer given to an echo is spoken too, so an assistant
+that takes its own voice for a request feeds itself. The microphone is read at real-time pace
+through the listen loop with the tiny preset (barge-in off: see the README, "Playback"), in three
+variants: the app reports no playback (what a listener without the echo guard hears), the echo
+guard (the default once playback is reported), and half duplex.
+
+Per variant: the questions answered, and those lost (never heard, or dropped as an echo); the
+echoes played; utterances heard in an echo and answered as requests, or dropped as echoes.
+JSON + markdown under --out. A measurement, not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recording import QUESTIONS, RATE, _synth, said  # noqa: E402
+from report import machine, write_results  # noqa: E402
+
+from desta_edge import DestaModel  # noqa: E402
+from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
+from desta_edge.streaming.sources import Chunk, paced  # noqa: E402
+from desta_edge.streaming.vad import EndpointOptions  # noqa: E402
+from desta_edge.training import acoustics  # noqa: E402
+
+MORE_QUESTIONS = [  # (text, engine, voice): the user's questions beyond recording.QUESTIONS
+    ("Why is the sky blue?", "espeak", "en-us+m3"),
+    ("What is the boiling point of water?", "flite", "awb"),
+    ("Tell me a fun fact about cats.", "espeak", "en-gb+f4"),
+    ("How far away is the moon?", "flite", "rms"),
+    ("What should I cook for dinner tonight?", "espeak", "en+m2"),
+    ("Can you recommend a good book?", "flite", "slt"),
+    ("How do airplanes fly?", "espeak", "en-us+f2"),
+    ("What is two plus two?", "flite", "kal"),
+    ("Who was the first person on the moon?", "espeak", "en-gb+m4"),
+    ("What is the weather like on Mars?", "flite", "awb"),
+]
+APP_VOICES = [("flite", "slt"), ("espeak", "en-us"), ("flite", "kal"), ("espeak", "en-gb+f3")]  # the app's voice, by turns
+USER_DBFS = -26.0
+NOISE_DBFS = -62.0  # the room's own background
+PLAY_LATENCY_S = 0.2  # from the answer event to sound leaving the loudspeaker
+CHUNK = 320  # 20 ms
+DRAIN_S = 20.0  # after the user's last question: how long the loop may still run (an echo loop never ends)
+VARIANTS = {  # name -> (the app reports playback, assistant options)
+    "no playback reports": (False, {}),
+    "echo guard": (True, {}),
+    "half duplex": (True, {"half_duplex": True}),
+}
+
+
+def loudspeaker(x: np.ndarray, level_dbfs: float, rng: np.random.Generator) -> np.ndarray:
+    """`x` as a small loudspeaker plays it into a room and a microphone hears it."""
+    y = acoustics.band_limit(x, 200.0, 7000.0)
+    drive = 1.5  # soft clipping: a small driver near its limit
+    y = np.tanh(drive * y / (np.abs(y).max() + 1e-9)) / np.tanh(drive)
+    y = acoustics.convolve(y, acoustics.room_response(rng.uniform(0.2, 0.6), rng.uniform(0.0, 8.0), rng))
+    return acoustics.set_level(y, level_dbfs)
+
+
+class App:
+    """Speaks each answer through the loudspeaker after its `answer` event (any thread may call
+    `on_event`; the microphone's thread calls `play`)."""
+
+    def __init__(self, speak, level_dbfs: float, rng: np.random.Generator) -> None:
+        self.speak = speak  # (text, index) -> 16 kHz samples
+        self.level_dbfs = level_dbfs
+        self.rng = rng
+        self._texts: queue.Queue[str] = queue.Queue()
+        self.spans: list[tuple[float, float]] = []  # (start s, end s) of each playback
+        self._sound = np.zeros(0, np.float32)  # what is still to be played, from `_at`
+        self._at = 0
+
+    def on_event(self, e: dict) -> None:
+        if e["type"] == "answer" and e["text"].strip():
+            self._texts.put(e["text"])
+
+    @property
+    def playing(self) -> bool:
+        return len(self._sound) > 0 or not self._texts.empty()
+
+    def play(self, pos: int, n: int) -> tuple[np.ndarray, list[bool]]:
+        """The loudspeaker's sound in samples [pos, pos + n), and the playback changes there
+        (True: starts, False: stops)."""
+        changes = []
+        if not len(self._sound) and not self._texts.empty():
+            text = self._texts.get()
+            self._sound = loudspeaker(self.speak(text, len(self.spans)), self.level_dbfs, self.rng)
+            self._at = pos + int(PLAY_LATENCY_S * RATE)  # where _sound[0] plays
+            self.spans.append((self._at / RATE, (self._at + len(self._sound)) / RATE))
+        out = np.zeros(n, np.float32)
+        if len(self._sound) and self._at < pos + n:
+            i = max(0, self._at - pos)
+            k = min(n - i, len(self._sound))
+            out[i : i + k] = self._sound[:k]
+            if self._at / RATE == self.spans[-1][0]:
+                changes.append(True)
+            self._sound, self._at = self._sound[k:], pos + i + k
+            if not len(self._sound):
+                changes.append(False)
+        return out, changes
+
+
+def user_track(questions: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The questions `gap_s` apart (start to start), after 0.5 s; their true (start, end) in s."""
+    step = int(gap_s * RATE)
+    x = np.zeros(int(0.5 * RATE) + step * len(questions), np.float32)
+    truth = []
+    for i, q in enumerate(questions):
+        if len(q) > step:
+            raise ValueError(f"question {i} lasts {len(q) / RATE:.1f} s, longer than --gap-s {gap_s}")
+        at = int(0.5 * RATE) + i * step
+        x[at : at + len(q)] = q
+        truth.append((at / RATE, (at + len(q)) / RATE))
+    return x, truth
+
+
+def microphone(user: np.ndarray, app: App, assistant: Assistant, reports: bool, rng: np.random.Generator,
+               busy: Callable[[], bool]) -> Iterator[Chunk]:
+    """The user, the loudspeaker and the room, 20 ms at a time; after the user's track, until
+    nothing is pending (or DRAIN_S)."""
+    noise_gain = 10 ** (NOISE_DBFS / 20)
+    end = len(user) + int(DRAIN_S * RATE)
+    pos = 0
+    while pos < len(user) or (pos < end and (app.playing or busy())):
+        speech = user[pos : pos + CHUNK]
+        speech = np.pad(speech, (0, CHUNK - len(speech)))
+        echo, changes = app.play(pos, CHUNK)
+        for active in changes if reports else ():
+            assistant.playback(active)
+        noise = noise_gain * acoustics.room_tone(CHUNK, rng)
+        yield Chunk((speech + echo + noise).astype(np.float32), pos / RATE)
+        pos += CHUNK
+
+
+def overlaps(a: tuple[float, float], spans: list[tuple[float, float]]) -> bool:
+    return any(a[0] < e and s < a[1] for s, e in spans)
+
+
+def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tuple[float, float]]) -> dict:
+    """What became of the questions and of the speech heard in the echoes."""
+    starts = {e["utterance"]: e["audio_s"] for e in events if e["type"] == "speech_start"}
+    spans = {e["utterance"]: (starts[e["utterance"]], e["speech_end_s"]) for e in events if e["type"] == "speech_end"}
+    answered = {e["utterance"] for e in events if e["type"] == "answer"}
+    dropped = {e["utterance"]: e["reason"] for e in events if e["type"] == "discarded" and "transcript" in e}
+    heard = {e["utterance"]: e["transcript"] for e in events if e["type"] in ("answer", "discarded") and "transcript" in e}
+    answered_q = sum(any(u in answered and overlaps(span, [q]) for u, span in spans.items()) for q in truth)
+    heard_q = sum(any(overlaps(span, [q]) for span in spans.values()) for q in truth)
+    in_echo = [u for u, span in spans.items() if overlaps(span, echoes) and not overlaps(span, truth)]
+    return {
+        "questions": len(truth),
+        "answered": answered_q,
+        "not_heard": len(truth) - heard_q,
+        "dropped_as_echo": sum(any(dropped.get(u) == "echo" and overlaps(span, [q]) for u, span in spans.items())
+                               for q in truth),
+        "echoes_played": len(echoes),
+        "echo_utterances": len(in_echo),
+        "echo_answered": sum(u in answered for u in in_echo),
+        "echo_dropped": sum(dropped.get(u) == "echo" for u in in_echo),
+        "echo_other": sum(u not in answered and dropped.get(u) != "echo" for u in in_echo),
+        "mixed_utterances": sum(overlaps(span, echoes) and overlaps(span, truth) for span in spans.values()),
+        "heard_in_echoes": [{"transcript": heard.get(u), "outcome": "answered" if u in answered else dropped.get(u)}
+                            for u in in_echo],
+    }
+
+
+def run_variant(model, user: np.ndarray, truth, *, reports: bool, fields: dict, level_dbfs: float,
+                realtime: bool, max_new_tokens: int, speak, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    app = App(speak, level_dbfs, rng)
+    events: list[dict] = []
+    pending: set[int] = set()  # committed utterances without their outcome yet
+
+    def emit(e: dict) -> None:
+        events.append(e)
+        if e["type"] == "speech_end":
+            pending.add(e["utterance"])
+        elif e["type"] in ("answer", "discarded", "error", "skipped"):
+            pending.discard(e.get("utterance"))
+        app.on_event(e)
+
+    opts = AssistantOptions(max_new_tokens=max_new_tokens, barge_in=False, wait_for_turn_verdict=not realtime,
+                            **fields)
+    assistant = Assistant(model, opts, EndpointOptions(), emit=emit)
+    assistant.warm_up()
+    chunks = microphone(user, app, assistant, reports, rng, busy=lambda: bool(pending))
+    t0 = time.monotonic()
+    stats = assistant.run(paced(chunks) if realtime else chunks)
+    return {**score(events, truth, app.spans), "echoes_discarded_by_guard": stats.echoes,
+            "seconds": round(time.monotonic() - t0, 1)}
+
+
+def markdown(result: dict) -> str:
+    cols = ["answered", "not_heard", "dropped_as_echo", "echoes_played", "echo_utterances", "echo_answered",
+            "echo_dropped", "echo_other", "mixed_utterances"]
+    lines = ["| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, v in result["variants"].items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{v[c]}/{v['questions']}" if c == "answered" else str(v[c]) for c in cols) + " |")
+    lines += ["", f"questions: {result['questions']}, one every {result['gap_s']:g} s; the loudspeaker at "
+              f"{result['echo_dbfs']:g} dBFS, the user at {USER_DBFS:g} dBFS; realtime={result['realtime']}",
+              f"machine: {result['machine']}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--questions", type=int, default=len(QUESTIONS) + len(MORE_QUESTIONS))
+    p.add_argument("--echo-dbfs", type=float, default=-30.0, help="the loudspeaker's level at the microphone")
+    p.add_argument("--gap-s", type=float, default=12.0, help="from one question's start to the next's")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    asked = (QUESTIONS + MORE_QUESTIONS)[: args.questions]
+    with tempfile.TemporaryDirectory() as tmp:
+        def speak(text: str, i: int, engine_voice=None) -> np.ndarray:
+            engine, voice = engine_voice or APP_VOICES[i % len(APP_VOICES)]
+            return _synth(text, engine, voice, Path(tmp) / f"say{i}.wav")
+
+        rng = np.random.default_rng(args.seed)
+        clips = []
+        for i, (text, engine, voice) in enumerate(asked):
+            x = speak(said(text), i, (engine, voice))
+            x = acoustics.convolve(x, acoustics.room_response(rng.uniform(0.2, 0.4), rng.uniform(6.0, 12.0), rng))
+            clips.append(acoustics.set_level(x, USER_DBFS))
+        user, truth = user_track(clips, args.gap_s)
+        model = DestaModel.from_pretrained(args.model)
+        variants = {}
+        for name, (reports, fields) in VARIANTS.items():
+            print(f"running {name} ...", file=sys.stderr)
+            variants[name] = run_variant(model, user, truth, reports=reports, fields=fields, level_dbfs=args.echo_dbfs,
+                                         realtime=not args.fast, max_new_tokens=args.max_new_tokens, speak=speak,
+                                         seed=args.seed)
+    result = {"machine": machine(), "model": args.model, "questions": len(truth), "gap_s": args.gap_s,
+              "echo_dbfs": args.echo_dbfs, "realtime": not args.fast, "variants": variants}
+    write_results(out, "echo", result, markdown(result), as_json=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""benchmarks/echo.py: the simulated app's loudspeaker, the user's track and the scoring."""
+
+import numpy as np
+import pytest
+
+from conftest import load_benchmark
+
+bench = load_benchmark("echo")
+
+
+def test_the_app_plays_each_answer_after_its_event_and_reports_start_and_stop():
+    rng = np.random.default_rng(0)
+    said = []
+    app = bench.App(lambda text, i: said.append(text) or 0.3 * np.ones(1000, np.float32), -30.0, rng)
+    app.on_event({"type": "token", "utterance": 0, "text": "The"})
+    app.on_event({"type": "answer", "utterance": 0, "text": " "})  # nothing to say
+    assert not app.playing
+    app.on_event({"type": "answer", "utterance": 0, "text": "The capital of France is Paris."})
+    assert app.playing
+    sound, reports, pos = [], [], 0
+    while app.playing or pos < 8000:
+        out, changes = app.play(pos, 320)
+        sound.append(out)
+        reports += [(pos, c) for c in changes]
+        pos += 320
+    sound = np.concatenate(sound)
+    start = int(bench.PLAY_LATENCY_S * 16000)
+    assert said == ["The capital of France is Paris."] and app.spans == [(start / 16000, (start + 1000) / 16000)]
+    assert not sound[:start].any() and sound[start : start + 1000].any() and not sound[start + 1000 :].any()
+    assert reports == [(start // 320 * 320, True), ((start + 999) // 320 * 320, False)]
+
+
+def test_user_track_lays_questions_out_gap_apart():
+    q = [np.ones(8000, np.float32), np.ones(4000, np.float32)]
+    x, truth = bench.user_track(q, gap_s=2.0)
+    assert truth == [(0.5, 1.0), (2.5, 2.75)] and len(x) == 8000 + 2 * 32000 and x.sum() == 12000
+    with pytest.raises(ValueError, match="longer than --gap-s"):
+        bench.user_track([np.ones(40000, np.float32)], gap_s=2.0)
+
+
+def test_score_tells_questions_from_echoes():
+    truth = [(0.5, 2.0), (10.5, 12.0)]
+    echoes = [(4.0, 7.0), (14.0, 16.0)]
+    ev = []
+    for u, (a, b) in enumerate([(0.5, 2.0), (4.1, 6.9), (10.4, 12.0), (14.1, 15.0)]):
+        ev += [{"type": "speech_start", "utterance": u, "audio_s": a}, {"type": "speech_end", "utterance": u, "speech_end_s": b}]
+    ev += [{"type": "answer", "utterance": 0, "transcript": "q1"}, {"type": "answer", "utterance": 1, "transcript": "e1"},
+           {"type": "discarded", "utterance": 2, "reason": "echo", "transcript": "q2"},
+           {"type": "discarded", "utterance": 3, "reason": "echo", "transcript": "e2"}]
+    s = bench.score(ev, truth, echoes)
+    assert (s["answered"], s["not_heard"], s["dropped_as_echo"]) == (1, 0, 1)
+    assert (s["echo_utterances"], s["echo_answered"], s["echo_dropped"], s["mixed_utterances"]) == (2, 1, 1, 0)
+    assert s["heard_in_echoes"] == [{"transcript": "e1", "outcome": "answered"}, {"transcript": "e2", "outcome": "echo"}]

@@ -1,6 +1,6 @@
 """The assistant's own voice: spoken answers heard back through a loudspeaker.
 
-    python benchmarks/echo.py [--questions 20] [--echo-dbfs -30] [--gap-s 12] [--fast]
+    python benchmarks/echo.py [--questions 20] [--echo-dbfs -30] [--gap-s 12] [--variants A,B] [--fast]
                               [--out benchmarks/results]
 
 A closed loop, as an app that speaks the answers would run it. A user asks questions, one every
@@ -10,9 +10,11 @@ simulated loudspeaker (band-limited, softly clipped, the room's reverberation) i
 microphone at `--echo-dbfs`, 0.2 s after the answer, reporting `Assistant.playback` while it
 plays (except in the first variant). An answer given to an echo is spoken too, so an assistant
 that takes its own voice for a request feeds itself. The microphone is read at real-time pace
-through the listen loop with the tiny preset (barge-in off: see the README, "Playback"), in three
-variants: the app reports no playback (what a listener without the echo guard hears), the echo
-guard (the default once playback is reported), and half duplex.
+through the listen loop with the tiny preset, in five variants: with barge-in off, the app
+reports no playback (what a listener without the echo guard hears), the echo guard (the default
+once playback is reported), half duplex, and the echo cancelled (`streaming/echo.py`: the app's
+signal as a reference channel, WebRTC's AEC3; needs `pip install "desta-edge[aec]"`); and the
+echo cancelled with barge-in on.
 
 Per variant: the questions answered, and those lost (never heard, or dropped as an echo); the
 echoes played; utterances heard in an echo and answered as requests, or dropped as echoes.
@@ -37,6 +39,7 @@ from report import machine, write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
 from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
+from desta_edge.streaming.echo import EchoCanceller  # noqa: E402
 from desta_edge.streaming.sources import Chunk, paced  # noqa: E402
 from desta_edge.streaming.vad import EndpointOptions  # noqa: E402
 from desta_edge.training import acoustics  # noqa: E402
@@ -53,16 +56,19 @@ MORE_QUESTIONS = [  # (text, engine, voice): the user's questions beyond recordi
     ("Who was the first person on the moon?", "espeak", "en-gb+m4"),
     ("What is the weather like on Mars?", "flite", "awb"),
 ]
-APP_VOICES = [("flite", "slt"), ("espeak", "en-us"), ("flite", "kal"), ("espeak", "en-gb+f3")]  # the app's voice, by turns
+APP_VOICES = [("flite", "slt"), ("espeak", "en-us"), ("flite", "kal"), ("espeak", "en-gb+f3")]  # the app's, by turns
 USER_DBFS = -26.0
 NOISE_DBFS = -62.0  # the room's own background
 PLAY_LATENCY_S = 0.2  # from the answer event to sound leaving the loudspeaker
 CHUNK = 320  # 20 ms
 DRAIN_S = 20.0  # after the user's last question: how long the loop may still run (an echo loop never ends)
-VARIANTS = {  # name -> (the app reports playback, assistant options)
-    "no playback reports": (False, {}),
-    "echo guard": (True, {}),
-    "half duplex": (True, {"half_duplex": True}),
+ECHO_DELAY_S = 0.04  # the echo behind the app's signal: output latency and the way through the air
+VARIANTS = {  # name -> (the app reports playback, the echo is cancelled, assistant options)
+    "no playback reports": (False, False, {}),
+    "echo guard": (True, False, {}),
+    "half duplex": (True, False, {"half_duplex": True}),
+    "echo cancelled": (True, True, {}),
+    "echo cancelled + barge-in": (True, True, {"barge_in": True}),
 }
 
 
@@ -85,7 +91,7 @@ class App:
         self.rng = rng
         self._texts: queue.Queue[str] = queue.Queue()
         self.spans: list[tuple[float, float]] = []  # (start s, end s) of each playback
-        self._sound = np.zeros(0, np.float32)  # what is still to be played, from `_at`
+        self._ref = self._echo = np.zeros(0, np.float32)  # the signal still to play, and its echo, from `_at`
         self._at = 0
 
     def on_event(self, e: dict) -> None:
@@ -94,28 +100,30 @@ class App:
 
     @property
     def playing(self) -> bool:
-        return len(self._sound) > 0 or not self._texts.empty()
+        return len(self._ref) > 0 or not self._texts.empty()
 
-    def play(self, pos: int, n: int) -> tuple[np.ndarray, list[bool]]:
-        """The loudspeaker's sound in samples [pos, pos + n), and the playback changes there
-        (True: starts, False: stops)."""
+    def play(self, pos: int, n: int) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        """In samples [pos, pos + n): the loudspeaker's echo at the microphone, the app's own signal
+        (the reference), and the playback changes there (True: starts, False: stops)."""
         changes = []
-        if not len(self._sound) and not self._texts.empty():
-            text = self._texts.get()
-            self._sound = loudspeaker(self.speak(text, len(self.spans)), self.level_dbfs, self.rng)
-            self._at = pos + int(PLAY_LATENCY_S * RATE)  # where _sound[0] plays
-            self.spans.append((self._at / RATE, (self._at + len(self._sound)) / RATE))
-        out = np.zeros(n, np.float32)
-        if len(self._sound) and self._at < pos + n:
+        if not len(self._ref) and not self._texts.empty():
+            signal = self.speak(self._texts.get(), len(self.spans))
+            delay = np.zeros(int(ECHO_DELAY_S * RATE), np.float32)
+            self._ref = np.concatenate([signal, delay])
+            self._echo = np.concatenate([delay, loudspeaker(signal, self.level_dbfs, self.rng)])
+            self._at = pos + int(PLAY_LATENCY_S * RATE)  # where _ref[0] plays
+            self.spans.append((self._at / RATE, (self._at + len(self._ref)) / RATE))
+        echo, ref = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        if len(self._ref) and self._at < pos + n:
             i = max(0, self._at - pos)
-            k = min(n - i, len(self._sound))
-            out[i : i + k] = self._sound[:k]
+            k = min(n - i, len(self._ref))
+            echo[i : i + k], ref[i : i + k] = self._echo[:k], self._ref[:k]
             if self._at / RATE == self.spans[-1][0]:
                 changes.append(True)
-            self._sound, self._at = self._sound[k:], pos + i + k
-            if not len(self._sound):
+            self._ref, self._echo, self._at = self._ref[k:], self._echo[k:], pos + i + k
+            if not len(self._ref):
                 changes.append(False)
-        return out, changes
+        return echo, ref, changes
 
 
 def user_track(questions: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -133,20 +141,20 @@ def user_track(questions: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, l
 
 
 def microphone(user: np.ndarray, app: App, assistant: Assistant, reports: bool, rng: np.random.Generator,
-               busy: Callable[[], bool]) -> Iterator[Chunk]:
-    """The user, the loudspeaker and the room, 20 ms at a time; after the user's track, until
-    nothing is pending (or DRAIN_S)."""
+               busy: Callable[[], bool], cancel: EchoCanceller | None = None) -> Iterator[Chunk]:
+    """The user, the loudspeaker and the room, 20 ms at a time (the echo removed by `cancel`);
+    after the user's track, until nothing is pending (or DRAIN_S)."""
     noise_gain = 10 ** (NOISE_DBFS / 20)
     end = len(user) + int(DRAIN_S * RATE)
     pos = 0
     while pos < len(user) or (pos < end and (app.playing or busy())):
         speech = user[pos : pos + CHUNK]
         speech = np.pad(speech, (0, CHUNK - len(speech)))
-        echo, changes = app.play(pos, CHUNK)
+        echo, ref, changes = app.play(pos, CHUNK)
         for active in changes if reports else ():
             assistant.playback(active)
-        noise = noise_gain * acoustics.room_tone(CHUNK, rng)
-        yield Chunk((speech + echo + noise).astype(np.float32), pos / RATE)
+        mic = (speech + echo + noise_gain * acoustics.room_tone(CHUNK, rng)).astype(np.float32)
+        yield Chunk(mic if cancel is None else cancel(mic, ref), pos / RATE)  # whole 10 ms frames: as long
         pos += CHUNK
 
 
@@ -160,7 +168,8 @@ def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tup
     spans = {e["utterance"]: (starts[e["utterance"]], e["speech_end_s"]) for e in events if e["type"] == "speech_end"}
     answered = {e["utterance"] for e in events if e["type"] == "answer"}
     dropped = {e["utterance"]: e["reason"] for e in events if e["type"] == "discarded" and "transcript" in e}
-    heard = {e["utterance"]: e["transcript"] for e in events if e["type"] in ("answer", "discarded") and "transcript" in e}
+    heard = {e["utterance"]: e["transcript"] for e in events
+             if e["type"] in ("answer", "discarded") and "transcript" in e}
     answered_q = sum(any(u in answered and overlaps(span, [q]) for u, span in spans.items()) for q in truth)
     heard_q = sum(any(overlaps(span, [q]) for span in spans.values()) for q in truth)
     in_echo = [u for u, span in spans.items() if overlaps(span, echoes) and not overlaps(span, truth)]
@@ -181,7 +190,7 @@ def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tup
     }
 
 
-def run_variant(model, user: np.ndarray, truth, *, reports: bool, fields: dict, level_dbfs: float,
+def run_variant(model, user: np.ndarray, truth, *, reports: bool, cancelled: bool, fields: dict, level_dbfs: float,
                 realtime: bool, max_new_tokens: int, speak, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     app = App(speak, level_dbfs, rng)
@@ -196,20 +205,21 @@ def run_variant(model, user: np.ndarray, truth, *, reports: bool, fields: dict, 
             pending.discard(e.get("utterance"))
         app.on_event(e)
 
-    opts = AssistantOptions(max_new_tokens=max_new_tokens, barge_in=False, wait_for_turn_verdict=not realtime,
-                            **fields)
+    opts = AssistantOptions(max_new_tokens=max_new_tokens, wait_for_turn_verdict=not realtime,
+                            **{"barge_in": False, **fields})
     assistant = Assistant(model, opts, EndpointOptions(), emit=emit)
     assistant.warm_up()
-    chunks = microphone(user, app, assistant, reports, rng, busy=lambda: bool(pending))
+    chunks = microphone(user, app, assistant, reports, rng, busy=lambda: bool(pending),
+                        cancel=EchoCanceller() if cancelled else None)
     t0 = time.monotonic()
     stats = assistant.run(paced(chunks) if realtime else chunks)
-    return {**score(events, truth, app.spans), "echoes_discarded_by_guard": stats.echoes,
-            "seconds": round(time.monotonic() - t0, 1)}
+    return {**score(events, truth, app.spans), "cancelled": stats.cancelled, "resumed": stats.resumed,
+            "echoes_discarded_by_guard": stats.echoes, "seconds": round(time.monotonic() - t0, 1)}
 
 
 def markdown(result: dict) -> str:
     cols = ["answered", "not_heard", "dropped_as_echo", "echoes_played", "echo_utterances", "echo_answered",
-            "echo_dropped", "echo_other", "mixed_utterances"]
+            "echo_dropped", "echo_other", "mixed_utterances", "cancelled", "resumed"]
     lines = ["| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, v in result["variants"].items():
         lines.append(f"| {name} | " + " | ".join(
@@ -228,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gap-s", type=float, default=12.0, help="from one question's start to the next's")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", type=lambda v: v.split(","), default=None,
+                   help=f"comma-separated, of: {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
@@ -249,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         user, truth = user_track(clips, args.gap_s)
         model = DestaModel.from_pretrained(args.model)
         variants = {}
-        for name, (reports, fields) in VARIANTS.items():
+        for name, (reports, cancelled, fields) in VARIANTS.items():
+            if args.variants and name not in args.variants:
+                continue
             print(f"running {name} ...", file=sys.stderr)
-            variants[name] = run_variant(model, user, truth, reports=reports, fields=fields, level_dbfs=args.echo_dbfs,
+            variants[name] = run_variant(model, user, truth, reports=reports, cancelled=cancelled, fields=fields,
+                                         level_dbfs=args.echo_dbfs,
                                          realtime=not args.fast, max_new_tokens=args.max_new_tokens, speak=speak,
                                          seed=args.seed)
     result = {"machine": machine(), "model": args.model, "questions": len(truth), "gap_s": args.gap_s,

@@ -39,6 +39,9 @@ def register_cli(sub) -> None:
     p.add_argument("--channels", type=int, default=1, help="stdin PCM channels (default 1)")
     p.add_argument("--device", default=None, help="microphone name or index (see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    p.add_argument("--reference-channel", type=int, default=None, metavar="N",
+                   help="channel N of a file or of stdin PCM carries what the loudspeaker plays (-1: the last): "
+                        "its echo is cancelled from the other channels (pip install \"desta-edge[aec]\")")
     _add_assistant_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.set_defaults(func=_cmd_listen)
@@ -184,13 +187,17 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                                   fast_file=args.source not in ("mic", "-") and args.realtime is False)
         mic = None
         if args.source == "-":
-            chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels)
+            chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels,
+                                        reference_channel=args.reference_channel)
         elif args.source == "mic":
+            if args.reference_channel is not None:
+                raise ValueError("--reference-channel works on a file or stdin, not yet on --source mic: capture every "
+                                 "channel with arecord -c N -f S16_LE and pipe it to --source - --channels N")
             device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
             mic = sources.MicSource(sources.MicOptions(device=device))
             chunks = mic.chunks()
         else:
-            chunks = sources.file_source(args.source)
+            chunks = sources.file_source(args.source, reference_channel=args.reference_channel)
             if args.realtime is not False:
                 chunks = sources.paced(chunks)
     except (AudioError, ValueError) as e:

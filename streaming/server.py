@@ -2,7 +2,8 @@
 
 A client connects to `ws://HOST:PORT/?rate=16000&channels=1` (optionally also `barge_in=0|1`,
 `resume=0|1`, `echo_guard=0|1`, `half_duplex=0|1`, `max_waiting=N`, `max_new_tokens=N`,
-`system=TEXT` and `prompt=TEXT`, URL-encoded, overriding the server's settings for this client),
+`system=TEXT` and `prompt=TEXT`, URL-encoded, overriding the server's settings for this client;
+`reference_channel=N`: channel N of its PCM is what its loudspeaker plays, cancelled from the others),
 streams raw little-endian 16-bit PCM as binary messages (any size; a sample split across two
 messages is joined), and receives the events of `desta-edge listen --json` as text messages, one
 JSON object each: `ready` first, then `speech_start`, `transcript`, `token`, `answer`, ... as the
@@ -44,6 +45,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 from .assistant import Assistant, AssistantOptions
+from .echo import require_aec
 from .sources import SAMPLE_RATE, pcm_source
 from .vad import EndpointOptions
 
@@ -101,6 +103,7 @@ class SessionParams:
 
     rate: int = SAMPLE_RATE  # its PCM's sample rate
     channels: int = 1  # and channel count (interleaved)
+    reference_channel: int | None = None  # the channel that carries its loudspeaker's signal (echo cancelled)
     barge_in: bool | None = None  # 0 suits a client streaming a recording
     resume: bool | None = None  # see AssistantOptions.resume_false_interruptions
     echo_guard: bool | None = None  # see AssistantOptions.echo_guard
@@ -114,8 +117,8 @@ class SessionParams:
     def parse(cls, path: str) -> SessionParams:
         """ValueError naming the parameter when one is bad or unknown."""
         query = parse_qs(urlsplit(path).query, keep_blank_values=True)
-        known = ("rate", "channels", "barge_in", "resume", "echo_guard", "half_duplex", "max_waiting", "max_new_tokens",
-                 "system", "prompt")
+        known = ("rate", "channels", "reference_channel", "barge_in", "resume", "echo_guard", "half_duplex",
+                 "max_waiting", "max_new_tokens", "system", "prompt")
         unknown = set(query) - set(known)
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}: expected {', '.join(known)}")
@@ -141,7 +144,11 @@ class SessionParams:
             value = number(key, 0, 1)
             return None if value is None else bool(value)
 
-        return cls(rate=number("rate", 1, MAX_RATE) or SAMPLE_RATE, channels=number("channels", 1, MAX_CHANNELS) or 1,
+        channels = number("channels", 1, MAX_CHANNELS) or 1
+        reference = None if "reference_channel" not in query else number("reference_channel", 0, channels - 1)
+        if reference is not None and channels < 2:
+            raise ValueError("reference_channel needs channels >= 2: the loudspeaker's signal and the microphone")
+        return cls(rate=number("rate", 1, MAX_RATE) or SAMPLE_RATE, channels=channels, reference_channel=reference,
                    barge_in=flag("barge_in"), resume=flag("resume"), echo_guard=flag("echo_guard"),
                    half_duplex=flag("half_duplex"),
                    max_waiting=number("max_waiting", 0, MAX_WAITING),
@@ -259,8 +266,11 @@ class Server:
             response.headers["Content-Type"] = "application/json"
             return response
         try:
-            SessionParams.parse(request.path).options(self.opts, self.model.config.audio_locator)
-        except ValueError as e:
+            params = SessionParams.parse(request.path)
+            params.options(self.opts, self.model.config.audio_locator)
+            if params.reference_channel is not None:
+                require_aec()
+        except (ValueError, RuntimeError) as e:
             return connection.respond(HTTPStatus.BAD_REQUEST, f"{e}\n")
         if self.busy():
             logger.info("refused %s: another client is connected", connection.remote_address)
@@ -295,13 +305,14 @@ class Server:
 
         sender = asyncio.create_task(send_events())
         await events.put({"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": params.rate,
-                          "channels": params.channels, "barge_in": opts.barge_in,
-                          "resume": opts.resume_false_interruptions, "echo_guard": opts.echo_guard,
-                          "half_duplex": opts.half_duplex, "max_waiting": opts.max_waiting,
+                          "channels": params.channels, "reference_channel": params.reference_channel,
+                          "barge_in": opts.barge_in, "resume": opts.resume_false_interruptions,
+                          "echo_guard": opts.echo_guard, "half_duplex": opts.half_duplex, "max_waiting": opts.max_waiting,
                           "max_new_tokens": opts.max_new_tokens, "system": opts.system, "prompt": opts.prompt,
                           "idle_timeout_s": self.options.idle_timeout_s, **self._ready})
         run = loop.run_in_executor(None, assistant.run,
-                                   pcm_source(messages, rate=params.rate, channels=params.channels))
+                                   pcm_source(messages, rate=params.rate, channels=params.channels,
+                                              reference_channel=params.reference_channel))
         try:
             while True:
                 try:

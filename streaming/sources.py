@@ -48,7 +48,6 @@ class _Resampler:
             import soxr
 
             self._rs = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-        self.delivered = 0  # 16 kHz samples handed out
         self.non_finite = 0  # NaN/Inf input samples replaced by silence
 
     def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
@@ -65,19 +64,47 @@ class _Resampler:
         return x
 
 
-def _chunks(blocks: Iterator[np.ndarray], rate: int, source: str) -> Iterator[Chunk]:
-    rs = _Resampler(rate, source)
+class _EchoCancelled:
+    """Like `_Resampler`, for input whose channel `channel` carries what the loudspeaker plays: the
+    other channels (the microphone) come out with that signal's echo removed (`echo.EchoCanceller`)."""
+
+    def __init__(self, rate: int, source: str, channel: int, channels: int) -> None:
+        from .echo import EchoCanceller
+
+        if channels < 2 or not -channels <= channel < channels:
+            raise AudioError(f"{source}: the reference channel {channel} must be one of {channels} channels, and "
+                             "the microphone at least one other")
+        self.channel = channel % channels
+        self.mic, self.ref = _Resampler(rate, source), _Resampler(rate, f"{source} (reference channel)")
+        self.aec = EchoCanceller()
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        mic, ref = (np.delete(block, self.channel, axis=1), block[:, self.channel]) if block.size else (block, block)
+        out = self.aec(self.mic(mic, last), self.ref(ref, last))  # equal lengths: the same resampling
+        return np.concatenate([out, self.aec.flush()]) if last else out
+
+
+def _chunks(blocks: Iterator[np.ndarray], rate: int, source: str, reference: tuple[int, int] | None = None
+            ) -> Iterator[Chunk]:
+    """16 kHz mono chunks of `blocks`; `reference`: (channel, channels) when a channel carries the
+    loudspeaker's signal, to be cancelled from the others."""
+    convert = _Resampler(rate, source) if reference is None else _EchoCancelled(rate, source, *reference)
+    return _reframe(blocks, convert)  # built first, so that bad settings fail before the first read
+
+
+def _reframe(blocks: Iterator[np.ndarray], convert: Callable[..., np.ndarray]) -> Iterator[Chunk]:
     n = SAMPLE_RATE * CHUNK_MS // 1000
+    delivered = 0  # 16 kHz samples handed out
     pending = np.zeros(0, dtype=np.float32)
     for block in blocks:
-        pending = np.concatenate([pending, rs(block)])
+        pending = np.concatenate([pending, convert(block)])
         while len(pending) >= n:
-            yield Chunk(pending[:n].copy(), rs.delivered / SAMPLE_RATE)
-            rs.delivered += n
+            yield Chunk(pending[:n].copy(), delivered / SAMPLE_RATE)
+            delivered += n
             pending = pending[n:]
-    pending = np.concatenate([pending, rs(np.zeros(0, dtype=np.float32), last=True)])
+    pending = np.concatenate([pending, convert(np.zeros(0, dtype=np.float32), last=True)])
     if len(pending):
-        yield Chunk(pending, rs.delivered / SAMPLE_RATE)
+        yield Chunk(pending, delivered / SAMPLE_RATE)
 
 
 def paced(chunks: Iterator[Chunk], *, clock: Callable[[], float] = time.monotonic,
@@ -94,8 +121,10 @@ def paced(chunks: Iterator[Chunk], *, clock: Callable[[], float] = time.monotoni
         yield chunk
 
 
-def file_source(path: str | Path, *, block_frames: int = 4096) -> Iterator[Chunk]:
-    """Chunks of an audio file soundfile can read, any rate and channel count (not paced)."""
+def file_source(path: str | Path, *, block_frames: int = 4096, reference_channel: int | None = None) -> Iterator[Chunk]:
+    """Chunks of an audio file soundfile can read, any rate and channel count (not paced).
+    reference_channel: the channel that carries what the loudspeaker played, whose echo is removed
+    from the other channels (`echo.EchoCanceller`; -1: the last)."""
     import soundfile as sf
 
     path = Path(path)
@@ -112,11 +141,14 @@ def file_source(path: str | Path, *, block_frames: int = 4096) -> Iterator[Chunk
         with sf.SoundFile(str(path)) as f:
             yield from f.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
 
-    return _chunks(blocks(), info.samplerate, str(path))
+    reference = None if reference_channel is None else (reference_channel, info.channels)
+    return _chunks(blocks(), info.samplerate, str(path), reference)
 
 
-def pcm_source(stream: BinaryIO, *, rate: int = SAMPLE_RATE, channels: int = 1, block_bytes: int = 6400) -> Iterator[Chunk]:
-    """Chunks of raw little-endian signed 16-bit PCM (e.g. `arecord -f S16_LE | desta-edge listen --source -`)."""
+def pcm_source(stream: BinaryIO, *, rate: int = SAMPLE_RATE, channels: int = 1, block_bytes: int = 6400,
+               reference_channel: int | None = None) -> Iterator[Chunk]:
+    """Chunks of raw little-endian signed 16-bit PCM (e.g. `arecord -f S16_LE | desta-edge listen --source -`),
+    interleaved when `channels` > 1; reference_channel as for `file_source`."""
     if channels < 1:
         raise AudioError(f"stdin: invalid channel count {channels}")
     frame_bytes = 2 * channels
@@ -136,7 +168,7 @@ def pcm_source(stream: BinaryIO, *, rate: int = SAMPLE_RATE, channels: int = 1, 
         if carry:
             logger.warning("stdin: dropped %d trailing bytes (not a whole %d-channel s16le frame)", len(carry), channels)
 
-    return _chunks(blocks(), rate, "stdin")
+    return _chunks(blocks(), rate, "stdin", None if reference_channel is None else (reference_channel, channels))
 
 
 # ----------------------------------------------------------------------------- microphone

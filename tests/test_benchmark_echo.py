@@ -17,17 +17,20 @@ def test_the_app_plays_each_answer_after_its_event_and_reports_start_and_stop():
     assert not app.playing
     app.on_event({"type": "answer", "utterance": 0, "text": "The capital of France is Paris."})
     assert app.playing
-    sound, reports, pos = [], [], 0
+    sound, refs, reports, pos = [], [], [], 0
     while app.playing or pos < 8000:
-        out, changes = app.play(pos, 320)
-        sound.append(out)
+        echo, ref, changes = app.play(pos, 320)
+        sound.append(echo)
+        refs.append(ref)
         reports += [(pos, c) for c in changes]
         pos += 320
-    sound = np.concatenate(sound)
-    start = int(bench.PLAY_LATENCY_S * 16000)
-    assert said == ["The capital of France is Paris."] and app.spans == [(start / 16000, (start + 1000) / 16000)]
-    assert not sound[:start].any() and sound[start : start + 1000].any() and not sound[start + 1000 :].any()
-    assert reports == [(start // 320 * 320, True), ((start + 999) // 320 * 320, False)]
+    sound, refs = np.concatenate(sound), np.concatenate(refs)
+    start, delay = int(bench.PLAY_LATENCY_S * 16000), int(bench.ECHO_DELAY_S * 16000)
+    end = start + 1000 + delay
+    assert said == ["The capital of France is Paris."] and app.spans == [(start / 16000, end / 16000)]
+    assert np.allclose(refs[start : start + 1000], 0.3) and not refs[start + 1000 :].any()
+    assert not sound[: start + delay].any() and sound[start + delay : end].any() and not sound[end:].any()
+    assert reports == [(start // 320 * 320, True), ((end - 1) // 320 * 320, False)]
 
 
 def test_user_track_lays_questions_out_gap_apart():
@@ -43,11 +46,14 @@ def test_score_tells_questions_from_echoes():
     echoes = [(4.0, 7.0), (14.0, 16.0)]
     ev = []
     for u, (a, b) in enumerate([(0.5, 2.0), (4.1, 6.9), (10.4, 12.0), (14.1, 15.0)]):
-        ev += [{"type": "speech_start", "utterance": u, "audio_s": a}, {"type": "speech_end", "utterance": u, "speech_end_s": b}]
-    ev += [{"type": "answer", "utterance": 0, "transcript": "q1"}, {"type": "answer", "utterance": 1, "transcript": "e1"},
+        ev += [{"type": "speech_start", "utterance": u, "audio_s": a},
+               {"type": "speech_end", "utterance": u, "speech_end_s": b}]
+    ev += [{"type": "answer", "utterance": 0, "transcript": "q1"},
+           {"type": "answer", "utterance": 1, "transcript": "e1"},
            {"type": "discarded", "utterance": 2, "reason": "echo", "transcript": "q2"},
            {"type": "discarded", "utterance": 3, "reason": "echo", "transcript": "e2"}]
     s = bench.score(ev, truth, echoes)
     assert (s["answered"], s["not_heard"], s["dropped_as_echo"]) == (1, 0, 1)
     assert (s["echo_utterances"], s["echo_answered"], s["echo_dropped"], s["mixed_utterances"]) == (2, 1, 1, 0)
-    assert s["heard_in_echoes"] == [{"transcript": "e1", "outcome": "answered"}, {"transcript": "e2", "outcome": "echo"}]
+    assert s["heard_in_echoes"] == [{"transcript": "e1", "outcome": "answered"},
+                                    {"transcript": "e2", "outcome": "echo"}]

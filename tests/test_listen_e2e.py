@@ -67,6 +67,47 @@ def test_stdin_pcm_at_another_rate_and_channel_count(tmp_path):
     assert len(answers) == 1 and "france" in answers[0]["transcript"].lower()
 
 
+def test_the_loudspeakers_echo_is_no_request_once_cancelled(tmp_path):
+    """A spoken answer played through a loudspeaker between two questions: heard from the
+    microphone alone it becomes an utterance of its own; with what the loudspeaker played as a
+    second channel (`--reference-channel 1`), its echo is cancelled, and only the two questions
+    are heard and answered."""
+    pytest.importorskip("livekit")
+    from desta_edge.training import acoustics
+
+    def say(engine_voice, text):
+        engine, voice = engine_voice
+        path = tmp_path / f"{voice}.wav"
+        cmd = (["flite", "-voice", voice, "-t", text, "-o", str(path)] if engine == "flite"
+               else ["espeak-ng", "-v", voice, "-w", str(path), text])
+        subprocess.run(cmd, check=True)
+        x, sr = sf.read(str(path), dtype="float32")
+        return soxr.resample(x, sr, 16000).astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    q1 = acoustics.set_level(say(("flite", "slt"), "What is the capital of France?"), -26)
+    played = acoustics.set_level(say(("espeak", "en-gb"), "The capital of France is Paris, a city on the river Seine."), -20)
+    q2 = acoustics.set_level(say(("flite", "awb"), "How many days are there in a week?"), -26)
+    echo = acoustics.band_limit(played, 200.0, 7000.0)
+    echo = acoustics.convolve(np.tanh(1.5 * echo / np.abs(echo).max()), acoustics.room_response(0.4, 4.0, rng))
+    echo = acoustics.set_level(echo, -30)
+    gap = np.zeros(16000, np.float32)
+    mic = np.concatenate([gap / 2, q1, gap, np.zeros(640, np.float32), echo, gap, q2, gap, gap / 2])
+    ref = np.concatenate([gap / 2, 0 * q1, gap, played, np.zeros(640, np.float32), gap, 0 * q2, gap, gap / 2])
+    mic += 10 ** (-65 / 20) * acoustics.room_tone(len(mic), rng)
+    sf.write(tmp_path / "mic.wav", mic, 16000, subtype="PCM_16")
+    sf.write(tmp_path / "both.wav", np.stack([mic, ref], axis=1), 16000, subtype="PCM_16")
+    heard = listen("--source", str(tmp_path / "mic.wav"), "--fast")
+    assert len([e for e in heard if e["type"] == "speech_end"]) == 3  # the echo too
+    events = listen("--source", str(tmp_path / "both.wav"), "--fast", "--reference-channel", "1")
+    answers = [e for e in events if e["type"] == "answer"]
+    assert len([e for e in events if e["type"] == "speech_end"]) == len(answers) == 2
+    assert "france" in answers[0]["transcript"].lower() and "week" in answers[1]["transcript"].lower()
+    r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", str(tmp_path / "mic.wav"),
+                        "--reference-channel", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "reference channel 1 must be one of 1 channels" in r.stderr
+
+
 def test_listen_reports_a_bad_file():
     r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", "/nonexistent.wav", "--json"],
                        capture_output=True, text=True, timeout=120)

@@ -56,6 +56,7 @@ def test_a_client_gets_the_listeners_events(server, tiny_model):
     `ready` and a `summary`; PCM split mid-sample across messages changes nothing."""
     events = session(server.port, pcm(SPEECH), piece=333)  # odd sizes: samples split across messages
     assert events[0] == {"type": "ready", "audio_s": 0.0, "wall_s": 0.0, "rate": 16000, "channels": 1,
+                         "reference_channel": None,
                          "barge_in": False, "resume": True, "echo_guard": True, "half_duplex": False,
                          "max_waiting": 0, "max_new_tokens": 6,
                          "system": OPTS.system, "prompt": OPTS.prompt, "idle_timeout_s": 60.0, "warm_up_ms": 1.0}
@@ -73,6 +74,20 @@ def test_other_rates_and_channels_are_resampled(server):
     x48 = np.interp(t, np.arange(len(SPEECH)) / 16000, SPEECH).astype(np.float32)
     events = session(server.port, pcm(x48, channels=2), piece=3840, query="?rate=48000&channels=2")
     assert events[0]["rate"] == 48000 and events[0]["channels"] == 2
+    assert events[-1]["answers"] == 2
+    ends = [e["speech_end_s"] for e in events if e["type"] == "speech_end"]
+    assert ends == pytest.approx([1.3, 2.9], abs=0.03)
+
+
+def test_a_client_sends_its_loudspeakers_signal_as_a_reference_channel(server):
+    """`channels=2&reference_channel=1`: channel 1 (here a loud tone the loudspeaker plays between the
+    requests) is cancelled from channel 0, not averaged into it: the requests are heard as in mono."""
+    pytest.importorskip("livekit")
+    t = np.arange(len(SPEECH)) / 16000
+    tone = np.where(np.abs(SPEECH) > 0, 0.0, 0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    stereo = (np.clip(np.stack([SPEECH, tone], axis=1), -1, 1) * 32767).astype("<i2").tobytes()
+    events = session(server.port, stereo, piece=1280, query="?channels=2&reference_channel=1")
+    assert events[0]["channels"] == 2 and events[0]["reference_channel"] == 1
     assert events[-1]["answers"] == 2
     ends = [e["speech_end_s"] for e in events if e["type"] == "speech_end"]
     assert ends == pytest.approx([1.3, 2.9], abs=0.03)
@@ -97,6 +112,8 @@ def test_bad_requests_get_clear_answers(server):
     for query, says in (("?rate=abc", b"rate must be"), ("?rate=0", b"rate must be"),
                         ("?channels=99", b"channels must be"), ("?barge_in=yes", b"barge_in must be"),
                         ("?resume=2", b"resume must be"), ("?half_duplex=yes", b"half_duplex must be"),
+                        ("?reference_channel=0", b"reference_channel needs channels >= 2"),
+                        ("?channels=2&reference_channel=2", b"reference_channel must be an integer from 0 to 1"),
                         ("?rate=16000&lang=en", b"unknown parameter(s) lang"), ("?rate=", b"rate must be"),
                         ("?max_new_tokens=7", b"at most the server's 6"), ("?prompt=", b"prompt must be non-empty"),
                         ("?system=%20", b"system must be non-empty"), (f"?prompt={'x' * 2001}", b"at most 2000"),

@@ -1,0 +1,128 @@
+"""streaming/echo.py: the loudspeaker's echo cancelled from the microphone (WebRTC's AEC3 from
+livekit), and the sources whose input carries the loudspeaker's signal as a reference channel."""
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from conftest import ESPEAK, speak
+from desta_edge.runtime.audio import AudioError
+from desta_edge.streaming.echo import FRAME, EchoCanceller
+from desta_edge.streaming.sources import file_source, pcm_source
+from desta_edge.training import acoustics
+
+pytest.importorskip("livekit")
+R = 16000
+
+
+class Recorder:
+    """An APM that leaves the microphone as it is and records what it was given."""
+
+    def __init__(self):
+        self.delay_ms, self.far, self.near = None, [], []
+
+    def set_stream_delay_ms(self, ms):
+        self.delay_ms = ms
+
+    def process_reverse_stream(self, frame):
+        self.far.append(frame.samples_per_channel)
+
+    def process_stream(self, frame):
+        self.near.append(frame.samples_per_channel)
+
+
+def test_the_canceller_hands_back_whole_frames_and_the_rest_at_the_end():
+    apm = Recorder()
+    aec = EchoCanceller(delay_ms=30, apm=apm)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 1000).astype(np.float32)
+    outs = [aec(x[a:b], -x[a:b]) for a, b in ((0, 250), (250, 700), (700, 1000))]
+    assert [len(o) for o in outs] == [160, 480, 320] and len(aec.flush()) == 40 and len(aec.flush()) == 0
+    assert apm.delay_ms == 30 and apm.far == apm.near == [FRAME] * 7  # the last 40 samples padded to a frame
+    assert np.abs(np.concatenate(outs) - x[:960]).max() <= 1 / 32768  # untouched but for 16-bit rounding
+
+
+def test_mismatched_pieces_and_a_negative_delay_are_refused():
+    with pytest.raises(ValueError, match="equal pieces"):
+        EchoCanceller(apm=Recorder())(np.zeros(160), np.zeros(320))
+    with pytest.raises(ValueError, match="delay_ms must be >= 0"):
+        EchoCanceller(delay_ms=-1, apm=Recorder())
+
+
+def db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(x.astype(np.float64) ** 2) + 1e-12))
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory):
+    """What a loudspeaker plays (a spoken answer), its echo at the microphone 40 ms later through a
+    small loudspeaker and a room, and a person's question after it: (mic, reference, echo span,
+    question span) at 16 kHz."""
+    if ESPEAK is None:
+        pytest.skip("needs espeak-ng")
+    tmp = tmp_path_factory.mktemp("echo")
+    rng = np.random.default_rng(1)
+
+    def said(text, voice):
+        x, sr = sf.read(speak(text, tmp / f"{voice}.wav", voice=voice), dtype="float32")
+        return soxr.resample(x, sr, R).astype(np.float32)
+
+    answer = acoustics.set_level(said("The capital of France is Paris, a city on the river Seine.", "en-us"), -20)
+    question = acoustics.set_level(said("What is the capital of Germany?", "en-gb+m3"), -26)
+    echo = acoustics.band_limit(answer, 200.0, 7000.0)
+    echo = acoustics.convolve(np.tanh(1.5 * echo / np.abs(echo).max()), acoustics.room_response(0.4, 4.0, rng))
+    echo = acoustics.set_level(echo, -30)
+    delay, gap = int(0.04 * R), int(0.5 * R)
+    n = len(answer) + delay + gap + len(question) + gap
+    ref, mic = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    ref[: len(answer)] = answer
+    mic[delay : delay + len(echo)] += echo
+    q0 = len(answer) + delay + gap
+    mic[q0 : q0 + len(question)] += question
+    mic += 10 ** (-65 / 20) * acoustics.room_tone(n, rng)
+    return mic, ref, (R, len(answer)), (q0, q0 + len(question))
+
+
+def test_aec3_removes_the_echo_and_keeps_the_person(room):
+    """After a second to learn the room, the echo is 15 dB or more down (23 dB when measured); the
+    question asked after the loudspeaker stopped keeps its level within 3 dB."""
+    mic, ref, (e0, e1), (q0, q1) = room
+    aec = EchoCanceller()
+    out = np.concatenate([aec(mic[i : i + 320], ref[i : i + 320]) for i in range(0, len(mic), 320)] + [aec.flush()])
+    assert len(out) == len(mic)
+    assert db(out[e0:e1]) < db(mic[e0:e1]) - 15
+    assert abs(db(out[q0:q1]) - db(mic[q0:q1])) < 3
+
+
+def test_a_source_cancels_its_reference_channel_from_the_others(room, tmp_path):
+    """A 3-channel 48 kHz file (microphone, loudspeaker, microphone) and the same as stdin PCM: with
+    the reference channel named, the chunks are the microphone with its echo gone; without, all
+    three channels averaged."""
+    mic, ref, (e0, e1), _ = room
+    x = soxr.resample(np.stack([mic, ref, mic], axis=1), R, 48000).astype(np.float32)
+    path = tmp_path / "three.wav"
+    sf.write(path, x, 48000, subtype="PCM_16")
+
+    def heard(chunks):
+        chunks = list(chunks)
+        assert [c.audio_s for c in chunks] == pytest.approx([i * 0.02 for i in range(len(chunks))])
+        return np.concatenate([c.samples for c in chunks])
+
+    plain, cancelled = heard(file_source(path)), heard(file_source(path, reference_channel=1))
+    assert len(cancelled) == len(plain) == pytest.approx(len(mic), abs=2)
+    assert db(cancelled[e0:e1]) < db(mic[e0:e1]) - 15
+    assert np.allclose(plain, soxr.resample(x.mean(axis=1), 48000, R), atol=1e-3)
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    stdin = heard(pcm_source(io.BytesIO(pcm), rate=48000, channels=3, reference_channel=-2))
+    assert db(stdin[e0:e1]) < db(mic[e0:e1]) - 15
+
+
+def test_a_reference_channel_needs_another_channel_for_the_microphone(tmp_path):
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, np.zeros(1600, np.float32), R)
+    with pytest.raises(AudioError, match="reference channel 0 must be one of 1 channels"):
+        file_source(mono, reference_channel=0)
+    with pytest.raises(AudioError, match="reference channel 2 must be one of 2 channels"):
+        pcm_source(io.BytesIO(b""), channels=2, reference_channel=2)

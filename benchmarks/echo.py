@@ -5,7 +5,7 @@
 
 A closed loop, as an app that speaks the answers would run it. A user asks questions, one every
 `--gap-s` seconds (espeak-ng and flite voices at -26 dBFS in a small room). A simulated app takes
-each `answer` event, speaks its text with another synthesizer's voice, and plays it through a
+each `answer` event, speaks its text (flite and espeak-ng voices by turns), and plays it through a
 simulated loudspeaker (band-limited, softly clipped, the room's reverberation) into the same
 microphone at `--echo-dbfs`, 0.2 s after the answer, reporting `Assistant.playback` while it
 plays (except in the first variant). An answer given to an echo is spoken too, so an assistant
@@ -17,8 +17,9 @@ signal as a reference channel, WebRTC's AEC3; needs `pip install "desta-edge[aec
 echo cancelled with barge-in on.
 
 Per variant: the questions answered, and those lost (never heard, or dropped as an echo); the
-echoes played; utterances heard in an echo and answered as requests, or dropped as echoes.
-JSON + markdown under --out. A measurement, not a pass/fail test.
+echoes played; utterances heard in an echo and answered as requests, or dropped as echoes;
+answers stopped by barge-in and resumed. JSON + markdown under --out. A measurement, not a
+pass/fail test.
 """
 
 from __future__ import annotations
@@ -170,12 +171,13 @@ def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tup
     dropped = {e["utterance"]: e["reason"] for e in events if e["type"] == "discarded" and "transcript" in e}
     heard = {e["utterance"]: e["transcript"] for e in events
              if e["type"] in ("answer", "discarded") and "transcript" in e}
-    answered_q = sum(any(u in answered and overlaps(span, [q]) for u, span in spans.items()) for q in truth)
+    unanswered = [i for i, q in enumerate(truth) if not any(u in answered and overlaps(span, [q])
+                                                             for u, span in spans.items())]
     heard_q = sum(any(overlaps(span, [q]) for span in spans.values()) for q in truth)
     in_echo = [u for u, span in spans.items() if overlaps(span, echoes) and not overlaps(span, truth)]
     return {
         "questions": len(truth),
-        "answered": answered_q,
+        "answered": len(truth) - len(unanswered),
         "not_heard": len(truth) - heard_q,
         "dropped_as_echo": sum(any(dropped.get(u) == "echo" and overlaps(span, [q]) for u, span in spans.items())
                                for q in truth),
@@ -187,6 +189,7 @@ def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tup
         "mixed_utterances": sum(overlaps(span, echoes) and overlaps(span, truth) for span in spans.values()),
         "heard_in_echoes": [{"transcript": heard.get(u), "outcome": "answered" if u in answered else dropped.get(u)}
                             for u in in_echo],
+        "unanswered_questions": [{"question": i, "asked_over_playback": overlaps(truth[i], echoes)} for i in unanswered],
     }
 
 

@@ -67,7 +67,7 @@ HUM = re.compile(r"[mh]+|u+[hm]+|a+h+|o+h+")  # mm, hmm, mhm, mmhmm, uh, um, uhm
 # An echo: a transcript of at least ECHO_MIN_WORDS words of which ECHO_SHARE or more read back an
 # answer, in runs of at least ECHO_RUN_WORDS words in the answer's order (a shared "the" or "is" is
 # not a read-back). Chosen on answers of the tiny preset played through a simulated loudspeaker and
-# room (see the README, "Playback"): follow-up questions that quote the answer reach 0.67.
+# room (README, "Answers spoken aloud"): follow-up questions that quote the answer reach 0.67.
 ECHO_MIN_WORDS = 3
 ECHO_RUN_WORDS = 2
 ECHO_SHARE = 0.7

@@ -54,6 +54,7 @@ def test_score_tells_questions_from_echoes():
            {"type": "discarded", "utterance": 3, "reason": "echo", "transcript": "e2"}]
     s = bench.score(ev, truth, echoes)
     assert (s["answered"], s["not_heard"], s["dropped_as_echo"]) == (1, 0, 1)
+    assert s["unanswered_questions"] == [{"question": 1, "asked_over_playback": False}]
     assert (s["echo_utterances"], s["echo_answered"], s["echo_dropped"], s["mixed_utterances"]) == (2, 1, 1, 0)
     assert s["heard_in_echoes"] == [{"transcript": "e1", "outcome": "answered"},
                                     {"transcript": "e2", "outcome": "echo"}]

@@ -40,8 +40,9 @@ def register_cli(sub) -> None:
     p.add_argument("--device", default=None, help="microphone name or index (see --list-devices)")
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--reference-channel", type=int, default=None, metavar="N",
-                   help="channel N of a file or of stdin PCM carries what the loudspeaker plays (-1: the last): "
-                        "its echo is cancelled from the other channels (pip install \"desta-edge[aec]\")")
+                   help="input channel N (of the microphone, a file or stdin PCM) carries what the loudspeaker "
+                        "plays (-1: the last): its echo is cancelled from the other channels (pip install "
+                        "\"desta-edge[aec]\")")
     _add_assistant_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.set_defaults(func=_cmd_listen)
@@ -190,11 +191,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
             chunks = sources.pcm_source(sys.stdin.buffer, rate=args.rate, channels=args.channels,
                                         reference_channel=args.reference_channel)
         elif args.source == "mic":
-            if args.reference_channel is not None:
-                raise ValueError("--reference-channel works on a file or stdin, not yet on --source mic: capture every "
-                                 "channel with arecord -c N -f S16_LE and pipe it to --source - --channels N")
             device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
-            mic = sources.MicSource(sources.MicOptions(device=device))
+            mic = sources.MicSource(sources.MicOptions(device=device, reference_channel=args.reference_channel))
             chunks = mic.chunks()
         else:
             chunks = sources.file_source(args.source, reference_channel=args.reference_channel)

@@ -178,11 +178,12 @@ class RingBuffer:
     """A fixed-size single-producer/single-consumer float32 ring; the writer never blocks.
 
     `write` is called from the audio callback: it copies into preallocated memory and, when the
-    reader has fallen behind, drops the oldest audio and counts it as an overflow.
+    reader has fallen behind, drops the oldest audio and counts it as an overflow. `width`: samples
+    of `width` channels each (`[n, width]` in and out) instead of mono (`[n]`).
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._data = np.zeros(capacity, dtype=np.float32)
+    def __init__(self, capacity: int, width: int | None = None) -> None:
+        self._data = np.zeros((capacity,) if width is None else (capacity, width), dtype=np.float32)
         self._capacity = capacity
         self._write = 0  # total samples written (monotonic)
         self._read = 0  # total samples read
@@ -225,6 +226,10 @@ class MicOptions:
     buffer_s: float = 5.0  # ring buffer length: how far the reader may fall behind
     retry_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)  # back-off between reopen attempts
     max_retries: int = 20  # reopen attempts after a device error before giving up
+    # the input channel that carries what the loudspeaker plays (a loopback channel of a microphone
+    # array or sound card), whose echo is cancelled from the other channels (`echo.py`; -1: the last);
+    # every channel of the device is captured then
+    reference_channel: int | None = None
 
 
 def _sounddevice():
@@ -249,7 +254,10 @@ def capture_settings(opts: MicOptions) -> tuple[MicOptions, str]:
         which = "no default input device" if opts.device is None else f"no input device {opts.device!r}"
         raise AudioError(f"{which} ({e}); see desta-edge listen --list-devices") from e
     rates = [opts.rate] if opts.rate else [SAMPLE_RATE, int(info["default_samplerate"])]
-    channels = [opts.channels] if opts.channels else [1, min(2, int(info["max_input_channels"]))]
+    if opts.reference_channel is not None:  # every channel: the loudspeaker's and the microphone's
+        channels = [opts.channels or int(info["max_input_channels"])]
+    else:
+        channels = [opts.channels] if opts.channels else [1, min(2, int(info["max_input_channels"]))]
     errors = []
     for rate in dict.fromkeys(rates):
         for ch in dict.fromkeys(channels):
@@ -286,14 +294,23 @@ class MicSource:
             opts, name = replace(opts, rate=opts.rate or SAMPLE_RATE, channels=opts.channels or 1), str(opts.device)
         self.opts = opts
         self.description = f"{name}, {opts.rate} Hz, {opts.channels} ch"  # for people: which device, how
+        self._reference = opts.reference_channel
+        if self._reference is not None:
+            if opts.channels < 2 or not -opts.channels <= self._reference < opts.channels:
+                raise AudioError(f"microphone {name!r}: the reference channel {self._reference} must be one of its "
+                                 f"{opts.channels} input channels, and the microphone at least one other")
+            self._reference %= opts.channels
+            self.description += f", channel {self._reference} the loudspeaker's (echo cancelled)"
         logger.info("microphone: %s", self.description)
         self._factory = stream_factory or self._open_sounddevice
         self._sleep = sleep
-        self.ring = RingBuffer(int(opts.buffer_s * opts.rate))
+        # mono, or (microphone, loudspeaker) pairs when a channel carries the loudspeaker's signal
+        self.ring = RingBuffer(int(opts.buffer_s * opts.rate), None if self._reference is None else 2)
         self.overflows = 0  # input overflows the audio driver reported
         self.reopens = 0  # times the device was reopened after an error
         self.input_latency_s: float | None = None  # what PortAudio reports for the open stream
         self._mono = np.zeros(opts.rate * CHUNK_MS // 1000, dtype=np.float32)  # downmix scratch (callback)
+        self._pair = np.zeros((len(self._mono), 2), dtype=np.float32)  # (microphone, loudspeaker) scratch
 
     def _open_sounddevice(self, callback, opts: MicOptions):
         sd = _sounddevice()
@@ -305,6 +322,16 @@ class MicSource:
         # runs on the audio thread: copy, count, never block or raise
         if status and getattr(status, "input_overflow", False):
             self.overflows += 1
+        if self._reference is not None:
+            if len(self._pair) < frames:
+                self._pair = np.zeros((frames, 2), dtype=np.float32)
+            pair, ref = self._pair[:frames], indata[:, self._reference]
+            np.sum(indata, axis=1, out=pair[:, 0])  # the other channels' mean: the microphone
+            pair[:, 0] -= ref
+            pair[:, 0] /= indata.shape[1] - 1
+            pair[:, 1] = ref
+            self.ring.write(pair)
+            return
         if indata.shape[1] == 1:
             self.ring.write(indata[:, 0])
             return
@@ -350,4 +377,5 @@ class MicSource:
             stream.close()
 
     def chunks(self, stop: Callable[[], bool] = lambda: False) -> Iterator[Chunk]:
-        return _chunks(self.blocks(stop), self.opts.rate, f"microphone {self.opts.device!r}")
+        return _chunks(self.blocks(stop), self.opts.rate, f"microphone {self.opts.device!r}",
+                       None if self._reference is None else (1, 2))

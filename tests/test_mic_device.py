@@ -176,6 +176,15 @@ def test_capture_falls_back_to_the_devices_own_rate_and_stereo(monkeypatch):
     assert fake.checked == [(16000, 1), (16000, 2), (48000, 1), (48000, 2)]
 
 
+def test_capture_with_a_loudspeaker_channel_takes_every_channel(monkeypatch):
+    """A microphone array with a loopback of its output (6 channels here): all of them are
+    captured, so that the reference channel can be told from the microphones."""
+    fake = FakeSoundDevice(rates=(16000,), channels=(6,), max_channels=6)
+    monkeypatch.setattr(sources, "_sounddevice", lambda: fake)
+    opts, _ = capture_settings(MicOptions(reference_channel=5))
+    assert (opts.rate, opts.channels) == (16000, 6) and fake.checked == [(16000, 6)]
+
+
 def test_capture_errors_name_the_device_and_what_was_tried(monkeypatch):
     monkeypatch.setattr(sources, "_sounddevice", lambda: FakeSoundDevice(rates=(44100,)))
     with pytest.raises(AudioError, match=r"no input device 'Blue Yeti' .*--list-devices"):

@@ -144,3 +144,38 @@ def test_microphone_gives_up_with_a_clear_error():
     mic = MicSource(MicOptions(device="USB mic", max_retries=2), stream_factory=factory, sleep=lambda s: None)
     with pytest.raises(RuntimeError, match="cannot open input device 'USB mic': no such device"):
         next(mic.chunks())
+
+
+def test_microphone_with_a_loudspeaker_channel_cancels_its_echo():
+    """A 3-channel device whose last channel is what the loudspeaker plays (a loopback): the
+    callback keeps (microphone, loudspeaker) pairs, and the chunks are the microphone with the
+    loudspeaker's echo cancelled (here there is none: the two microphone channels carry a tone,
+    the loudspeaker another, which must not leak into the chunks as an average would)."""
+    pytest.importorskip("livekit")
+    t = np.arange(320 * 50) / 16000
+    mic_tone = (0.1 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    played = (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    frames = np.stack([mic_tone, mic_tone, played], axis=1)
+
+    class ThreeChannels(FakeStream):
+        def start(self):
+            self.active = True
+            for i in range(0, len(frames), 320):
+                self.callback(frames[i : i + 320], 320, None, None)
+            self.active = False
+
+    mic = MicSource(MicOptions(channels=3, reference_channel=-1),
+                    stream_factory=lambda cb, opts: ThreeChannels(cb, []), sleep=lambda s: None)
+    assert "channel 2 the loudspeaker's" in mic.description
+    got = []
+    for chunk in mic.chunks(stop=lambda: len(got) >= 49):
+        got.append(chunk)
+    x = np.concatenate([c.samples for c in got])[3200:]  # after AEC3's first 0.2 s
+    spectrum = np.abs(np.fft.rfft(x))
+    f = np.fft.rfftfreq(len(x), 1 / 16000)
+    near = lambda hz: spectrum[np.abs(f - hz) < 20].max()  # noqa: E731
+    assert near(300) > 10 * near(1000)  # the microphone's tone, not the loudspeaker's
+    with pytest.raises(AudioError, match="reference channel 3 must be one of its 3 input channels"):
+        MicSource(MicOptions(channels=3, reference_channel=3), stream_factory=lambda cb, opts: None)
+    with pytest.raises(AudioError, match="reference channel 0 must be one of its 1 input channels"):
+        MicSource(MicOptions(reference_channel=0), stream_factory=lambda cb, opts: None)

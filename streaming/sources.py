@@ -64,6 +64,15 @@ class _Resampler:
         return x
 
 
+def _reference_index(channel: int, channels: int, source: str) -> int:
+    """The loudspeaker's channel as an index among `channels`; an AudioError unless it is one of
+    them and at least one other is left for the microphone."""
+    if channels < 2 or not -channels <= channel < channels:
+        raise AudioError(f"{source}: the reference channel {channel} must be one of its {channels} channels, and the "
+                         "microphone at least one other")
+    return channel % channels
+
+
 class _EchoCancelled:
     """Like `_Resampler`, for input whose channel `channel` carries what the loudspeaker plays: the
     other channels (the microphone) come out with that signal's echo removed (`echo.EchoCanceller`)."""
@@ -71,10 +80,7 @@ class _EchoCancelled:
     def __init__(self, rate: int, source: str, channel: int, channels: int) -> None:
         from .echo import EchoCanceller
 
-        if channels < 2 or not -channels <= channel < channels:
-            raise AudioError(f"{source}: the reference channel {channel} must be one of {channels} channels, and "
-                             "the microphone at least one other")
-        self.channel = channel % channels
+        self.channel = _reference_index(channel, channels, source)
         self.mic, self.ref = _Resampler(rate, source), _Resampler(rate, f"{source} (reference channel)")
         self.aec = EchoCanceller()
 
@@ -294,12 +300,9 @@ class MicSource:
             opts, name = replace(opts, rate=opts.rate or SAMPLE_RATE, channels=opts.channels or 1), str(opts.device)
         self.opts = opts
         self.description = f"{name}, {opts.rate} Hz, {opts.channels} ch"  # for people: which device, how
-        self._reference = opts.reference_channel
-        if self._reference is not None:
-            if opts.channels < 2 or not -opts.channels <= self._reference < opts.channels:
-                raise AudioError(f"microphone {name!r}: the reference channel {self._reference} must be one of its "
-                                 f"{opts.channels} input channels, and the microphone at least one other")
-            self._reference %= opts.channels
+        self._reference = None  # the loudspeaker's channel, if the device carries it
+        if opts.reference_channel is not None:
+            self._reference = _reference_index(opts.reference_channel, opts.channels, f"microphone {name!r}")
             self.description += f", channel {self._reference} the loudspeaker's (echo cancelled)"
         logger.info("microphone: %s", self.description)
         self._factory = stream_factory or self._open_sounddevice

@@ -122,7 +122,7 @@ def test_a_source_cancels_its_reference_channel_from_the_others(room, tmp_path):
 def test_a_reference_channel_needs_another_channel_for_the_microphone(tmp_path):
     mono = tmp_path / "mono.wav"
     sf.write(mono, np.zeros(1600, np.float32), R)
-    with pytest.raises(AudioError, match="reference channel 0 must be one of 1 channels"):
+    with pytest.raises(AudioError, match="reference channel 0 must be one of its 1 channels"):
         file_source(mono, reference_channel=0)
-    with pytest.raises(AudioError, match="reference channel 2 must be one of 2 channels"):
+    with pytest.raises(AudioError, match="reference channel 2 must be one of its 2 channels"):
         pcm_source(io.BytesIO(b""), channels=2, reference_channel=2)

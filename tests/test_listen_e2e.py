@@ -105,7 +105,7 @@ def test_the_loudspeakers_echo_is_no_request_once_cancelled(tmp_path):
     assert "france" in answers[0]["transcript"].lower() and "week" in answers[1]["transcript"].lower()
     r = subprocess.run([sys.executable, "-m", "desta_edge", "listen", "--source", str(tmp_path / "mic.wav"),
                         "--reference-channel", "1"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "reference channel 1 must be one of 1 channels" in r.stderr
+    assert r.returncode == 2 and "reference channel 1 must be one of its 1 channels" in r.stderr
 
 
 def test_listen_reports_a_bad_file():

@@ -175,7 +175,7 @@ def test_microphone_with_a_loudspeaker_channel_cancels_its_echo():
     f = np.fft.rfftfreq(len(x), 1 / 16000)
     near = lambda hz: spectrum[np.abs(f - hz) < 20].max()  # noqa: E731
     assert near(300) > 10 * near(1000)  # the microphone's tone, not the loudspeaker's
-    with pytest.raises(AudioError, match="reference channel 3 must be one of its 3 input channels"):
+    with pytest.raises(AudioError, match="reference channel 3 must be one of its 3 channels"):
         MicSource(MicOptions(channels=3, reference_channel=3), stream_factory=lambda cb, opts: None)
-    with pytest.raises(AudioError, match="reference channel 0 must be one of its 1 input channels"):
+    with pytest.raises(AudioError, match="reference channel 0 must be one of its 1 channels"):
         MicSource(MicOptions(reference_channel=0), stream_factory=lambda cb, opts: None)

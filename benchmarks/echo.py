@@ -93,7 +93,7 @@ class App:
         self._texts: queue.Queue[str] = queue.Queue()
         self.spans: list[tuple[float, float]] = []  # (start s, end s) of each playback
         self._ref = self._echo = np.zeros(0, np.float32)  # the signal still to play, and its echo, from `_at`
-        self._at = 0
+        self._at = self._start = 0  # sample where `_ref[0]` plays; where the current sound began
 
     def on_event(self, e: dict) -> None:
         if e["type"] == "answer" and e["text"].strip():
@@ -112,14 +112,14 @@ class App:
             delay = np.zeros(int(ECHO_DELAY_S * RATE), np.float32)
             self._ref = np.concatenate([signal, delay])
             self._echo = np.concatenate([delay, loudspeaker(signal, self.level_dbfs, self.rng)])
-            self._at = pos + int(PLAY_LATENCY_S * RATE)  # where _ref[0] plays
+            self._at = self._start = pos + int(PLAY_LATENCY_S * RATE)
             self.spans.append((self._at / RATE, (self._at + len(self._ref)) / RATE))
         echo, ref = np.zeros(n, np.float32), np.zeros(n, np.float32)
         if len(self._ref) and self._at < pos + n:
             i = max(0, self._at - pos)
             k = min(n - i, len(self._ref))
             echo[i : i + k], ref[i : i + k] = self._echo[:k], self._ref[:k]
-            if self._at / RATE == self.spans[-1][0]:
+            if pos <= self._start < pos + n:
                 changes.append(True)
             self._ref, self._echo, self._at = self._ref[k:], self._echo[k:], pos + i + k
             if not len(self._ref):

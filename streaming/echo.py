@@ -30,18 +30,6 @@ def require_aec():
     return rtc
 
 
-def _webrtc_aec():
-    """A `livekit.rtc.AudioProcessingModule` with echo cancellation only (the endpointer and the
-    model get the audio otherwise untouched)."""
-    return require_aec().AudioProcessingModule(echo_cancellation=True)
-
-
-def _frame(x: np.ndarray):
-    from livekit import rtc
-
-    pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype("<i2")
-    return rtc.AudioFrame(pcm.tobytes(), SAMPLE_RATE, 1, len(pcm))
-
 
 class EchoCanceller:
     """Microphone samples in, the same samples with the loudspeaker's echo removed out.
@@ -56,7 +44,9 @@ class EchoCanceller:
     def __init__(self, delay_ms: int = 0, apm=None) -> None:
         if delay_ms < 0:
             raise ValueError(f"delay_ms must be >= 0, got {delay_ms}")
-        self._apm = apm if apm is not None else _webrtc_aec()
+        self._rtc = require_aec()  # its AudioFrame carries the samples either way
+        # echo cancellation only: the endpointer and the model get the audio otherwise untouched
+        self._apm = apm if apm is not None else self._rtc.AudioProcessingModule(echo_cancellation=True)
         self._apm.set_stream_delay_ms(delay_ms)  # a hint: AEC3 estimates the delay itself
         self._mic = np.zeros(0, np.float32)
         self._ref = np.zeros(0, np.float32)
@@ -84,8 +74,12 @@ class EchoCanceller:
         self._mic, self._ref = self._mic[:0], self._ref[:0]
         return out
 
+    def _frame(self, x: np.ndarray):
+        pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype("<i2")
+        return self._rtc.AudioFrame(pcm.tobytes(), SAMPLE_RATE, 1, len(pcm))
+
     def _process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        far, near = _frame(ref), _frame(mic)
+        far, near = self._frame(ref), self._frame(mic)
         self._apm.process_reverse_stream(far)  # what the loudspeaker plays ...
         self._apm.process_stream(near)  # ... taken out of what the microphone hears, in place
         return np.frombuffer(near.data, dtype="<i2").astype(np.float32) / 32768.0

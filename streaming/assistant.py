@@ -18,7 +18,9 @@ Barge-in and false interruptions: speech with `barge_in_ms` of voiced audio duri
 it (a `cancelled` event) but keeps it, suspended. If that speech proves not to be a request (the
 endpointer drops it as background, or its transcript is only a backchannel such as "mhm" or
 "okay"), the answer goes on where it stopped (a `resumed` event, then its tokens and `answer`);
-if it is a request, the suspended answer is dropped and the request answered.
+if it is a request, the suspended answer is dropped and the request answered. Without barge-in,
+a backchannel said over an answer (while it streams, or while the loudspeaker plays it) is not
+answered either: it kept the speaker going, it did not ask anything.
 
 Playback: an app that speaks the answers through a loudspeaker says when it plays (`playback`).
 Speech heard while it plays (or within `echo_tail_ms` after) whose transcript reads back a recent
@@ -117,7 +119,7 @@ class Stats:
     errors: int = 0
     cancelled: int = 0  # answers stopped by barge-in
     resumed: int = 0  # of those, answers that went on because the interruption proved false
-    backchannels: int = 0  # interruptions left unanswered because they were only a backchannel
+    backchannels: int = 0  # utterances over an answer left unanswered because they were only a backchannel
     discarded_filler: int = 0  # utterances left unanswered because they held no words or only hums
     echoes: int = 0  # utterances heard during playback left unanswered because they read back an answer
     skipped: int = 0  # requests dropped unanswered because more than max_waiting waited
@@ -147,6 +149,7 @@ class _Job:
     cancel: bool = False  # barge-in
     interrupted_by: int | None = None  # the utterance whose speech set `cancel`
     answering: bool = False
+    over_answer: bool = False  # some of its speech was heard while an answer streamed
 
 
 @dataclass(eq=False)
@@ -225,6 +228,7 @@ class Assistant:
         self.started_at = clock()  # clock() when run() began (or this was built); events carry wall_s relative to it
         self._audio_s = 0.0
         self._onset_s = 0.0  # onset of the utterance in progress (main thread)
+        self._heard_over = -1  # the latest utterance with speech heard while an answer streamed (main thread)
         self._aborted = False  # abort() was called: the worker drops every job
         self._playback = _Playback(opts.echo_tail_ms / 1000)
         self._answers: deque[tuple[int, str]] = deque(maxlen=2)  # (utterance, text) of the latest answers
@@ -289,7 +293,7 @@ class Assistant:
                             frame = np.zeros_like(frame)  # the loudspeaker plays: nothing is heard
                     for event in self.endpointer.push(frame):
                         self._on_event(event)
-                    self._barge_in()
+                    self._over_answer()
             for event in self.endpointer.flush():
                 self._on_event(event)
         finally:
@@ -305,7 +309,8 @@ class Assistant:
         elif isinstance(ev, Pause):
             if self.opts.speculative:
                 self._drop_spec()
-                self._spec = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s, speculative=True)
+                self._spec = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s, speculative=True,
+                                  over_answer=self._heard_over == ev.utterance)
                 self._jobs.put(self._spec)
         elif isinstance(ev, Resume):
             self._drop_spec()
@@ -330,7 +335,8 @@ class Assistant:
             if job is None or job.utterance != ev.utterance or not np.array_equal(job.samples, ev.samples):
                 if job is not None:
                     self._discard(job)
-                job = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s)
+                job = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s,
+                           over_answer=self._heard_over == ev.utterance)
                 self._jobs.put(job)
             else:
                 self.stats.speculative_used += 1
@@ -376,11 +382,14 @@ class Assistant:
             job.discard = job.cancel = True
             job.decided.set()
 
-    def _barge_in(self) -> None:
-        """Cancel the answer in progress once new speech has `barge_in_ms` of voiced audio."""
-        cur = self._current
-        if (self.opts.barge_in and cur is not None and cur.answering and not cur.cancel
-                and self.endpointer.voiced_ms >= self.opts.barge_in_ms):
+    def _over_answer(self) -> None:
+        """After each frame: note speech heard while an answer streams, and cancel that answer
+        (barge-in) once the speech has `barge_in_ms` of voiced audio."""
+        cur, voiced_ms = self._current, self.endpointer.voiced_ms
+        if cur is None or not cur.answering or voiced_ms == 0:
+            return
+        self._heard_over = self.endpointer.utterance
+        if self.opts.barge_in and not cur.cancel and voiced_ms >= self.opts.barge_in_ms:
             cur.interrupted_by = self.endpointer.utterance
             cur.cancel = True
 
@@ -498,13 +507,15 @@ class Assistant:
     def _not_a_request(self, job: _Job, transcript: str) -> dict | None:
         """Why a committed utterance asks nothing (`reason` "echo", "backchannel" or "filler", with
         `echo_of` for an echo), or None for a request. A request ends the answer suspended by
-        barge-in; an interruption that asks nothing resumes it next."""
+        barge-in; an interruption that asks nothing resumes it next. A backchannel counts only when
+        said over an answer: after one, "yes" or "okay" may answer a question the assistant asked."""
         s = self._suspended
         interrupted = s is not None and s.job.interrupted_by == job.utterance
+        over_answer = interrupted or job.over_answer or self._playback.overlaps(job.start_s, job.audio_s)
         if (echo_of := self._echo_of(job, transcript)) is not None:
             self.stats.echoes += 1
             why = {"reason": "echo", "echo_of": echo_of}
-        elif interrupted and is_backchannel(transcript):
+        elif over_answer and is_backchannel(transcript):
             self.stats.backchannels += 1
             why = {"reason": "backchannel"}
         elif self.opts.drop_fillers and is_filler(transcript):

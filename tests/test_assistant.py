@@ -226,12 +226,12 @@ def test_a_request_that_interrupts_drops_the_stopped_answer():
     assert not [e for e in events if e["type"] in ("resumed", "discarded")]
 
 
-def test_without_resume_a_backchannel_is_answered_as_a_request():
+def test_without_resume_a_backchannel_stops_the_answer_for_good_and_is_not_answered():
     model = SlowModel(transcripts=["hello", "Mm-hmm."])
     events, stats = listen(model, BARGE_IN, tone_opts(barge_in=True, resume_false_interruptions=False),
                            before_chunk=hold_until_answering(model, 1.9))
-    assert [e["utterance"] for e in events if e["type"] == "answer"] == [1] and stats.resumed == 0
-    assert model.streams[0].cancelled
+    assert not [e for e in events if e["type"] == "answer"] and stats.resumed == 0
+    assert model.streams[0].cancelled and stats.backchannels == 1
 
 
 def test_an_answer_stopped_by_speech_the_endpointer_drops_goes_on():
@@ -458,6 +458,39 @@ def test_without_barge_in_every_answer_completes():
     events, stats = listen(model, x, tone_opts(barge_in=False))
     assert stats.cancelled == 0 and stats.answers == 2
     assert all(len(e["text"]) == 40 for e in events if e["type"] == "answer")
+
+
+def hold_until_answered(model, at_s: float):
+    """A `before_chunk` hook: at stream position `at_s`, wait until the first answer has streamed."""
+    def hook(audio_s):
+        if audio_s == pytest.approx(at_s):
+            deadline = time.monotonic() + 5
+            while not (model.streams and len(model.streams[0].text) == 40) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.2)  # the stream's last pause (10 ms), then the worker reports the answer
+    return hook
+
+
+@pytest.mark.parametrize("when", ["over the answer", "after the answer", "over the playback"])
+def test_without_barge_in_a_backchannel_over_an_answer_is_not_answered(when):
+    """Barge-in off: "mhm" said while the answer streams (or while the app plays it) kept the
+    speaker going and asks nothing; the answer is not stopped. Said after the answer, "okay" or
+    "yes" may answer a question the assistant asked, so it is answered."""
+    model = SlowModel(transcripts=["hello", "Mm-hmm."])
+    opts = tone_opts(barge_in=False)
+    if when == "over the playback":  # the answer has streamed; the app still plays it
+        events, stats = listen_with_playback(model, BARGE_IN, opts, at_s=1.5, hold=hold_until_answered(model, 1.9))
+    else:
+        hold = (hold_until_answering if when == "over the answer" else hold_until_answered)(model, 1.9)
+        events, stats = listen(model, BARGE_IN, opts, before_chunk=hold)
+    answers = [e for e in events if e["type"] == "answer"]
+    assert answers[0]["utterance"] == 0 and answers[0]["text"] == "x" * 40 and stats.cancelled == 0
+    if when == "after the answer":
+        assert [a["utterance"] for a in answers] == [0, 1] and stats.backchannels == 0
+    else:
+        (back,) = [e for e in events if e["type"] == "discarded"]
+        assert (back["utterance"], back["reason"], back["transcript"]) == (1, "backchannel", "Mm-hmm.")
+        assert len(answers) == 1 and stats.backchannels == 1 and model.streams[1].cancelled
 
 
 def test_abort_stops_the_answer_in_progress_and_drops_the_rest():

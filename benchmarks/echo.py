@@ -2,6 +2,7 @@
 
     python benchmarks/echo.py [--questions 20] [--echo-dbfs -30] [--gap-s 12] [--variants A,B] [--fast]
                               [--out benchmarks/results]
+    python benchmarks/echo.py --double-talk     # the cancellers side by side on questions over the echo
 
 A closed loop, as an app that speaks the answers would run it. A user asks questions, one every
 `--gap-s` seconds (espeak-ng and flite voices at -26 dBFS in a small room). A simulated app takes
@@ -12,14 +13,22 @@ plays (except in the first variant). An answer given to an echo is spoken too, s
 that takes its own voice for a request feeds itself. The microphone is read at real-time pace
 through the listen loop with the tiny preset, in five variants: with barge-in off, the app
 reports no playback (what a listener without the echo guard hears), the echo guard (the default
-once playback is reported), half duplex, and the echo cancelled (`streaming/echo.py`: the app's
-signal as a reference channel, WebRTC's AEC3; needs `pip install "desta-edge[aec]"`); and the
-echo cancelled with barge-in on.
+once playback is reported), half duplex, and the echo cancelled (`streaming/echo.py`, the app's
+signal as a reference channel): by WebRTC's AEC3 alone (needs `pip install "desta-edge[aec]"`),
+and as the sources do it where libspeexdsp is installed, AEC3 for the endpointer and Speex's
+canceller for what the model hears; each also with barge-in on.
 
 Per variant: the questions answered, and those lost (never heard, or dropped as an echo); the
 echoes played; utterances heard in an echo and answered as requests, or dropped as echoes;
-answers stopped by barge-in and resumed. JSON + markdown under --out. A measurement, not a
-pass/fail test.
+answers stopped by barge-in and resumed; the word error rate of the transcripts of the questions,
+all of them and those asked over the loudspeaker. JSON + markdown under --out. A measurement, not
+a pass/fail test.
+
+`--double-talk` instead compares the cancellers offline, question by question: each question is
+asked TALK_OVER_S into a spoken answer, over its echo. Per canceller (none, AEC3, Speex): the word
+error rate of what the model hears of the question (its runtime transcript of the question's
+span), the share of the echo's speech that Silero still finds in what the canceller leaves of the
+echo alone (what an endpointer would take for a person), and how far the echo is taken down.
 """
 
 from __future__ import annotations
@@ -40,10 +49,11 @@ from report import machine, write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
 from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
-from desta_edge.streaming.echo import EchoCanceller  # noqa: E402
+from desta_edge.streaming.echo import EchoCanceller, SpeexCanceller  # noqa: E402
 from desta_edge.streaming.sources import Chunk, paced  # noqa: E402
 from desta_edge.streaming.vad import EndpointOptions  # noqa: E402
 from desta_edge.training import acoustics  # noqa: E402
+from desta_edge.training.metrics import word_error_rate  # noqa: E402
 
 MORE_QUESTIONS = [  # (text, engine, voice): the user's questions beyond recording.QUESTIONS
     ("Why is the sky blue?", "espeak", "en-us+m3"),
@@ -64,12 +74,21 @@ PLAY_LATENCY_S = 0.2  # from the answer event to sound leaving the loudspeaker
 CHUNK = 320  # 20 ms
 DRAIN_S = 20.0  # after the user's last question: how long the loop may still run (an echo loop never ends)
 ECHO_DELAY_S = 0.04  # the echo behind the app's signal: output latency and the way through the air
-VARIANTS = {  # name -> (the app reports playback, the echo is cancelled, assistant options)
-    "no playback reports": (False, False, {}),
-    "echo guard": (True, False, {}),
-    "half duplex": (True, False, {"half_duplex": True}),
-    "echo cancelled": (True, True, {}),
-    "echo cancelled + barge-in": (True, True, {"barge_in": True}),
+TALK_OVER_S = 2.5  # --double-talk: the question begins this far into the answer
+ANSWERS = [  # --double-talk: what the app says while the questions are asked, by turns
+    "The capital of France is Paris, a beautiful city known for its art, food and culture.",
+    "There are seven days in a week: Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday.",
+    "To make green tea, heat water to about eighty degrees, add the leaves, and let them steep for three minutes.",
+    "Sure! Here is a fun fact: cats sleep for about twelve to sixteen hours a day.",
+]
+VARIANTS = {  # name -> (the app reports playback, the echo cancellers: endpointer's, model's; assistant options)
+    "no playback reports": (False, (), {}),
+    "echo guard": (True, (), {}),
+    "half duplex": (True, (), {"half_duplex": True}),
+    "AEC3 only": (True, (EchoCanceller,), {}),
+    "AEC3 only + barge-in": (True, (EchoCanceller,), {"barge_in": True}),
+    "echo cancelled": (True, (EchoCanceller, SpeexCanceller), {}),
+    "echo cancelled + barge-in": (True, (EchoCanceller, SpeexCanceller), {"barge_in": True}),
 }
 
 
@@ -142,9 +161,10 @@ def user_track(questions: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, l
 
 
 def microphone(user: np.ndarray, app: App, assistant: Assistant, reports: bool, rng: np.random.Generator,
-               busy: Callable[[], bool], cancel: EchoCanceller | None = None) -> Iterator[Chunk]:
-    """The user, the loudspeaker and the room, 20 ms at a time (the echo removed by `cancel`);
-    after the user's track, until nothing is pending (or DRAIN_S)."""
+               busy: Callable[[], bool], cancel: tuple = ()) -> Iterator[Chunk]:
+    """The user, the loudspeaker and the room, 20 ms at a time (the echo removed by `cancel`: the
+    endpointer's canceller, and the model's if it has its own); after the user's track, until
+    nothing is pending (or DRAIN_S)."""
     noise_gain = 10 ** (NOISE_DBFS / 20)
     end = len(user) + int(DRAIN_S * RATE)
     pos = 0
@@ -155,7 +175,8 @@ def microphone(user: np.ndarray, app: App, assistant: Assistant, reports: bool, 
         for active in changes if reports else ():
             assistant.playback(active)
         mic = (speech + echo + noise_gain * acoustics.room_tone(CHUNK, rng)).astype(np.float32)
-        yield Chunk(mic if cancel is None else cancel(mic, ref), pos / RATE)  # whole 10 ms frames: as long
+        heard = [c(mic, ref) for c in cancel] or [mic]  # whole 10 ms frames: as long
+        yield Chunk(heard[0], pos / RATE, heard[1] if len(heard) > 1 else None)
         pos += CHUNK
 
 
@@ -163,7 +184,8 @@ def overlaps(a: tuple[float, float], spans: list[tuple[float, float]]) -> bool:
     return any(a[0] < e and s < a[1] for s, e in spans)
 
 
-def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tuple[float, float]]) -> dict:
+def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tuple[float, float]],
+          texts: list[str]) -> dict:
     """What became of the questions and of the speech heard in the echoes."""
     starts = {e["utterance"]: e["audio_s"] for e in events if e["type"] == "speech_start"}
     spans = {e["utterance"]: (starts[e["utterance"]], e["speech_end_s"]) for e in events if e["type"] == "speech_end"}
@@ -175,6 +197,10 @@ def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tup
                                                              for u, span in spans.items())]
     heard_q = sum(any(overlaps(span, [q]) for span in spans.values()) for q in truth)
     in_echo = [u for u, span in spans.items() if overlaps(span, echoes) and not overlaps(span, truth)]
+    # what was heard of each question: the transcripts of the utterances over it, in order
+    transcripts = [" ".join(heard.get(u, "") for u, span in sorted(spans.items()) if overlaps(span, [q]))
+                   for q in truth]
+    over = [i for i, q in enumerate(truth) if overlaps(q, echoes)]
     return {
         "questions": len(truth),
         "answered": len(truth) - len(unanswered),
@@ -190,11 +216,65 @@ def score(events: list[dict], truth: list[tuple[float, float]], echoes: list[tup
         "heard_in_echoes": [{"transcript": heard.get(u), "outcome": "answered" if u in answered else dropped.get(u)}
                             for u in in_echo],
         "unanswered_questions": [{"question": i, "asked_over_playback": overlaps(truth[i], echoes)} for i in unanswered],
+        "wer": round(word_error_rate(list(zip(texts, transcripts))), 3),
+        "asked_over_playback": len(over),
+        "wer_over_playback": round(word_error_rate([(texts[i], transcripts[i]) for i in over]), 3) if over else None,
+        "heard_over_playback": [{"question": texts[i], "transcript": transcripts[i]} for i in over],
     }
 
 
-def run_variant(model, user: np.ndarray, truth, *, reports: bool, cancelled: bool, fields: dict, level_dbfs: float,
-                realtime: bool, max_new_tokens: int, speak, seed: int) -> dict:
+def double_talk(model, clips: list[np.ndarray], texts: list[str], speak, level_dbfs: float, seed: int) -> dict:
+    """The cancellers side by side on each question asked over a spoken answer (see --double-talk)."""
+    from desta_edge.runtime.audio import speech_ms
+
+    rng = np.random.default_rng(seed)
+    cancellers = {"none": None, "AEC3": EchoCanceller, "Speex": SpeexCanceller}
+    pairs = {name: [] for name in ("question alone", *cancellers)}
+    found = {name: 0 for name in cancellers}  # ms of speech Silero finds in the echo alone, after each
+    reduction = {name: [] for name in cancellers}
+    echo_speech = 0
+
+    def heard(x: np.ndarray) -> str:
+        conversation = [{"role": "user", "content": "<|AUDIO|>", "audios": [{"audio": (x, RATE), "text": None}]}]
+        return model.generate(conversation, max_new_tokens=1).audios[0][1]
+
+    def run(make, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        if make is None:
+            return mic
+        c = make()
+        return np.concatenate([c(mic[i : i + CHUNK], ref[i : i + CHUNK]) for i in range(0, len(mic), CHUNK)]
+                              + [c.flush()])
+
+    for i, (q, text) in enumerate(zip(clips, texts)):
+        answer = speak(ANSWERS[i % len(ANSWERS)], 1000 + i)
+        delay = int(ECHO_DELAY_S * RATE)
+        at, n = int(TALK_OVER_S * RATE), max(len(answer) + delay, int(TALK_OVER_S * RATE) + len(q)) + RATE
+        ref, echo, user = (np.zeros(n, np.float32) for _ in range(3))
+        ref[: len(answer)] = answer
+        echo[delay : delay + len(answer)] = loudspeaker(answer, level_dbfs, rng)
+        user[at : at + len(q)] = q
+        room = 10 ** (NOISE_DBFS / 20) * acoustics.room_tone(n, rng)
+        span = slice(at - int(0.3 * RATE), at + len(q) + int(0.3 * RATE))  # as an endpointer would cut it
+        pairs["question alone"].append((text, heard((user + room)[span])))
+        echo_speech += speech_ms(echo + room)
+        for name, make in cancellers.items():
+            pairs[name].append((text, heard(run(make, user + echo + room, ref)[span])))
+            alone = run(make, echo + room, ref)
+            found[name] += speech_ms(alone)
+            late = slice(RATE, len(answer))  # after a second to learn the room
+            reduction[name].append(10 * np.log10(np.mean((echo + room)[late] ** 2) / (np.mean(alone[late] ** 2) + 1e-12)))
+        print(f"double talk {i + 1}/{len(clips)}", file=sys.stderr)
+    rows = {"question alone": {"wer": round(word_error_rate(pairs["question alone"]), 3)}}
+    for name in cancellers:
+        rows[name] = {"wer": round(word_error_rate(pairs[name]), 3),
+                      "echo_speech_found": round(found[name] / max(echo_speech, 1), 3),
+                      "echo_reduction_db": round(float(np.median(reduction[name])), 1)}
+    heard_by = {name: [h for _, h in p] for name, p in pairs.items()}
+    return {"questions": len(clips), "talk_over_s": TALK_OVER_S, "rows": rows, "heard": heard_by}
+
+
+def run_variant(model, user: np.ndarray, truth, texts: list[str], *, reports: bool, cancellers: tuple, fields: dict,
+                level_dbfs: float, realtime: bool, max_new_tokens: int, speak, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     app = App(speak, level_dbfs, rng)
     events: list[dict] = []
@@ -213,16 +293,28 @@ def run_variant(model, user: np.ndarray, truth, *, reports: bool, cancelled: boo
     assistant = Assistant(model, opts, EndpointOptions(), emit=emit)
     assistant.warm_up()
     chunks = microphone(user, app, assistant, reports, rng, busy=lambda: bool(pending),
-                        cancel=EchoCanceller() if cancelled else None)
+                        cancel=tuple(make() for make in cancellers))
     t0 = time.monotonic()
     stats = assistant.run(paced(chunks) if realtime else chunks)
-    return {**score(events, truth, app.spans), "cancelled": stats.cancelled, "resumed": stats.resumed,
+    return {**score(events, truth, app.spans, texts), "cancelled": stats.cancelled, "resumed": stats.resumed,
             "echoes_discarded_by_guard": stats.echoes, "seconds": round(time.monotonic() - t0, 1)}
 
 
 def markdown(result: dict) -> str:
+    if "double_talk" in result:
+        d = result["double_talk"]
+        lines = ["| canceller | WER of the question over the echo | echo speech still found | echo taken down (dB) |",
+                 "|---|---|---|---|"]
+        for name, r in d["rows"].items():
+            lines.append(f"| {name} | {r['wer']:.3f} | " + (
+                f"{r['echo_speech_found']:.0%} | {r['echo_reduction_db']:g} |" if "echo_speech_found" in r else "– | – |"))
+        lines += ["", f"{d['questions']} questions, each asked {d['talk_over_s']:g} s into a spoken answer; the "
+                  f"loudspeaker at {result['echo_dbfs']:g} dBFS, the user at {USER_DBFS:g} dBFS",
+                  f"machine: {result['machine']}"]
+        return "\n".join(lines)
     cols = ["answered", "not_heard", "dropped_as_echo", "echoes_played", "echo_utterances", "echo_answered",
-            "echo_dropped", "echo_other", "mixed_utterances", "cancelled", "resumed"]
+            "echo_dropped", "echo_other", "mixed_utterances", "cancelled", "resumed", "asked_over_playback", "wer",
+            "wer_over_playback"]
     lines = ["| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, v in result["variants"].items():
         lines.append(f"| {name} | " + " | ".join(
@@ -244,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", type=lambda v: v.split(","), default=None,
                    help=f"comma-separated, of: {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--fast", action="store_true", help="feed audio as fast as possible (smoke test)")
+    p.add_argument("--double-talk", action="store_true",
+                   help="instead, compare the echo cancellers offline on questions asked over the echo")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     args = p.parse_args(argv)
@@ -264,11 +358,17 @@ def main(argv: list[str] | None = None) -> int:
         user, truth = user_track(clips, args.gap_s)
         model = DestaModel.from_pretrained(args.model)
         variants = {}
-        for name, (reports, cancelled, fields) in VARIANTS.items():
+        texts = [said(text) for text, _, _ in asked]
+        if args.double_talk:
+            result = {"machine": machine(), "model": args.model, "echo_dbfs": args.echo_dbfs,
+                      "double_talk": double_talk(model, clips, texts, speak, args.echo_dbfs, args.seed)}
+            write_results(out, "echo-double-talk", result, markdown(result), as_json=args.json)
+            return 0
+        for name, (reports, cancellers, fields) in VARIANTS.items():
             if args.variants and name not in args.variants:
                 continue
             print(f"running {name} ...", file=sys.stderr)
-            variants[name] = run_variant(model, user, truth, reports=reports, cancelled=cancelled, fields=fields,
+            variants[name] = run_variant(model, user, truth, texts, reports=reports, cancellers=cancellers, fields=fields,
                                          level_dbfs=args.echo_dbfs,
                                          realtime=not args.fast, max_new_tokens=args.max_new_tokens, speak=speak,
                                          seed=args.seed)

@@ -31,8 +31,10 @@ fi
 
 if [ "$want_tests" = 1 ]; then
   "${pip[@]}" install -e ".[test]"
-  # libportaudio2: the microphone tests open a virtual ALSA capture device through PortAudio
-  apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libportaudio2)
+  # libportaudio2: the microphone tests open a virtual ALSA capture device through PortAudio;
+  # libspeexdsp1: the echo tests run Speex's echo canceller
+  apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libportaudio2
+                libspeexdsp1)
   if ! dpkg -s "${apt_packages[@]}" >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_packages[@]}" >/dev/null

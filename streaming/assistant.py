@@ -26,6 +26,9 @@ Playback: an app that speaks the answers through a loudspeaker says when it play
 Speech heard while it plays (or within `echo_tail_ms` after) whose transcript reads back a recent
 answer is that answer's echo, not a request: it is not answered, and an answer it stopped goes on.
 With `half_duplex` the microphone is not heard at all while the loudspeaker plays.
+Where the source cancels the echo itself, it may give the model its own copy of the audio
+(`Chunk.model_samples`): the endpointer cuts each utterance from the samples, and the model hears
+the same span of the copy.
 
 Events are dicts: `type`, `utterance`, `audio_s` (stream position), `wall_s` (seconds since the
 loop started), plus type-specific fields; see `EVENT_TYPES`. One utterance's failure becomes an
@@ -58,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 EVENT_TYPES = ("speech_start", "speech_end", "transcript", "token", "answer", "cancelled", "resumed", "discarded",
                "skipped", "error")
+TRACK_MARGIN_S = 2.0  # the model's copy of the stream keeps this much more than the longest utterance
 
 # What a listener says to keep a speaker going, not to take the turn: an interruption whose
 # transcript holds only these words and hums (or no words) does not end the answer it interrupted.
@@ -134,7 +138,7 @@ class Stats:
 @dataclass(eq=False)  # compared by identity
 class _Job:
     utterance: int
-    samples: np.ndarray
+    samples: np.ndarray  # as the endpointer cut it
     audio_s: float  # stream position when the job was created
     start_s: float  # stream position of the utterance's onset
     speculative: bool = False  # started at a pause, before the end was decided
@@ -150,6 +154,7 @@ class _Job:
     interrupted_by: int | None = None  # the utterance whose speech set `cancel`
     answering: bool = False
     over_answer: bool = False  # some of its speech was heard while an answer streamed
+    model_samples: np.ndarray | None = None  # the same span as the model should hear it (`Chunk.model_samples`)
 
 
 @dataclass(eq=False)
@@ -159,6 +164,30 @@ class _Suspended:
     stream: object  # the model's AnswerStream, not iterated further yet
     pieces: Iterator[str]
     first_wall: float | None  # wall clock of its first token
+
+
+class _Track:
+    """The latest `capacity` samples of the chunks' `model_samples`, by stream position (main thread)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._ring = np.zeros(capacity, np.float32)
+        self.written = 0  # samples written since the stream began
+
+    def write(self, x: np.ndarray) -> None:
+        n, cap = len(x), len(self._ring)
+        if n >= cap:
+            x, self.written = x[-cap:], self.written + n - cap
+            n = cap
+        at = self.written % cap
+        k = min(n, cap - at)
+        self._ring[at : at + k], self._ring[: n - k] = x[:k], x[k:]
+        self.written += n
+
+    def span(self, start: int, n: int) -> np.ndarray | None:
+        """Samples [start, start + n) of the stream, or None where they were not (all) kept."""
+        if start < max(0, self.written - len(self._ring)) or start + n > self.written:
+            return None
+        return np.take(self._ring, np.arange(start, start + n) % len(self._ring))
 
 
 class _Playback:
@@ -232,6 +261,8 @@ class Assistant:
         self._aborted = False  # abort() was called: the worker drops every job
         self._playback = _Playback(opts.echo_tail_ms / 1000)
         self._answers: deque[tuple[int, str]] = deque(maxlen=2)  # (utterance, text) of the latest answers
+        # what the model should hear, where a source says (`Chunk.model_samples`): the longest utterance and more
+        self._track = _Track(int((endpoint.max_utterance_s + TRACK_MARGIN_S) * SAMPLE_RATE))
         self.stats = Stats()
 
     # ------------------------------------------------------------------ events
@@ -287,10 +318,14 @@ class Assistant:
                 # (the end-of-turn check needs the speculative job of the Pause before it)
                 for i in range(0, len(chunk.samples), step):
                     frame = chunk.samples[i : i + step]
+                    heard = None if chunk.model_samples is None else chunk.model_samples[i : i + step]
                     if self.opts.half_duplex:
                         t = chunk.audio_s + i / SAMPLE_RATE
                         if self._playback.overlaps(t, t + len(frame) / SAMPLE_RATE):
                             frame = np.zeros_like(frame)  # the loudspeaker plays: nothing is heard
+                            heard = None if heard is None else frame
+                    if heard is not None:
+                        self._track.write(heard)
                     for event in self.endpointer.push(frame):
                         self._on_event(event)
                     self._over_answer()
@@ -310,7 +345,8 @@ class Assistant:
             if self.opts.speculative:
                 self._drop_spec()
                 self._spec = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s, speculative=True,
-                                  over_answer=self._heard_over == ev.utterance)
+                                  over_answer=self._heard_over == ev.utterance,
+                                  model_samples=self._model_samples(ev.start_s, ev.samples))
                 self._jobs.put(self._spec)
         elif isinstance(ev, Resume):
             self._drop_spec()
@@ -336,7 +372,8 @@ class Assistant:
                 if job is not None:
                     self._discard(job)
                 job = _Job(ev.utterance, ev.samples, ev.audio_s, self._onset_s,
-                           over_answer=self._heard_over == ev.utterance)
+                           over_answer=self._heard_over == ev.utterance,
+                           model_samples=self._model_samples(ev.start_s, ev.samples))
                 self._jobs.put(job)
             else:
                 self.stats.speculative_used += 1
@@ -345,6 +382,10 @@ class Assistant:
             self.stats.utterances += 1
             self._wait_in_line(job)
             job.decided.set()
+
+    def _model_samples(self, start_s: float, samples: np.ndarray) -> np.ndarray | None:
+        """The model's copy of an utterance's `samples` that begin at `start_s`, if the source gave one."""
+        return self._track.span(round(start_s * SAMPLE_RATE), len(samples))
 
     def _wait_in_line(self, job: _Job) -> None:
         """Queue a committed job; past `max_waiting` waiting, the oldest is skipped (and reported)."""
@@ -474,7 +515,8 @@ class Assistant:
         self._stream_out(job, s.stream, s.pieces, s.first_wall, resumed=True)
 
     def _answer(self, job: _Job) -> None:
-        stream = self.model.stream(self._messages(job.samples), max_new_tokens=self.opts.max_new_tokens,
+        samples = job.samples if job.model_samples is None else job.model_samples
+        stream = self.model.stream(self._messages(samples), max_new_tokens=self.opts.max_new_tokens,
                                    cancelled=lambda: job.discard)
         if job.discard:
             raise Cancelled("discarded before the prefill")

@@ -42,7 +42,8 @@ def register_cli(sub) -> None:
     p.add_argument("--reference-channel", type=int, default=None, metavar="N",
                    help="input channel N (of the microphone, a file or stdin PCM) carries what the loudspeaker "
                         "plays (-1: the last): its echo is cancelled from the other channels (pip install "
-                        "\"desta-edge[aec]\")")
+                        "\"desta-edge[aec]\"; apt install libspeexdsp1 too, so that the model hears speech "
+                        "over the loudspeaker clearly)")
     _add_assistant_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.set_defaults(func=_cmd_listen)

@@ -11,9 +11,20 @@ aarch64 (`pip install "desta-edge[aec]"`): an adaptive filter that learns the pa
 loudspeaker to the microphone (delay, room, gain) while it plays, followed by a suppressor for
 what the filter cannot model (a small loudspeaker's distortion). It works on 10 ms frames at
 16 kHz; the sources here hand it both signals resampled to 16 kHz, sample-aligned as they came.
+
+AEC3's suppressor also takes most of a person's speech out while the loudspeaker plays (double
+talk): good for deciding *whether* someone speaks (its echo residue is nothing a voice detector
+hears), bad for *what* they said. `SpeexCanceller` is the other half: Speex's adaptive filter
+(`libspeexdsp`, with its double-talk-robust step size) and its residual-echo suppressor keep such
+speech intelligible, but leave a residue of the echo that a voice detector takes for speech. Where
+both are installed, the sources give the endpointer AEC3's output and the model Speex's output of
+the same samples (`Chunk.model_samples`; README "Answers spoken aloud" has the figures).
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
 
 import numpy as np
 
@@ -30,26 +41,21 @@ def require_aec():
     return rtc
 
 
-
-class EchoCanceller:
+class _Framed:
     """Microphone samples in, the same samples with the loudspeaker's echo removed out.
 
     Call it with equal-length pieces of the microphone and the reference (16 kHz float32, any
     length). It returns the cleaned microphone up to the last whole 10 ms frame it has; the rest
-    waits for the next call (`flush` returns it at the end of the stream). `apm` is anything with
-    livekit's `process_reverse_stream(frame)`, `process_stream(frame)` (in place) and
-    `set_stream_delay_ms(ms)`; by default WebRTC's AEC3.
+    waits for the next call (`flush` returns it at the end of the stream).
     """
 
-    def __init__(self, delay_ms: int = 0, apm=None) -> None:
-        if delay_ms < 0:
-            raise ValueError(f"delay_ms must be >= 0, got {delay_ms}")
-        self._rtc = require_aec()  # its AudioFrame carries the samples either way
-        # echo cancellation only: the endpointer and the model get the audio otherwise untouched
-        self._apm = apm if apm is not None else self._rtc.AudioProcessingModule(echo_cancellation=True)
-        self._apm.set_stream_delay_ms(delay_ms)  # a hint: AEC3 estimates the delay itself
+    def __init__(self) -> None:
         self._mic = np.zeros(0, np.float32)
         self._ref = np.zeros(0, np.float32)
+
+    def _process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """One 10 ms frame of each: the microphone's frame, cleaned."""
+        raise NotImplementedError
 
     def __call__(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
         if len(mic) != len(ref):
@@ -74,8 +80,23 @@ class EchoCanceller:
         self._mic, self._ref = self._mic[:0], self._ref[:0]
         return out
 
+
+class EchoCanceller(_Framed):
+    """WebRTC's AEC3 (`_Framed` says how to call it). `apm` is anything with livekit's
+    `process_reverse_stream(frame)`, `process_stream(frame)` (in place) and `set_stream_delay_ms(ms)`;
+    by default WebRTC's AEC3."""
+
+    def __init__(self, delay_ms: int = 0, apm=None) -> None:
+        if delay_ms < 0:
+            raise ValueError(f"delay_ms must be >= 0, got {delay_ms}")
+        super().__init__()
+        self._rtc = require_aec()  # its AudioFrame carries the samples either way
+        # echo cancellation only: the endpointer and the model get the audio otherwise untouched
+        self._apm = apm if apm is not None else self._rtc.AudioProcessingModule(echo_cancellation=True)
+        self._apm.set_stream_delay_ms(delay_ms)  # a hint: AEC3 estimates the delay itself
+
     def _frame(self, x: np.ndarray):
-        pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype("<i2")
+        pcm = _pcm16(x)
         return self._rtc.AudioFrame(pcm.tobytes(), SAMPLE_RATE, 1, len(pcm))
 
     def _process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -83,3 +104,67 @@ class EchoCanceller:
         self._apm.process_reverse_stream(far)  # what the loudspeaker plays ...
         self._apm.process_stream(near)  # ... taken out of what the microphone hears, in place
         return np.frombuffer(near.data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+# libspeexdsp's request codes (speex/speex_echo.h, speex/speex_preprocess.h)
+SPEEX_ECHO_SET_SAMPLING_RATE = 24
+SPEEX_PREPROCESS_SET_DENOISE = 0
+SPEEX_PREPROCESS_SET_NOISE_SUPPRESS = 18
+SPEEX_PREPROCESS_SET_ECHO_STATE = 24
+SPEEX_TAIL_MS = 320  # the echo path the filter models: the delay plus most of a room's reverberation
+
+
+def speexdsp():
+    """The `libspeexdsp` shared library (ctypes), or a RuntimeError that says what to install."""
+    name = ctypes.util.find_library("speexdsp")
+    if name is None:
+        raise RuntimeError("Speex echo cancellation needs libspeexdsp: apt install libspeexdsp1")
+    lib = ctypes.CDLL(name)
+    i16 = ctypes.POINTER(ctypes.c_int16)
+    lib.speex_echo_state_init.restype = lib.speex_preprocess_state_init.restype = ctypes.c_void_p
+    lib.speex_echo_state_init.argtypes = lib.speex_preprocess_state_init.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.speex_echo_cancellation.argtypes = [ctypes.c_void_p, i16, i16, i16]
+    lib.speex_preprocess_run.argtypes = [ctypes.c_void_p, i16]
+    for ctl in (lib.speex_echo_ctl, lib.speex_preprocess_ctl):
+        ctl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    lib.speex_echo_state_destroy.argtypes = lib.speex_preprocess_state_destroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class SpeexCanceller(_Framed):
+    """Speex's echo canceller (`libspeexdsp`; `_Framed` says how to call it): its adaptive filter
+    and residual-echo suppressor. The suppressor works through the preprocessor's noise-reduction
+    gain, which must stay on (without it the echo residue is 5-10 dB louder); its attenuation of
+    noise is capped at 1 dB, so that the model hears the room as it is."""
+
+    def __init__(self, tail_ms: int = SPEEX_TAIL_MS) -> None:
+        if tail_ms <= 0:
+            raise ValueError(f"tail_ms must be > 0, got {tail_ms}")
+        super().__init__()
+        self._lib = lib = speexdsp()
+        self._echo = lib.speex_echo_state_init(FRAME, tail_ms * SAMPLE_RATE // 1000)
+        self._pre = lib.speex_preprocess_state_init(FRAME, SAMPLE_RATE)
+        lib.speex_echo_ctl(self._echo, SPEEX_ECHO_SET_SAMPLING_RATE, ctypes.byref(ctypes.c_int(SAMPLE_RATE)))
+        lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_ECHO_STATE, ctypes.c_void_p(self._echo))
+        lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_DENOISE, ctypes.byref(ctypes.c_int(1)))
+        lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, ctypes.byref(ctypes.c_int(-1)))
+        self._out = np.zeros(FRAME, np.int16)
+
+    def __del__(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is not None:
+            lib.speex_preprocess_state_destroy(self._pre)
+            lib.speex_echo_state_destroy(self._echo)
+
+    def _process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        i16 = ctypes.POINTER(ctypes.c_int16)
+        near, far = (np.ascontiguousarray(_pcm16(x)) for x in (mic, ref))
+        out = self._out
+        self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(i16), far.ctypes.data_as(i16),
+                                          out.ctypes.data_as(i16))
+        self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(i16))  # in place
+        return out.astype(np.float32) / 32768.0
+
+
+def _pcm16(x: np.ndarray) -> np.ndarray:
+    return (np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16)

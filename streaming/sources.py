@@ -1,7 +1,8 @@
 """Audio sources for the listener: a file, raw PCM on stdin, or a microphone.
 
 Every source yields `Chunk`s of 16 kHz mono float32 samples with their position in the stream
-(`audio_s`, from the samples delivered so far). Resampling is streaming (soxr), so a source can
+(`audio_s`, from the samples delivered so far). With echo cancellation a chunk also carries the
+model's own copy of its samples (`model_samples`; see echo.py). Resampling is streaming (soxr), so a source can
 run for hours without holding the whole input in memory.
 
 Pacing: a file is played at real-time pace by default (the listener then sees audio as a
@@ -33,6 +34,9 @@ CHUNK_MS = 20  # what a source hands over at a time
 class Chunk:
     samples: np.ndarray  # [n] float32, 16 kHz mono
     audio_s: float  # stream position of the first sample
+    # [n]: what the model should hear of the same samples, where that differs (echo cancellation:
+    # `samples` decide whether someone speaks, these keep what they say over the loudspeaker)
+    model_samples: np.ndarray | None = None
 
 
 class _Resampler:
@@ -75,19 +79,25 @@ def _reference_index(channel: int, channels: int, source: str) -> int:
 
 class _EchoCancelled:
     """Like `_Resampler`, for input whose channel `channel` carries what the loudspeaker plays: the
-    other channels (the microphone) come out with that signal's echo removed (`echo.EchoCanceller`)."""
+    other channels (the microphone) come out with that signal's echo removed (`echo.EchoCanceller`),
+    as a second column the model's copy (`echo.SpeexCanceller`) where libspeexdsp is installed."""
 
     def __init__(self, rate: int, source: str, channel: int, channels: int) -> None:
-        from .echo import EchoCanceller
+        from .echo import EchoCanceller, SpeexCanceller
 
         self.channel = _reference_index(channel, channels, source)
         self.mic, self.ref = _Resampler(rate, source), _Resampler(rate, f"{source} (reference channel)")
-        self.aec = EchoCanceller()
+        self.aecs = [EchoCanceller()]
+        try:
+            self.aecs.append(SpeexCanceller())
+        except (RuntimeError, OSError) as e:
+            logger.warning("the model hears AEC3's output, which garbles speech over the loudspeaker (%s)", e)
 
     def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         mic, ref = (np.delete(block, self.channel, axis=1), block[:, self.channel]) if block.size else (block, block)
-        out = self.aec(self.mic(mic, last), self.ref(ref, last))  # equal lengths: the same resampling
-        return np.concatenate([out, self.aec.flush()]) if last else out
+        mic, ref = self.mic(mic, last), self.ref(ref, last)  # equal lengths: the same resampling
+        outs = [np.concatenate([a(mic, ref), a.flush()]) if last else a(mic, ref) for a in self.aecs]
+        return outs[0] if len(outs) == 1 else np.stack(outs, axis=1)  # whole 10 ms frames: equal lengths
 
 
 def _chunks(blocks: Iterator[np.ndarray], rate: int, source: str, reference: tuple[int, int] | None = None
@@ -99,18 +109,28 @@ def _chunks(blocks: Iterator[np.ndarray], rate: int, source: str, reference: tup
 
 
 def _reframe(blocks: Iterator[np.ndarray], convert: Callable[..., np.ndarray]) -> Iterator[Chunk]:
+    """CHUNK_MS chunks of what `convert` makes of the blocks: [n] samples, or [n, 2] samples and
+    the model's copy of them."""
     n = SAMPLE_RATE * CHUNK_MS // 1000
     delivered = 0  # 16 kHz samples handed out
-    pending = np.zeros(0, dtype=np.float32)
+    pending = None
+
+    def chunk(x: np.ndarray) -> Chunk:
+        if x.ndim == 1:
+            return Chunk(x, delivered / SAMPLE_RATE)
+        return Chunk(np.ascontiguousarray(x[:, 0]), delivered / SAMPLE_RATE, np.ascontiguousarray(x[:, 1]))
+
     for block in blocks:
-        pending = np.concatenate([pending, convert(block)])
+        out = convert(block)
+        pending = out if pending is None else np.concatenate([pending, out])
         while len(pending) >= n:
-            yield Chunk(pending[:n].copy(), delivered / SAMPLE_RATE)
+            yield chunk(pending[:n].copy())
             delivered += n
             pending = pending[n:]
-    pending = np.concatenate([pending, convert(np.zeros(0, dtype=np.float32), last=True)])
+    out = convert(np.zeros(0, dtype=np.float32), last=True)
+    pending = out if pending is None else np.concatenate([pending, out])
     if len(pending):
-        yield Chunk(pending, delivered / SAMPLE_RATE)
+        yield chunk(pending)
 
 
 def paced(chunks: Iterator[Chunk], *, clock: Callable[[], float] = time.monotonic,

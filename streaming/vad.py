@@ -213,6 +213,7 @@ class SpeechStart:
 class Pause:
     utterance: int
     audio_s: float  # when the pause was detected
+    start_s: float  # start of `samples` in the stream
     samples: np.ndarray = field(repr=False)  # the utterance as it would be if it ended here
 
 
@@ -429,7 +430,8 @@ class Endpointer:
         if (not self._paused and self._silence == self.opts.frames(self.opts.pause_ms)
                 and self._voiced * self.opts.frame_ms >= self.opts.min_speech_ms):
             self._paused = True
-            return [Pause(self._next_id, self._t(idx + 1), self._audio(self._loud_onset()))]
+            first = self._loud_onset()
+            return [Pause(self._next_id, self._t(idx + 1), self._t(self._start_frame + first), self._audio(first))]
         return []
 
     def _start(self, idx: int) -> SpeechStart:

@@ -10,8 +10,8 @@ import pytest
 from streaming_helpers import EnergyVad, signal
 from test_model import speechlike
 from desta_edge.runtime.model import WARM_UP_TRANSCRIPT
-from desta_edge.streaming.assistant import (EVENT_TYPES, Assistant, AssistantOptions, echo_share, is_backchannel,
-                                             is_echo, is_filler)
+from desta_edge.streaming.assistant import (EVENT_TYPES, Assistant, AssistantOptions, _Track, echo_share,
+                                             is_backchannel, is_echo, is_filler)
 from desta_edge.streaming.sources import Chunk
 from desta_edge.streaming.vad import EndpointOptions
 
@@ -248,6 +248,38 @@ def test_an_answer_stopped_by_speech_the_endpointer_drops_goes_on():
     assert next(e for e in events if e["type"] == "discarded")["reason"] == "short"
     assert next(e for e in events if e["type"] == "answer")["text"] == "x" * 40
     assert not model.streams[0].cancelled and (stats.cancelled, stats.resumed, stats.backchannels) == (1, 1, 0)
+
+
+def test_the_model_hears_the_sources_own_copy_of_each_utterance():
+    """A source that hands the model its own copy of the audio (`Chunk.model_samples`, as echo
+    cancellation does): the endpointer cuts the utterance from `samples`, and the model gets the
+    same span of the copy, for speculative and committed work alike."""
+    model = SlowModel()
+    heard, stream = [], model.stream
+
+    def recording(messages, max_new_tokens, cancelled=None):
+        heard.append(messages[1]["audios"][0]["audio"][0])
+        return stream(messages, max_new_tokens, cancelled)
+
+    model.stream = recording
+    x = signal(("s", 0.5), ("v", 0.8), ("s", 1.0), ("v", 0.6), ("s", 0.3), ("v", 0.4), ("s", 1.0))
+    copy = np.arange(len(x), dtype=np.float32)  # each sample says where it came from
+    chunks = (Chunk(x[i : i + N], i / 16000, copy[i : i + N]) for i in range(0, len(x), N))
+    opts = tone_opts(max_new_tokens=6, turn_detection=False, barge_in=False)
+    stats = Assistant(model, opts, vad=EnergyVad()).run(chunks)
+    assert stats.answers == 2 and stats.speculative_discarded == 1  # the second request paused, then went on
+    assert np.array_equal(heard[0], copy[int(0.2 * 16000) : int(1.4 * 16000)])  # pre-roll + speech + tail
+    assert np.array_equal(heard[-1], copy[int(2.0 * 16000) : int(3.7 * 16000)])  # both of its parts
+
+
+def test_the_models_copy_is_kept_in_a_ring_of_the_latest_samples():
+    track = _Track(10)
+    for piece in (np.arange(0, 4), np.arange(4, 9), np.arange(9, 16), np.arange(16, 40)):  # the last one wraps twice
+        track.write(piece.astype(np.float32))
+        assert track.written == piece[-1] + 1
+        assert np.array_equal(track.span(piece[-1] - 3, 4), np.arange(piece[-1] - 3, piece[-1] + 1))
+    assert track.span(29, 11) is None and track.span(35, 6) is None  # overwritten; not written yet
+    assert np.array_equal(track.span(30, 10), np.arange(30, 40))
 
 
 class PacedModel:

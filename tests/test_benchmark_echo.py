@@ -42,19 +42,24 @@ def test_user_track_lays_questions_out_gap_apart():
 
 
 def test_score_tells_questions_from_echoes():
-    truth = [(0.5, 2.0), (10.5, 12.0)]
-    echoes = [(4.0, 7.0), (14.0, 16.0)]
+    truth = [(0.5, 2.0), (10.5, 12.0), (20.0, 21.5)]
+    echoes = [(4.0, 7.0), (14.0, 16.0), (19.0, 23.0)]
     ev = []
-    for u, (a, b) in enumerate([(0.5, 2.0), (4.1, 6.9), (10.4, 12.0), (14.1, 15.0)]):
+    for u, (a, b) in enumerate([(0.5, 2.0), (4.1, 6.9), (10.4, 12.0), (14.1, 15.0), (20.0, 21.5)]):
         ev += [{"type": "speech_start", "utterance": u, "audio_s": a},
                {"type": "speech_end", "utterance": u, "speech_end_s": b}]
-    ev += [{"type": "answer", "utterance": 0, "transcript": "q1"},
+    ev += [{"type": "answer", "utterance": 0, "transcript": "q one"},
            {"type": "answer", "utterance": 1, "transcript": "e1"},
-           {"type": "discarded", "utterance": 2, "reason": "echo", "transcript": "q2"},
-           {"type": "discarded", "utterance": 3, "reason": "echo", "transcript": "e2"}]
-    s = bench.score(ev, truth, echoes)
-    assert (s["answered"], s["not_heard"], s["dropped_as_echo"]) == (1, 0, 1)
+           {"type": "discarded", "utterance": 2, "reason": "echo", "transcript": "q two"},
+           {"type": "discarded", "utterance": 3, "reason": "echo", "transcript": "e2"},
+           {"type": "answer", "utterance": 4, "transcript": "What time is it?"}]
+    s = bench.score(ev, truth, echoes, ["Q one.", "q two", "What time is it now?"])
+    assert (s["answered"], s["not_heard"], s["dropped_as_echo"]) == (2, 0, 1)
     assert s["unanswered_questions"] == [{"question": 1, "asked_over_playback": False}]
-    assert (s["echo_utterances"], s["echo_answered"], s["echo_dropped"], s["mixed_utterances"]) == (2, 1, 1, 0)
+    assert (s["echo_utterances"], s["echo_answered"], s["echo_dropped"], s["mixed_utterances"]) == (2, 1, 1, 1)
     assert s["heard_in_echoes"] == [{"transcript": "e1", "outcome": "answered"},
                                     {"transcript": "e2", "outcome": "echo"}]
+    # one word missed of the 9 asked; the question over the playback lost one of its 5
+    assert s["wer"] == pytest.approx(1 / 9, abs=1e-3) and s["asked_over_playback"] == 1
+    assert s["wer_over_playback"] == 0.2
+    assert s["heard_over_playback"] == [{"question": "What time is it now?", "transcript": "What time is it?"}]

@@ -255,14 +255,15 @@ def double_talk(model, clips: list[np.ndarray], texts: list[str], speak, level_d
         user[at : at + len(q)] = q
         room = 10 ** (NOISE_DBFS / 20) * acoustics.room_tone(n, rng)
         span = slice(at - int(0.3 * RATE), at + len(q) + int(0.3 * RATE))  # as an endpointer would cut it
+        late = slice(RATE, len(answer))  # the echo alone, after a second to learn the room
         pairs["question alone"].append((text, heard((user + room)[span])))
         echo_speech += speech_ms(echo + room)
         for name, make in cancellers.items():
             pairs[name].append((text, heard(run(make, user + echo + room, ref)[span])))
             alone = run(make, echo + room, ref)
             found[name] += speech_ms(alone)
-            late = slice(RATE, len(answer))  # after a second to learn the room
-            reduction[name].append(10 * np.log10(np.mean((echo + room)[late] ** 2) / (np.mean(alone[late] ** 2) + 1e-12)))
+            before, after = np.mean((echo + room)[late] ** 2), np.mean(alone[late] ** 2)
+            reduction[name].append(10 * np.log10(before / (after + 1e-12)))
         print(f"double talk {i + 1}/{len(clips)}", file=sys.stderr)
     rows = {"question alone": {"wer": round(word_error_rate(pairs["question alone"]), 3)}}
     for name in cancellers:
@@ -306,8 +307,8 @@ def markdown(result: dict) -> str:
         lines = ["| canceller | WER of the question over the echo | echo speech still found | echo taken down (dB) |",
                  "|---|---|---|---|"]
         for name, r in d["rows"].items():
-            lines.append(f"| {name} | {r['wer']:.3f} | " + (
-                f"{r['echo_speech_found']:.0%} | {r['echo_reduction_db']:g} |" if "echo_speech_found" in r else "– | – |"))
+            echo = f"{r['echo_speech_found']:.0%} | {r['echo_reduction_db']:g} |" if "echo_speech_found" in r else "– | – |"
+            lines.append(f"| {name} | {r['wer']:.3f} | {echo}")
         lines += ["", f"{d['questions']} questions, each asked {d['talk_over_s']:g} s into a spoken answer; the "
                   f"loudspeaker at {result['echo_dbfs']:g} dBFS, the user at {USER_DBFS:g} dBFS",
                   f"machine: {result['machine']}"]
@@ -368,10 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.variants and name not in args.variants:
                 continue
             print(f"running {name} ...", file=sys.stderr)
-            variants[name] = run_variant(model, user, truth, texts, reports=reports, cancellers=cancellers, fields=fields,
-                                         level_dbfs=args.echo_dbfs,
-                                         realtime=not args.fast, max_new_tokens=args.max_new_tokens, speak=speak,
-                                         seed=args.seed)
+            variants[name] = run_variant(model, user, truth, texts, reports=reports, cancellers=cancellers,
+                                         fields=fields, level_dbfs=args.echo_dbfs, realtime=not args.fast,
+                                         max_new_tokens=args.max_new_tokens, speak=speak, seed=args.seed)
     result = {"machine": machine(), "model": args.model, "questions": len(truth), "gap_s": args.gap_s,
               "echo_dbfs": args.echo_dbfs, "realtime": not args.fast, "variants": variants}
     write_results(out, "echo", result, markdown(result), as_json=args.json)

@@ -2,8 +2,8 @@
 
 Every source yields `Chunk`s of 16 kHz mono float32 samples with their position in the stream
 (`audio_s`, from the samples delivered so far). With echo cancellation a chunk also carries the
-model's own copy of its samples (`model_samples`; see echo.py). Resampling is streaming (soxr), so a source can
-run for hours without holding the whole input in memory.
+model's own copy of its samples (`model_samples`; see echo.py). Resampling is streaming (soxr),
+so a source can run for hours without holding the whole input in memory.
 
 Pacing: a file is played at real-time pace by default (the listener then sees audio as a
 microphone would deliver it) or as fast as possible (`realtime=False`). The clock and sleep are

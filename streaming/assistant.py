@@ -553,11 +553,12 @@ class Assistant:
         said over an answer: after one, "yes" or "okay" may answer a question the assistant asked."""
         s = self._suspended
         interrupted = s is not None and s.job.interrupted_by == job.utterance
-        over_answer = interrupted or job.over_answer or self._playback.overlaps(job.start_s, job.audio_s)
+        # said over an answer without stopping it: backchannel words (no words at all: a filler, below)
+        over_answer = (job.over_answer or self._playback.overlaps(job.start_s, job.audio_s)) and _words(transcript)
         if (echo_of := self._echo_of(job, transcript)) is not None:
             self.stats.echoes += 1
             why = {"reason": "echo", "echo_of": echo_of}
-        elif over_answer and is_backchannel(transcript):
+        elif (interrupted or over_answer) and is_backchannel(transcript):
             self.stats.backchannels += 1
             why = {"reason": "backchannel"}
         elif self.opts.drop_fillers and is_filler(transcript):

@@ -503,21 +503,22 @@ def hold_until_answered(model, at_s: float):
     return hook
 
 
-@pytest.mark.parametrize("when", ["over the answer", "after the answer", "over the playback"])
+@pytest.mark.parametrize("when", ["over the answer", "after the answer", "over the playback", "no words over it"])
 def test_without_barge_in_a_backchannel_over_an_answer_is_not_answered(when):
     """Barge-in off: "mhm" said while the answer streams (or while the app plays it) kept the
     speaker going and asks nothing; the answer is not stopped. Said after the answer, "okay" or
-    "yes" may answer a question the assistant asked, so it is answered."""
-    model = SlowModel(transcripts=["hello", "Mm-hmm."])
+    "yes" may answer a question the assistant asked, so it is answered. An utterance of no words
+    is a filler, answered here (the loop tests answer fillers) wherever it falls."""
+    model = SlowModel(transcripts=["hello", " " if when == "no words over it" else "Mm-hmm."])
     opts = tone_opts(barge_in=False)
     if when == "over the playback":  # the answer has streamed; the app still plays it
         events, stats = listen_with_playback(model, BARGE_IN, opts, at_s=1.5, hold=hold_until_answered(model, 1.9))
     else:
-        hold = (hold_until_answering if when == "over the answer" else hold_until_answered)(model, 1.9)
+        hold = (hold_until_answered if when == "after the answer" else hold_until_answering)(model, 1.9)
         events, stats = listen(model, BARGE_IN, opts, before_chunk=hold)
     answers = [e for e in events if e["type"] == "answer"]
     assert answers[0]["utterance"] == 0 and answers[0]["text"] == "x" * 40 and stats.cancelled == 0
-    if when == "after the answer":
+    if when in ("after the answer", "no words over it"):
         assert [a["utterance"] for a in answers] == [0, 1] and stats.backchannels == 0
     else:
         (back,) = [e for e in events if e["type"] == "discarded"]

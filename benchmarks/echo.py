@@ -241,9 +241,8 @@ def double_talk(model, clips: list[np.ndarray], texts: list[str], speak, level_d
     def run(make, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
         if make is None:
             return mic
-        c = make()
-        return np.concatenate([c(mic[i : i + CHUNK], ref[i : i + CHUNK]) for i in range(0, len(mic), CHUNK)]
-                              + [c.flush()])
+        c = make()  # takes any length: the same 10 ms frames as when fed chunk by chunk
+        return np.concatenate([c(mic, ref), c.flush()])
 
     for i, (q, text) in enumerate(zip(clips, texts)):
         answer = speak(ANSWERS[i % len(ANSWERS)], 1000 + i)

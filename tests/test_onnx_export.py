@@ -143,6 +143,11 @@ def test_quantized_export_is_smaller_and_runs(checkpoint, exported, tmp_path, qu
         graph = onnx.load(str(tmp_path / "q" / name), load_external_data=False).graph
         quantized = [n for n in graph.node if n.op_type == op]
         assert quantized, name  # the weights really went through the quantizer
+        # every weight reached the quantizer, shared ones too (the connector's key and value per tap)
+        weights = {t.name for t in graph.initializer}
+        aliases = {n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in weights}
+        assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in aliases], name
+        assert "ConvInteger" not in {n.op_type for n in graph.node}, name  # convolutions stay fp32
         if op == "MatMulNBits":
             assert {a.i for n in quantized for a in n.attribute if a.name == "bits"} == {4}
         else:  # the feed-forward output and vocabulary projections stay fp32 MatMuls

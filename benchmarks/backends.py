@@ -2,7 +2,7 @@
 
     python benchmarks/backends.py [--model tiny] [--onnx EXPORT_DIR ...] [--devices cpu,cuda]
                                   [--whisper-dtype bfloat16] [--encoder-padding-s S] [--limit N]
-                                  [--max-new-tokens 32]
+                                  [--max-new-tokens 32] [--rounds 1]
                                   [--out benchmarks/results] [--json]
 
 Variants: PyTorch on each device, on CUDA in float32 (TF32 off: its answers should be the CPU's) and
@@ -12,6 +12,9 @@ provider that can run here (CPU; CUDA; TensorRT). Variants that cannot run are l
 reason. With --encoder-padding-s S every variant runs the shorter encoder window
 (`DestaModel.set_encoder_padding`); those that cannot say why in the table. Each variant runs in its own process, so that its peak memory (max RSS; on CUDA also
 torch's max_memory_allocated) is its own; all see the same clips and prompts, one after the other.
+With --rounds N the variants run N times, in reverse order every other round (A B C, C B A, ...),
+and the medians are over every clip of every round: on a shared machine a slow spell then falls on
+all variants rather than on whichever ran during it.
 
 Per clip the runtime's own stage timings (`timings_ms`, as in `desta-edge ask --json`) are
 recorded: encoder (+ connector), ASR, prefill, first token and end to end, plus decode tokens/s.
@@ -182,6 +185,17 @@ def spawn(v: Variant, clips: list[str], max_new_tokens: int, timeout_s: float) -
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def merge_rounds(raws: list[dict]) -> dict:
+    """One variant's results over several rounds: every clip of every round (tagged with its round),
+    the median load time and the largest peak memory; the first error if any round failed."""
+    if errors := [r for r in raws if "error" in r]:
+        return errors[0]
+    peak = lambda key: max((r[key] for r in raws if r[key] is not None), default=None)  # noqa: E731
+    return {"load_s": round(float(np.median([r["load_s"] for r in raws])), 2), "backend_detail": raws[0]["backend_detail"],
+            "clips": [{**c, "round": i} for i, r in enumerate(raws) for c in r["clips"]],
+            "peak_rss_mb": peak("peak_rss_mb"), "cuda_max_allocated_mb": peak("cuda_max_allocated_mb")}
+
+
 # ---------------------------------------------------------------------- summary
 
 
@@ -239,7 +253,9 @@ def markdown(result: dict) -> str:
     lines.append("")
     for s in result["skipped"]:
         lines.append(f"- skipped {s['variant']}: {s['reason']}")
-    lines.append(f"\n{result['clips']} clips, up to {result['max_new_tokens']} answer tokens, medians over clips; "
+    rounds = result.get("rounds", 1)
+    over = f"{rounds} rounds in alternating order, medians over clips and rounds" if rounds > 1 else "medians over clips"
+    lines.append(f"\n{result['clips']} clips, up to {result['max_new_tokens']} answer tokens, {over}; "
                  f"speed-up = PyTorch time / variant time on the same device type, same run. machine: {result['machine']}")
     if result.get("encoder_padding_s"):
         lines.append(f"encoder window: each clip + {result['encoder_padding_s']:g} s of silence (every variant)")
@@ -261,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="every variant with the encoder reading the clip + S s instead of the 30 s window")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--timeout-s", type=float, default=1800, help="per variant")
+    p.add_argument("--timeout-s", type=float, default=1800, help="per variant and round")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every variant this many times, in alternating order (medians over all rounds)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -271,15 +289,22 @@ def main(argv: list[str] | None = None) -> int:
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     if bad := [d for d in devices if d not in ("cpu", "cuda")]:
         p.error(f"--devices: unknown {bad}; use cpu and/or cuda")
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     out = Path(args.out)
     clips = [str(c.path) for c in question_clips(out / "backend_clips", limit=args.limit)]
     runs, skipped = plan(args.model, args.onnx, devices, args.whisper_dtype, args.encoder_padding_s)
     variants = {v.label: v for v in runs}
+    raws: dict[str, list[dict]] = {v.label: [] for v in runs}
+    for i in range(args.rounds):
+        for v in runs if i % 2 == 0 else runs[::-1]:
+            print(f"running {v.label}" + (f" (round {i + 1}/{args.rounds})" if args.rounds > 1 else "") + " ...",
+                  file=sys.stderr)
+            raws[v.label].append(spawn(v, clips, args.max_new_tokens, args.timeout_s))
     results: dict[str, dict] = {}
-    for v in runs:
-        print(f"running {v.label} ...", file=sys.stderr)
-        raw = spawn(v, clips, args.max_new_tokens, args.timeout_s)
-        results[v.label] = raw if "error" in raw else {**raw, "summary": summarize(raw)}
+    for label, rounds in raws.items():
+        raw = merge_rounds(rounds)
+        results[label] = raw if "error" in raw else {**raw, "summary": summarize(raw)}
     compare(results, variants)
     result = {
         "machine": machine(),
@@ -287,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": args.onnx,
         "clips": len(clips),
         "max_new_tokens": args.max_new_tokens,
+        "rounds": args.rounds,
         "encoder_padding_s": args.encoder_padding_s,
         "variants": results,
         "skipped": skipped,

@@ -116,3 +116,39 @@ def test_spinning_benchmark_swaps_sessions_and_keeps_outputs(tiny_onnx_export, t
         assert 0 < r["encoder"] < r["first_token"] <= r["total"] and r["asr"] > 0 and r["prefill"] > 0, r
     assert result["rows"][0]["speed-up first token"] == 1.0
     assert "| no session spins |" in (out / result_file.name.replace(".json", ".md")).read_text()
+
+
+def test_rounds_alternate_the_order_and_pool_every_clip(monkeypatch, tmp_path):
+    """--rounds 3 runs A B, B A, A B; the medians pool every round, the load time is the median and
+    the peak memory the largest; a round that fails fails the variant."""
+    bench = load_benchmark("backends")
+    order, calls = [], {"torch (cpu)": 0, "onnx fp32 (cpu)": 0}
+
+    def fake_spawn(v, clips, max_new_tokens, timeout_s):
+        order.append(v.label)
+        calls[v.label] += 1
+        k = calls[v.label]
+        if v.label == "onnx fp32 (cpu)" and k == 3:
+            return {"error": "died in round 3"}
+        ms = 100.0 * k  # rounds 1, 2, 3 take 100, 200, 300 ms a stage
+        clip = {"transcript": "a", "answer_ids": [1, 2], "tokens": 2, "decode_tokens_per_s": 10.0 * k,
+                "timings_ms": {s: ms for s in bench.STAGES}}
+        return {"load_s": float(k), "backend_detail": "x", "clips": [clip, dict(clip)], "peak_rss_mb": 100.0 * (4 - k),
+                "cuda_max_allocated_mb": None}
+
+    monkeypatch.setattr(bench, "spawn", fake_spawn)
+    monkeypatch.setattr(bench, "question_clips", lambda out, limit=None: [type("C", (), {"path": tmp_path / "q.wav"})()])
+    monkeypatch.setattr(bench, "plan", lambda *a: ([bench.Variant("torch (cpu)", "torch", "tiny", "cpu"),
+                                                     bench.Variant("onnx fp32 (cpu)", "onnx", "e", "cpu")], []))
+    assert bench.main(["--rounds", "3", "--out", str(tmp_path), "--json"]) == 0
+    assert order == ["torch (cpu)", "onnx fp32 (cpu)", "onnx fp32 (cpu)", "torch (cpu)", "torch (cpu)", "onnx fp32 (cpu)"]
+    (result_file,) = tmp_path.glob("backends-*.json")
+    result = json.loads(result_file.read_text())
+    torch_result = result["variants"]["torch (cpu)"]
+    assert result["rounds"] == 3 and [c["round"] for c in torch_result["clips"]] == [0, 0, 1, 1, 2, 2]
+    assert torch_result["summary"]["median_ms"]["total"] == 200.0 and torch_result["summary"]["decode_tokens_per_s"] == 20.0
+    assert torch_result["load_s"] == 2.0 and torch_result["peak_rss_mb"] == 300.0
+    assert result["variants"]["onnx fp32 (cpu)"] == {"error": "died in round 3"}
+    assert "3 rounds in alternating order" in (tmp_path / result_file.name.replace(".json", ".md")).read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--rounds", "0", "--out", str(tmp_path)])

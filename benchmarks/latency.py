@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     last, last_name = model, f"desta-edge, whisper {args.whisper_dtype}" if args.whisper_dtype else "desta-edge"
     for export in args.onnx:
         fast = DestaModel.from_pretrained(export, backend="onnx", device=args.device)
-        last, last_name = fast, onnx_variant_name(fast.backend.manifest)
+        last, last_name = fast, onnx_variant_name(fast.backend.manifest, export, taken=variants)
         run(last_name, fast, reference=False)
     if args.encoder_padding_s:
         last.set_encoder_padding(args.encoder_padding_s)
@@ -257,13 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def onnx_variant_name(manifest: dict) -> str:
-    """"desta-edge (onnx)" for an fp32 export, else its quantization and, if not all, the graphs it covers."""
+def onnx_variant_name(manifest: dict, export: str = "", taken=()) -> str:
+    """"desta-edge (onnx)" for an fp32 export, else its quantization and, if not all, the graphs it
+    covers; followed by the export's directory name where that name is `taken` already."""
     quant, graphs = manifest.get("quantization"), manifest.get("quantized_graphs") or []
-    if not quant:
-        return "desta-edge (onnx)"
     only = "" if len(graphs) == 3 else f", {'+'.join(graphs)} only"
-    return f"desta-edge (onnx {quant}{only})"
+    name = f"desta-edge (onnx {quant}{only})" if quant else "desta-edge (onnx)"
+    return f"{name} {Path(export).name}" if name in taken else name
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ def test_onnx_variants_are_named_by_their_quantization():
     assert name({"quantization": "int8", "quantized_graphs": graphs}) == "desta-edge (onnx int8)"
     assert name({"quantization": "int8", "quantized_graphs": ["llm"]}) == "desta-edge (onnx int8, llm only)"
     assert name({"quantization": "int4", "quantized_graphs": ["decoder", "llm"]}) == "desta-edge (onnx int4, decoder+llm only)"
+    # two exports of one kind (before and after a change) keep apart
+    int8 = {"quantization": "int8", "quantized_graphs": graphs}
+    assert name(int8, "exports/int8-new", taken={"desta-edge (onnx int8)": {}}) == "desta-edge (onnx int8) int8-new"
+    assert name(int8, "exports/int8-new", taken={"desta-edge (onnx)": {}}) == "desta-edge (onnx int8)"
 
 
 def test_speech_cache_gives_back_the_synthesized_speech_without_the_synthesizer(tmp_path, monkeypatch):

@@ -29,8 +29,8 @@ from torch import nn
 
 from desta_edge.runtime.audio import N_FRAMES
 from desta_edge.runtime.onnx_backend import (
-    DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, FORMAT_VERSION, LLM_FILE, LLM_TOKENIZER_DIR, MANIFEST, WHISPER_DIR,
-    graph_signature, open_session,
+    DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, FORMAT_VERSION, LLM_FILE, LLM_TOKENIZER_DIR, MANIFEST,
+    QUANTIZER_REVISION, WHISPER_DIR, graph_signature, open_session,
 )
 
 from .graphs import LlamaStep, WhisperCrossKV, WhisperDecoderStep
@@ -199,6 +199,7 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
             "signatures": {g: graph_signature(tmp / f) for g, f in GRAPHS.items()},
             "quantization": quantize,
             "quantized_graphs": quantized,
+            "quantizer_revision": QUANTIZER_REVISION,
             "int8_fp32_matmuls": kept_fp32,  # per quantized graph, MatMuls int8 left in fp32 (INT8_KEEP_FP32)
             "torch_version": torch.__version__,
         }

@@ -134,16 +134,17 @@ def test_quantized_export_is_smaller_and_runs(checkpoint, exported, tmp_path, qu
     import onnx
 
     from desta_edge.export.onnx import INT8_KEEP_FP32, export_onnx
+    from desta_edge.runtime.onnx_backend import QUANTIZER_REVISION
 
     _, fp32_dir, _ = exported
     manifest = export_onnx(DestaModel.from_pretrained(checkpoint, device="cpu"), str(checkpoint), tmp_path / "q",
                            quantize=quantize)
-    assert manifest["quantization"] == quantize
+    assert manifest["quantization"] == quantize and manifest["quantizer_revision"] == QUANTIZER_REVISION
     for name in ("encoder.onnx", "decoder.onnx", "llm.onnx"):
         graph = onnx.load(str(tmp_path / "q" / name), load_external_data=False).graph
         quantized = [n for n in graph.node if n.op_type == op]
         assert quantized, name  # the weights really went through the quantizer
-        # every weight reached the quantizer, shared ones too (the connector's key and value per tap)
+        # every weight reached the quantizer, those the connector shares between tapped layers too
         weights = {t.name for t in graph.initializer}
         aliases = {n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in weights}
         assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in aliases], name
@@ -163,6 +164,17 @@ def test_quantized_export_is_smaller_and_runs(checkpoint, exported, tmp_path, qu
     assert len(out.generated_ids[0]) <= 4
     with pytest.raises(ValueError, match="quantize must be one of"):
         export_onnx(model, "x", tmp_path / "bad", quantize="int3")
+
+
+def test_an_encoder_quantized_by_an_older_recipe_is_named_for_export_again():
+    from desta_edge.runtime.onnx_backend import QUANTIZER_REVISION, stale_quantization
+
+    graphs = ["encoder", "decoder", "llm"]
+    old = {"quantization": "int8", "quantized_graphs": graphs}  # no quantizer_revision: before it existed
+    assert "export it again" in stale_quantization("exports/int8", old)
+    assert stale_quantization("x", {**old, "quantizer_revision": QUANTIZER_REVISION}) is None
+    assert stale_quantization("x", {"quantization": "int8", "quantized_graphs": ["llm"]}) is None  # encoder fp32
+    assert stale_quantization("x", {"quantization": None, "quantized_graphs": []}) is None
 
 
 def test_quantizing_only_the_llm_keeps_the_transcripts_exact(checkpoint, exported, tmp_path):

@@ -171,8 +171,6 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
         parity["llm"] = _parity(llm_step, llm_args, tmp / LLM_FILE, llm_in)
 
         quantized = [g for g in GRAPHS if g in quantize_graphs] if quantize else []  # in a fixed order
-        for g in quantized:
-            unshare_weights(tmp / GRAPHS[g])
         kept_fp32: dict[str, int] = {}
         if quantize == "int8":
             kept_fp32 = _quantize_int8(tmp, {g: GRAPHS[g] for g in quantized})
@@ -207,26 +205,20 @@ def export_onnx(model, source: str, out_dir: str | os.PathLike, *, opset: int = 
     return manifest
 
 
-def int8_kept_nodes(path: Path) -> list[str]:
-    """Names of the MatMul/Gemm nodes of the graph at `path` that int8 keeps in fp32 (INT8_KEEP_FP32)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def int8_kept_nodes(graph) -> list[str]:
+    """Names of the MatMul/Gemm nodes of `graph` (an onnx GraphProto) that int8 keeps in fp32 (INT8_KEEP_FP32)."""
     return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and INT8_KEEP_FP32.search(n.name)]
 
 
-def unshare_weights(path: Path) -> int:
-    """Let every MatMul/Gemm read its weight straight from the initializer; returns how many were rewired.
+def unshare_weights(graph) -> int:
+    """Let every MatMul/Gemm of `graph` (an onnx GraphProto, changed in place) read its weight straight
+    from the initializer; returns how many were rewired.
 
     The exporter gives a weight used by several nodes (the connector runs once per tapped layer
     with the same weights) an Identity node per extra use. Both quantizers only take a
     MatMul whose weight is an initializer, so without this those MatMuls would stay fp32 (60 in the
     tiny encoder graph, 12 of them projections of all 1,500 frames). The graph computes the same.
     """
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
     weights = {t.name for t in graph.initializer}
     alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in weights}
     rewired = 0
@@ -234,17 +226,16 @@ def unshare_weights(path: Path) -> int:
         if node.op_type in ("MatMul", "Gemm") and node.input[1] in alias:
             node.input[1] = alias[node.input[1]]
             rewired += 1
-    if rewired:
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        for node in [n for n in graph.node if n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in used]:
-            graph.node.remove(node)
-        onnx.save(model, str(path))
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in used]:
+        graph.node.remove(node)
     return rewired
 
 
 def _quantize_int8(directory: Path, files: dict[str, str]) -> dict[str, int]:
     """Quantize the graphs `files` (name -> file) in place; returns how many MatMuls each kept in fp32."""
     try:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:  # pragma: no cover - onnxruntime ships it
         raise RuntimeError("int8 quantization needs onnxruntime's quantization tools: pip install onnxruntime") from e
@@ -255,11 +246,13 @@ def _quantize_int8(directory: Path, files: dict[str, str]) -> dict[str, int]:
     try:
         for graph, name in files.items():
             src, dst = directory / name, directory / (name + ".int8")
-            keep = int8_kept_nodes(src)
+            model = onnx.load(str(src))
+            unshare_weights(model.graph)
+            keep = int8_kept_nodes(model.graph)
             logger.info("quantizing %s to int8 weights (%d MatMuls kept in fp32)", name, len(keep))
             # Gather: the decoder's token embeddings (60 MB less). Conv stays fp32: ConvInteger ran
             # the encoder's two convolutions 6x slower than Conv on an AVX-512 CPU.
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+            quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep,
                              op_types_to_quantize=["MatMul", "Gemm", "Gather"])
             os.replace(dst, src)
             kept[graph] = len(keep)
@@ -279,7 +272,9 @@ def _quantize_int4(directory: Path, files: tuple[str, ...]) -> None:
     for name in files:
         path = directory / name
         logger.info("quantizing %s to int4 weights (blocks of %d)", name, NBITS_BLOCK_SIZE)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=4, block_size=NBITS_BLOCK_SIZE,
+        model = onnx.load(str(path))
+        unshare_weights(model.graph)
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=NBITS_BLOCK_SIZE,
                                          is_symmetric=False, accuracy_level=NBITS_ACCURACY_LEVEL)
         quantizer.process()
         quantizer.model.save_model_to_file(str(path) + ".int4", use_external_data_format=False)

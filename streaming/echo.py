@@ -112,6 +112,7 @@ SPEEX_PREPROCESS_SET_DENOISE = 0
 SPEEX_PREPROCESS_SET_NOISE_SUPPRESS = 18
 SPEEX_PREPROCESS_SET_ECHO_STATE = 24
 SPEEX_TAIL_MS = 320  # the echo path the filter models: the delay plus most of a room's reverberation
+_I16 = ctypes.POINTER(ctypes.c_int16)
 
 
 def speexdsp():
@@ -120,11 +121,10 @@ def speexdsp():
     if name is None:
         raise RuntimeError("Speex echo cancellation needs libspeexdsp: apt install libspeexdsp1")
     lib = ctypes.CDLL(name)
-    i16 = ctypes.POINTER(ctypes.c_int16)
     lib.speex_echo_state_init.restype = lib.speex_preprocess_state_init.restype = ctypes.c_void_p
     lib.speex_echo_state_init.argtypes = lib.speex_preprocess_state_init.argtypes = [ctypes.c_int, ctypes.c_int]
-    lib.speex_echo_cancellation.argtypes = [ctypes.c_void_p, i16, i16, i16]
-    lib.speex_preprocess_run.argtypes = [ctypes.c_void_p, i16]
+    lib.speex_echo_cancellation.argtypes = [ctypes.c_void_p, _I16, _I16, _I16]
+    lib.speex_preprocess_run.argtypes = [ctypes.c_void_p, _I16]
     for ctl in (lib.speex_echo_ctl, lib.speex_preprocess_ctl):
         ctl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     lib.speex_echo_state_destroy.argtypes = lib.speex_preprocess_state_destroy.argtypes = [ctypes.c_void_p]
@@ -157,12 +157,11 @@ class SpeexCanceller(_Framed):
             lib.speex_echo_state_destroy(self._echo)
 
     def _process(self, mic: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        i16 = ctypes.POINTER(ctypes.c_int16)
         near, far = (np.ascontiguousarray(_pcm16(x)) for x in (mic, ref))
         out = self._out
-        self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(i16), far.ctypes.data_as(i16),
-                                          out.ctypes.data_as(i16))
-        self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(i16))  # in place
+        self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(_I16), far.ctypes.data_as(_I16),
+                                          out.ctypes.data_as(_I16))
+        self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(_I16))  # in place
         return out.astype(np.float32) / 32768.0
 
 

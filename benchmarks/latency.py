@@ -115,7 +115,7 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
     spurious = 0
     for a in answers:
         end_s = ends[a["utterance"]]["speech_end_s"]
-        hits = [i for i, u in enumerate(truth) if u.start_s - MATCH_BEFORE_S <= end_s <= u.end_s + MATCH_AFTER_S]
+        hits = [i for i, u in enumerate(truth) if _matches(u, end_s)]
         if hits:
             per_question[hits[0]].append(a)
         else:
@@ -144,6 +144,7 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
         "questions": len(truth),
         "detected_once": sum(len(f) == 1 for f in per_question),
         "missed": sum(len(f) == 0 for f in per_question),
+        "missed_why": _counts(why_unanswered(events, u) for u, f in zip(truth, per_question) if not f),
         "split": sum(len(f) > 1 for f in per_question),
         "spurious": spurious,
         "errors": stats.errors,
@@ -160,6 +161,32 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
     }
 
 
+def _matches(u: Utterance, audio_s: float) -> bool:
+    return u.start_s - MATCH_BEFORE_S <= audio_s <= u.end_s + MATCH_AFTER_S
+
+
+def why_unanswered(events: list[dict], u: Utterance) -> str:
+    """Why question `u` got no answer: "not heard" (the endpointer ended no utterance there), the
+    rule that dropped the utterance heard there (the `reason` of its `discarded` event: "short" or
+    "distant" from the endpointer, "filler", "echo" or "backchannel" from the transcript; "skipped"
+    by --max-waiting), "error", "cancelled", or "unanswered" for one that got none of these."""
+    ended = {e["utterance"] for e in events if e["type"] == "speech_end" and _matches(u, e["speech_end_s"])}
+    # the endpointer's own discards end no utterance: matched by where they started
+    started = {e["utterance"] for e in events if e["type"] == "speech_start" and _matches(u, e["audio_s"])}
+    for e in events:
+        if e["type"] in ("discarded", "skipped", "error", "cancelled") and (
+                e.get("utterance") in ended or ("voiced_ms" in e and e.get("utterance") in started)):
+            return e.get("reason", e["type"])
+    return "unanswered" if ended else "not heard"
+
+
+def _counts(reasons) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reasons:
+        out[r] = out.get(r, 0) + 1
+    return out
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 1) if xs else None
 
@@ -172,7 +199,7 @@ def markdown(result: dict) -> str:
         s = r["median_stages_ms"]
         lines.append("| " + " | ".join(str(x) for x in [
             name, r["latency_ms"]["p50"], r["latency_ms"]["p90"], f"{result['p50_speedup'].get(name)}x",
-            f"{r['detected_once']}/{r['questions']}", r["split"], r["missed"], r["turn_ends"],
+            f"{r['detected_once']}/{r['questions']}", r["split"], _missed(r), r["turn_ends"],
             s.get("endpoint_wait"), s.get("features"), s.get("encoder"), s.get("asr"), s.get("turn_check", "-"),
             s.get("prefill"), r["decode_tokens_per_s"], r["wer"]]) + " |")
     lines.append("")
@@ -184,6 +211,12 @@ def markdown(result: dict) -> str:
                  f"pause {result['endpoint']['pause_ms']} ms; realtime={result['realtime']}; "
                  f"peak RSS {result['peak_rss_mb']} MB")
     return "\n".join(lines)
+
+
+def _missed(r: dict) -> str:
+    """"2 (1 skipped, 1 not heard)": the count and why, for the table."""
+    why = r.get("missed_why") or {}
+    return f"{r['missed']} ({', '.join(f'{n} {k}' for k, n in why.items())})" if why else str(r["missed"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,3 +81,40 @@ def test_speech_cache_gives_back_the_synthesized_speech_without_the_synthesizer(
     assert again.dtype == np.float32 and np.array_equal(again, first)
     with np.testing.assert_raises(AssertionError):  # another voice is not in the cache
         recording._speak(text, engine, "en-us", tmp_path / "c.wav")
+
+
+def test_an_unanswered_question_is_told_apart_by_what_dropped_it():
+    """score()'s "missed" says why: a question the endpointer never ended is "not heard"; one it
+    heard and a rule dropped carries that rule (a filler, --max-waiting's skip, a click)."""
+    bench = load_benchmark("latency")
+    U = load_benchmark("recording").Utterance
+    truth = [U(text=f"q{i}", voice="v", start_s=2.0 + 3 * i, end_s=3.5 + 3 * i) for i in range(5)]
+    events = [
+        # q0 answered
+        {"type": "speech_start", "utterance": 0, "audio_s": 2.0},
+        {"type": "speech_end", "utterance": 0, "audio_s": 4.1, "speech_end_s": 3.6},
+        {"type": "token", "utterance": 0, "wall_s": 4.3, "text": "A"},
+        {"type": "answer", "utterance": 0, "wall_s": 4.5, "text": "A", "transcript": "q0",
+         "timings_ms": {"total": 500, "first_token": 200, "encoder": 100}},
+        # q1 heard, then dropped as a filler; q2 heard, then skipped by --max-waiting
+        {"type": "speech_start", "utterance": 1, "audio_s": 5.0},
+        {"type": "speech_end", "utterance": 1, "audio_s": 7.1, "speech_end_s": 6.5},
+        {"type": "discarded", "utterance": 1, "audio_s": 7.3, "reason": "filler", "transcript": "Um."},
+        {"type": "speech_start", "utterance": 2, "audio_s": 8.0},
+        {"type": "speech_end", "utterance": 2, "audio_s": 10.1, "speech_end_s": 9.6},
+        {"type": "skipped", "utterance": 2, "audio_s": 10.1, "waiting": 1},
+        # q3: only a click the endpointer discarded (decided well after the question's end)
+        {"type": "speech_start", "utterance": 3, "audio_s": 11.2},
+        {"type": "discarded", "utterance": 3, "audio_s": 13.5, "voiced_ms": 60, "reason": "short"},
+        # q4: nothing at all
+    ]
+
+    class Stats:
+        errors = speculative_used = speculative_discarded = turn_ends = 0
+
+    arrivals = [(t / 10, 100.0 + t / 10) for t in range(1, 200)]
+    r = bench.score(events, truth, arrivals, started_at=100.0, stats=Stats(), elapsed=19.9)
+    assert r["detected_once"] == 1 and r["missed"] == 4
+    assert r["missed_why"] == {"filler": 1, "skipped": 1, "short": 1, "not heard": 1}
+    assert [bench.why_unanswered(events, u) for u in truth[1:]] == ["filler", "skipped", "short", "not heard"]
+    assert bench._missed(r) == "4 (1 filler, 1 skipped, 1 short, 1 not heard)"

@@ -11,12 +11,14 @@ simulated loudspeaker (band-limited, softly clipped, the room's reverberation) i
 microphone at `--echo-dbfs`, 0.2 s after the answer, reporting `Assistant.playback` while it
 plays (except in the first variant). An answer given to an echo is spoken too, so an assistant
 that takes its own voice for a request feeds itself. The microphone is read at real-time pace
-through the listen loop with the tiny preset, in five variants: with barge-in off, the app
+through the listen loop with the tiny preset, in these variants: with barge-in off, the app
 reports no playback (what a listener without the echo guard hears), the echo guard (the default
 once playback is reported), half duplex, and the echo cancelled (`streaming/echo.py`, the app's
-signal as a reference channel): by WebRTC's AEC3 alone (needs `pip install "desta-edge[aec]"`),
-and as the sources do it where libspeexdsp is installed, AEC3 for the endpointer and Speex's
-canceller for what the model hears; each also with barge-in on.
+signal as a reference channel): by WebRTC's AEC3 alone (needs `pip install "desta-edge[aec]"`);
+with Speex's canceller for what the model hears and AEC3's output for the endpointer (as the
+sources did before 2026-11-29); and as the sources do it where libspeexdsp is installed
+(`DuplexCanceller`: the endpointer hears Speex's output too where the person is louder than the
+echo); each also with barge-in on.
 
 Per variant: the questions answered, and those lost (never heard, or dropped as an echo); the
 echoes played; utterances heard in an echo and answered as requests, or dropped as echoes;
@@ -25,10 +27,12 @@ all of them and those asked over the loudspeaker. JSON + markdown under --out. A
 a pass/fail test.
 
 `--double-talk` instead compares the cancellers offline, question by question: each question is
-asked TALK_OVER_S into a spoken answer, over its echo. Per canceller (none, AEC3, Speex): the word
-error rate of what the model hears of the question (its runtime transcript of the question's
-span), the share of the echo's speech that Silero still finds in what the canceller leaves of the
-echo alone (what an endpointer would take for a person), and how far the echo is taken down.
+asked TALK_OVER_S into a spoken answer, over its echo. Per canceller (none, AEC3, Speex, and the
+endpointer's copy of `DuplexCanceller`): the word error rate of what the model hears of the
+question (its runtime transcript of the question's span), the share of the question's speech that
+Silero finds in the canceller's output (what an endpointer can hear of the person), the share of
+the echo's speech that Silero still finds in what the canceller leaves of the echo alone (what an
+endpointer would take for a person), and how far the echo is taken down.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from report import machine, write_results  # noqa: E402
 
 from desta_edge import DestaModel  # noqa: E402
 from desta_edge.streaming.assistant import Assistant, AssistantOptions  # noqa: E402
-from desta_edge.streaming.echo import EchoCanceller, SpeexCanceller  # noqa: E402
+from desta_edge.streaming.echo import DuplexCanceller, EchoCanceller, SpeexCanceller  # noqa: E402
 from desta_edge.streaming.sources import Chunk, paced  # noqa: E402
 from desta_edge.streaming.vad import EndpointOptions  # noqa: E402
 from desta_edge.training import acoustics  # noqa: E402
@@ -75,20 +79,33 @@ CHUNK = 320  # 20 ms
 DRAIN_S = 20.0  # after the user's last question: how long the loop may still run (an echo loop never ends)
 ECHO_DELAY_S = 0.04  # the echo behind the app's signal: output latency and the way through the air
 TALK_OVER_S = 2.5  # --double-talk: the question begins this far into the answer
+ENDPOINTER = "AEC3 + Speex, the endpointer's copy"  # --double-talk: DuplexCanceller's (the model hears Speex's)
 ANSWERS = [  # --double-talk: what the app says while the questions are asked, by turns
     "The capital of France is Paris, a beautiful city known for its art, food and culture.",
     "There are seven days in a week: Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday.",
     "To make green tea, heat water to about eighty degrees, add the leaves, and let them steep for three minutes.",
     "Sure! Here is a fun fact: cats sleep for about twelve to sixteen hours a day.",
 ]
-VARIANTS = {  # name -> (the app reports playback, the echo cancellers: endpointer's, model's; assistant options)
-    "no playback reports": (False, (), {}),
-    "echo guard": (True, (), {}),
-    "half duplex": (True, (), {"half_duplex": True}),
-    "AEC3 only": (True, (EchoCanceller,), {}),
-    "AEC3 only + barge-in": (True, (EchoCanceller,), {"barge_in": True}),
-    "echo cancelled": (True, (EchoCanceller, SpeexCanceller), {}),
-    "echo cancelled + barge-in": (True, (EchoCanceller, SpeexCanceller), {"barge_in": True}),
+
+
+class AecForEndpointer(DuplexCanceller):
+    """How the sources cancelled echo before 2026-11-29: the endpointer always hears AEC3's output."""
+
+    def _merge(self, aec: np.ndarray, speex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.speex.echo_energy = []
+        return aec, speex
+
+
+VARIANTS = {  # name -> (the app reports playback, the echo canceller or None, assistant options)
+    "no playback reports": (False, None, {}),
+    "echo guard": (True, None, {}),
+    "half duplex": (True, None, {"half_duplex": True}),
+    "AEC3 only": (True, EchoCanceller, {}),
+    "AEC3 only + barge-in": (True, EchoCanceller, {"barge_in": True}),
+    "AEC3 for the endpointer": (True, AecForEndpointer, {}),
+    "AEC3 for the endpointer + barge-in": (True, AecForEndpointer, {"barge_in": True}),
+    "echo cancelled": (True, DuplexCanceller, {}),
+    "echo cancelled + barge-in": (True, DuplexCanceller, {"barge_in": True}),
 }
 
 
@@ -161,10 +178,10 @@ def user_track(questions: list[np.ndarray], gap_s: float) -> tuple[np.ndarray, l
 
 
 def microphone(user: np.ndarray, app: App, assistant: Assistant, reports: bool, rng: np.random.Generator,
-               busy: Callable[[], bool], cancel: tuple = ()) -> Iterator[Chunk]:
-    """The user, the loudspeaker and the room, 20 ms at a time (the echo removed by `cancel`: the
-    endpointer's canceller, and the model's if it has its own); after the user's track, until
-    nothing is pending (or DRAIN_S)."""
+               busy: Callable[[], bool], cancel=None) -> Iterator[Chunk]:
+    """The user, the loudspeaker and the room, 20 ms at a time (the echo removed by `cancel`, whose
+    output is the endpointer's copy or the endpointer's and the model's); after the user's track,
+    until nothing is pending (or DRAIN_S)."""
     noise_gain = 10 ** (NOISE_DBFS / 20)
     end = len(user) + int(DRAIN_S * RATE)
     pos = 0
@@ -175,8 +192,8 @@ def microphone(user: np.ndarray, app: App, assistant: Assistant, reports: bool, 
         for active in changes if reports else ():
             assistant.playback(active)
         mic = (speech + echo + noise_gain * acoustics.room_tone(CHUNK, rng)).astype(np.float32)
-        heard = [c(mic, ref) for c in cancel] or [mic]  # whole 10 ms frames: as long
-        yield Chunk(heard[0], pos / RATE, heard[1] if len(heard) > 1 else None)
+        heard = mic if cancel is None else cancel(mic, ref)  # whole 10 ms frames: as long
+        yield Chunk(heard, pos / RATE) if isinstance(heard, np.ndarray) else Chunk(heard[0], pos / RATE, heard[1])
         pos += CHUNK
 
 
@@ -228,11 +245,12 @@ def double_talk(model, clips: list[np.ndarray], texts: list[str], speak, level_d
     from desta_edge.runtime.audio import speech_ms
 
     rng = np.random.default_rng(seed)
-    cancellers = {"none": None, "AEC3": EchoCanceller, "Speex": SpeexCanceller}
-    pairs = {name: [] for name in ("question alone", *cancellers)}
+    cancellers = {"none": None, "AEC3": EchoCanceller, "Speex": SpeexCanceller, ENDPOINTER: DuplexCanceller}
+    pairs = {name: [] for name in ("question alone", *cancellers) if name != ENDPOINTER}  # the model hears Speex's
+    question = {name: 0 for name in cancellers}  # ms of the questions' speech Silero finds, after each
     found = {name: 0 for name in cancellers}  # ms of speech Silero finds in the echo alone, after each
     reduction = {name: [] for name in cancellers}
-    echo_speech = 0
+    question_speech = echo_speech = 0
 
     def heard(x: np.ndarray) -> str:
         conversation = [{"role": "user", "content": "<|AUDIO|>", "audios": [{"audio": (x, RATE), "text": None}]}]
@@ -242,7 +260,8 @@ def double_talk(model, clips: list[np.ndarray], texts: list[str], speak, level_d
         if make is None:
             return mic
         c = make()  # takes any length: the same 10 ms frames as when fed chunk by chunk
-        return np.concatenate([c(mic, ref), c.flush()])
+        out, rest = c(mic, ref), c.flush()
+        return np.concatenate([out, rest]) if isinstance(out, np.ndarray) else np.concatenate([out[0], rest[0]])
 
     for i, (q, text) in enumerate(zip(clips, texts)):
         answer = speak(ANSWERS[i % len(ANSWERS)], 1000 + i)
@@ -254,11 +273,16 @@ def double_talk(model, clips: list[np.ndarray], texts: list[str], speak, level_d
         user[at : at + len(q)] = q
         room = 10 ** (NOISE_DBFS / 20) * acoustics.room_tone(n, rng)
         span = slice(at - int(0.3 * RATE), at + len(q) + int(0.3 * RATE))  # as an endpointer would cut it
+        asked = slice(at, at + len(q))
         late = slice(RATE, len(answer))  # the echo alone, after a second to learn the room
         pairs["question alone"].append((text, heard((user + room)[span])))
+        question_speech += speech_ms((user + room)[asked])
         echo_speech += speech_ms(echo + room)
         for name, make in cancellers.items():
-            pairs[name].append((text, heard(run(make, user + echo + room, ref)[span])))
+            out = run(make, user + echo + room, ref)
+            question[name] += speech_ms(out[asked])
+            if name in pairs:
+                pairs[name].append((text, heard(out[span])))
             alone = run(make, echo + room, ref)
             found[name] += speech_ms(alone)
             before, after = np.mean((echo + room)[late] ** 2), np.mean(alone[late] ** 2)
@@ -266,14 +290,15 @@ def double_talk(model, clips: list[np.ndarray], texts: list[str], speak, level_d
         print(f"double talk {i + 1}/{len(clips)}", file=sys.stderr)
     rows = {"question alone": {"wer": round(word_error_rate(pairs["question alone"]), 3)}}
     for name in cancellers:
-        rows[name] = {"wer": round(word_error_rate(pairs[name]), 3),
+        rows[name] = {"wer": round(word_error_rate(pairs[name]), 3) if name in pairs else None,
+                      "question_speech_found": round(question[name] / max(question_speech, 1), 3),
                       "echo_speech_found": round(found[name] / max(echo_speech, 1), 3),
                       "echo_reduction_db": round(float(np.median(reduction[name])), 1)}
     heard_by = {name: [h for _, h in p] for name, p in pairs.items()}
     return {"questions": len(clips), "talk_over_s": TALK_OVER_S, "rows": rows, "heard": heard_by}
 
 
-def run_variant(model, user: np.ndarray, truth, texts: list[str], *, reports: bool, cancellers: tuple, fields: dict,
+def run_variant(model, user: np.ndarray, truth, texts: list[str], *, reports: bool, canceller, fields: dict,
                 level_dbfs: float, realtime: bool, max_new_tokens: int, speak, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     app = App(speak, level_dbfs, rng)
@@ -293,7 +318,7 @@ def run_variant(model, user: np.ndarray, truth, texts: list[str], *, reports: bo
     assistant = Assistant(model, opts, EndpointOptions(), emit=emit)
     assistant.warm_up()
     chunks = microphone(user, app, assistant, reports, rng, busy=lambda: bool(pending),
-                        cancel=tuple(make() for make in cancellers))
+                        cancel=canceller() if canceller else None)
     t0 = time.monotonic()
     stats = assistant.run(paced(chunks) if realtime else chunks)
     return {**score(events, truth, app.spans, texts), "cancelled": stats.cancelled, "resumed": stats.resumed,
@@ -303,11 +328,13 @@ def run_variant(model, user: np.ndarray, truth, texts: list[str], *, reports: bo
 def markdown(result: dict) -> str:
     if "double_talk" in result:
         d = result["double_talk"]
-        lines = ["| canceller | WER of the question over the echo | echo speech still found | echo taken down (dB) |",
-                 "|---|---|---|---|"]
+        lines = ["| canceller | WER of the question over the echo | question speech found | echo speech still found "
+                 "| echo taken down (dB) |", "|---|---|---|---|---|"]
         for name, r in d["rows"].items():
-            echo = f"{r['echo_speech_found']:.0%} | {r['echo_reduction_db']:g} |" if "echo_speech_found" in r else "– | – |"
-            lines.append(f"| {name} | {r['wer']:.3f} | {echo}")
+            wer = "–" if r["wer"] is None else f"{r['wer']:.3f}"
+            found = (f"{r['question_speech_found']:.0%} | {r['echo_speech_found']:.0%} | {r['echo_reduction_db']:g} |"
+                     if "echo_speech_found" in r else "– | – | – |")
+            lines.append(f"| {name} | {wer} | {found}")
         lines += ["", f"{d['questions']} questions, each asked {d['talk_over_s']:g} s into a spoken answer; the "
                   f"loudspeaker at {result['echo_dbfs']:g} dBFS, the user at {USER_DBFS:g} dBFS",
                   f"machine: {result['machine']}"]
@@ -364,11 +391,11 @@ def main(argv: list[str] | None = None) -> int:
                       "double_talk": double_talk(model, clips, texts, speak, args.echo_dbfs, args.seed)}
             write_results(out, "echo-double-talk", result, markdown(result), as_json=args.json)
             return 0
-        for name, (reports, cancellers, fields) in VARIANTS.items():
+        for name, (reports, canceller, fields) in VARIANTS.items():
             if args.variants and name not in args.variants:
                 continue
             print(f"running {name} ...", file=sys.stderr)
-            variants[name] = run_variant(model, user, truth, texts, reports=reports, cancellers=cancellers,
+            variants[name] = run_variant(model, user, truth, texts, reports=reports, canceller=canceller,
                                          fields=fields, level_dbfs=args.echo_dbfs, realtime=not args.fast,
                                          max_new_tokens=args.max_new_tokens, speak=speak, seed=args.seed)
     result = {"machine": machine(), "model": args.model, "questions": len(truth), "gap_s": args.gap_s,

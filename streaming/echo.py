@@ -17,8 +17,10 @@ talk): good for deciding *whether* someone speaks (its echo residue is nothing a
 hears), bad for *what* they said. `SpeexCanceller` is the other half: Speex's adaptive filter
 (`libspeexdsp`, with its double-talk-robust step size) and its residual-echo suppressor keep such
 speech intelligible, but leave a residue of the echo that a voice detector takes for speech. Where
-both are installed, the sources give the endpointer AEC3's output and the model Speex's output of
-the same samples (`Chunk.model_samples`; README "Answers spoken aloud" has the figures).
+both are installed, `DuplexCanceller` runs the two on the same samples: the model hears Speex's
+output (`Chunk.model_samples`), and the endpointer AEC3's, except where Speex's filter finds the
+person louder than the echo, where it hears Speex's output too, so that a question asked over the
+loudspeaker is not lost (README "Answers spoken aloud" has the figures).
 """
 
 from __future__ import annotations
@@ -112,6 +114,10 @@ SPEEX_PREPROCESS_SET_DENOISE = 0
 SPEEX_PREPROCESS_SET_NOISE_SUPPRESS = 18
 SPEEX_PREPROCESS_SET_ECHO_STATE = 24
 SPEEX_TAIL_MS = 320  # the echo path the filter models: the delay plus most of a room's reverberation
+TALK_DB = 3.0  # a frame is the person's where Speex's output stands this far over its echo estimate ...
+TALK_AEC3_DB = 15.0  # ... and AEC3's output no further than this under Speex's
+TALK_SMOOTH = 3  # frames (10 ms each) of energy averaged for those comparisons, this one and those before
+TALK_HOLD_MS = 200  # how long the endpointer keeps hearing Speex's output after such a frame
 _I16 = ctypes.POINTER(ctypes.c_int16)
 
 
@@ -149,6 +155,7 @@ class SpeexCanceller(_Framed):
         lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_DENOISE, ctypes.byref(ctypes.c_int(1)))
         lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, ctypes.byref(ctypes.c_int(-1)))
         self._out = np.zeros(FRAME, np.int16)
+        self.echo_energy: list[float] = []  # per frame processed: of what the filter took out (`DuplexCanceller`)
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -161,8 +168,50 @@ class SpeexCanceller(_Framed):
         out = self._out
         self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(_I16), far.ctypes.data_as(_I16),
                                           out.ctypes.data_as(_I16))
+        echo = mic - out.astype(np.float32) / 32768.0  # what the filter took out: its estimate of the echo
         self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(_I16))  # in place
+        self.echo_energy.append(float(np.mean(echo**2)))
         return out.astype(np.float32) / 32768.0
+
+
+class DuplexCanceller:
+    """AEC3 and Speex on the same samples: call it like `_Framed` (equal pieces of the microphone and
+    the reference) and get (the endpointer's copy, the model's copy) of the whole 10 ms frames.
+
+    The model's copy is Speex's output. The endpointer's is AEC3's, which leaves nothing of the echo
+    a voice detector hears, but over double talk AEC3's suppressor takes out much of the person too
+    (over an answer 4 dB louder than them, Silero found 41% of their speech in it, in
+    benchmarks/echo.py --double-talk). So where the person is louder than the echo, and for
+    TALK_HOLD_MS after, the endpointer hears Speex's output instead: where Speex's output stands
+    TALK_DB over what its filter took out as the echo (or there is no echo), and AEC3's output is
+    within TALK_AEC3_DB of it (AEC3 kept something too: before Speex's filter has learned the room,
+    its output is the echo itself, which AEC3 takes much further down)."""
+
+    def __init__(self, aec: EchoCanceller | None = None, speex: SpeexCanceller | None = None) -> None:
+        self.aec = aec if aec is not None else EchoCanceller()
+        self.speex = speex if speex is not None else SpeexCanceller()
+        self._since_talk = TALK_HOLD_MS // 10 + 1  # frames since the last of the person's, past the hold
+        self._energy = np.zeros((TALK_SMOOTH, 3))  # the last frames' energies: Speex's output, its echo, AEC3's
+
+    def __call__(self, mic: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._merge(self.aec(mic, ref), self.speex(mic, ref))
+
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._merge(self.aec.flush(), self.speex.flush())
+
+    def _merge(self, aec: np.ndarray, speex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        heard = aec.copy()
+        echo, self.speex.echo_energy = self.speex.echo_energy, []
+        for i, echo_energy in enumerate(echo):  # a flushed last frame is shorter than FRAME
+            frame = slice(i * FRAME, (i + 1) * FRAME)
+            self._energy = np.roll(self._energy, 1, axis=0)
+            self._energy[0] = np.mean(speex[frame] ** 2), echo_energy, np.mean(aec[frame] ** 2)
+            left, took, kept = self._energy.mean(axis=0)
+            person = left > took * 10 ** (TALK_DB / 10) and kept > left * 10 ** (-TALK_AEC3_DB / 10)
+            self._since_talk = 0 if person else self._since_talk + 1
+            if self._since_talk <= TALK_HOLD_MS // 10:
+                heard[frame] = speex[frame]
+        return heard, speex
 
 
 def _pcm16(x: np.ndarray) -> np.ndarray:

@@ -80,24 +80,27 @@ def _reference_index(channel: int, channels: int, source: str) -> int:
 class _EchoCancelled:
     """Like `_Resampler`, for input whose channel `channel` carries what the loudspeaker plays: the
     other channels (the microphone) come out with that signal's echo removed (`echo.EchoCanceller`),
-    as a second column the model's copy (`echo.SpeexCanceller`) where libspeexdsp is installed."""
+    and, where libspeexdsp is installed, as two columns: the endpointer's copy and the model's
+    (`echo.DuplexCanceller`)."""
 
     def __init__(self, rate: int, source: str, channel: int, channels: int) -> None:
-        from .echo import EchoCanceller, SpeexCanceller
+        from .echo import DuplexCanceller, EchoCanceller, SpeexCanceller
 
         self.channel = _reference_index(channel, channels, source)
         self.mic, self.ref = _Resampler(rate, source), _Resampler(rate, f"{source} (reference channel)")
-        self.aecs = [EchoCanceller()]
+        self.aec = EchoCanceller()
+        self.duplex = False
         try:
-            self.aecs.append(SpeexCanceller())
+            self.aec, self.duplex = DuplexCanceller(self.aec, SpeexCanceller()), True
         except (RuntimeError, OSError) as e:
             logger.warning("the model hears AEC3's output, which garbles speech over the loudspeaker (%s)", e)
 
     def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         mic, ref = (np.delete(block, self.channel, axis=1), block[:, self.channel]) if block.size else (block, block)
         mic, ref = self.mic(mic, last), self.ref(ref, last)  # equal lengths: the same resampling
-        outs = [np.concatenate([a(mic, ref), a.flush()]) if last else a(mic, ref) for a in self.aecs]
-        return outs[0] if len(outs) == 1 else np.stack(outs, axis=1)  # whole 10 ms frames: equal lengths
+        outs = [self.aec(mic, ref)] + ([self.aec.flush()] if last else [])
+        # whole 10 ms frames: the two copies are equally long
+        return np.concatenate([np.stack(o, axis=1) for o in outs] if self.duplex else outs)
 
 
 def _chunks(blocks: Iterator[np.ndarray], rate: int, source: str, reference: tuple[int, int] | None = None

@@ -14,7 +14,8 @@ import soxr
 from conftest import ESPEAK, speak
 from desta_edge.runtime.audio import AudioError
 from desta_edge.streaming import echo as echo_module
-from desta_edge.streaming.echo import FRAME, EchoCanceller, SpeexCanceller
+from desta_edge.runtime.audio import speech_ms
+from desta_edge.streaming.echo import FRAME, DuplexCanceller, EchoCanceller, SpeexCanceller
 from desta_edge.streaming.sources import file_source, pcm_source
 from desta_edge.training import acoustics
 
@@ -191,6 +192,25 @@ def test_speex_keeps_a_question_asked_over_the_loudspeaker_that_aec3_garbles(dou
     assert db(speex[echo_only]) < db(mic[echo_only]) - 6 and db(aec3[echo_only]) < db(speex[echo_only])
 
 
+def test_the_endpointer_hears_a_question_over_the_loudspeaker_that_aec3_takes_out(double_talk):
+    """DuplexCanceller: the model gets Speex's output; the endpointer gets AEC3's, but Speex's where
+    the person is louder than the echo. Silero finds the question there as in Speex's output (1,600
+    of its 1,728 ms when measured, AEC3's output: 384 ms), and the echo alone before it stays as far
+    down as AEC3 takes it, with no speech for Silero (Speex's output alone: 800 ms)."""
+    mic, ref, question, q0 = double_talk
+    duplex = DuplexCanceller()
+    outs = [duplex(mic[i : i + 320], ref[i : i + 320]) for i in range(0, len(mic), 320)] + [duplex.flush()]
+    heard, for_model = (np.concatenate(c) for c in zip(*outs))
+    assert len(heard) == len(for_model) == len(mic)
+    assert np.allclose(for_model, cancelled(SpeexCanceller(), mic, ref), atol=1e-6)
+    aec3 = cancelled(EchoCanceller(), mic, ref)
+    asked, alone = slice(q0, q0 + len(question)), speech_ms(question)
+    assert speech_ms(aec3[asked]) < 0.5 * alone <= 0.8 * alone <= speech_ms(heard[asked])
+    echo_only = slice(R, q0)
+    assert speech_ms(heard[echo_only]) == 0 < speech_ms(for_model[echo_only])
+    assert db(heard[echo_only]) < db(aec3[echo_only]) + 1
+
+
 def test_speex_frames_like_aec3_and_refuses_a_bad_tail():
     aec = SpeexCanceller()
     x = np.random.default_rng(0).uniform(-0.5, 0.5, 1000).astype(np.float32)
@@ -206,10 +226,11 @@ def test_without_libspeexdsp_the_error_says_what_to_install(monkeypatch):
         SpeexCanceller()
 
 
-def test_a_source_gives_the_model_speex_output_and_the_endpointer_aec3s(double_talk, tmp_path, monkeypatch,
-                                                                         caplog):
-    """With a reference channel, each chunk carries AEC3's output (`samples`) and Speex's
-    (`model_samples`) of the same span; without libspeexdsp, only AEC3's, and a warning says so."""
+def test_a_source_gives_the_model_speex_output_and_the_endpointer_duplex_output(double_talk, tmp_path,
+                                                                                monkeypatch, caplog):
+    """With a reference channel, each chunk carries DuplexCanceller's two copies of the same span:
+    the endpointer's (`samples`) and Speex's (`model_samples`); without libspeexdsp, only AEC3's
+    output, and a warning says so."""
     mic, ref, question, q0 = double_talk
     path = tmp_path / "two.wav"
     sf.write(path, np.stack([mic, ref], axis=1), R, subtype="FLOAT")
@@ -217,7 +238,8 @@ def test_a_source_gives_the_model_speex_output_and_the_endpointer_aec3s(double_t
     assert all(c.model_samples is not None and len(c.model_samples) == len(c.samples) for c in chunks)
     heard = np.concatenate([c.samples for c in chunks])
     for_model = np.concatenate([c.model_samples for c in chunks])
-    assert np.allclose(heard, cancelled(EchoCanceller(), mic, ref), atol=1e-6)
+    duplex = DuplexCanceller()
+    assert np.allclose(heard, np.concatenate([duplex(mic, ref)[0], duplex.flush()[0]]), atol=1e-6)
     assert np.allclose(for_model, cancelled(SpeexCanceller(), mic, ref), atol=1e-6)
 
     def missing(*args, **kwargs):
@@ -227,4 +249,4 @@ def test_a_source_gives_the_model_speex_output_and_the_endpointer_aec3s(double_t
     with caplog.at_level(logging.WARNING):
         chunks = list(file_source(path, reference_channel=1))
     assert all(c.model_samples is None for c in chunks) and "garbles speech over the loudspeaker" in caplog.text
-    assert np.allclose(np.concatenate([c.samples for c in chunks]), heard, atol=1e-6)
+    assert np.allclose(np.concatenate([c.samples for c in chunks]), cancelled(EchoCanceller(), mic, ref), atol=1e-6)

@@ -155,7 +155,8 @@ class SpeexCanceller(_Framed):
         lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_DENOISE, ctypes.byref(ctypes.c_int(1)))
         lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, ctypes.byref(ctypes.c_int(-1)))
         self._out = np.zeros(FRAME, np.int16)
-        self.echo_energy: list[float] = []  # per frame processed: of what the filter took out (`DuplexCanceller`)
+        # per frame processed, the energy of what the filter took out, where a `DuplexCanceller` asks (a list)
+        self.echo_energy: list[float] | None = None
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -168,9 +169,9 @@ class SpeexCanceller(_Framed):
         out = self._out
         self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(_I16), far.ctypes.data_as(_I16),
                                           out.ctypes.data_as(_I16))
-        echo = mic - out.astype(np.float32) / 32768.0  # what the filter took out: its estimate of the echo
+        if self.echo_energy is not None:  # what the filter took out: its estimate of the echo
+            self.echo_energy.append(float(np.mean((mic - out.astype(np.float32) / 32768.0) ** 2)))
         self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(_I16))  # in place
-        self.echo_energy.append(float(np.mean(echo**2)))
         return out.astype(np.float32) / 32768.0
 
 
@@ -190,6 +191,7 @@ class DuplexCanceller:
     def __init__(self, aec: EchoCanceller | None = None, speex: SpeexCanceller | None = None) -> None:
         self.aec = aec if aec is not None else EchoCanceller()
         self.speex = speex if speex is not None else SpeexCanceller()
+        self.speex.echo_energy = []  # recorded from now on, drained by each call
         self._since_talk = TALK_HOLD_MS // 10 + 1  # frames since the last of the person's, past the hold
         self._energy = np.zeros((TALK_SMOOTH, 3))  # the last frames' energies: Speex's output, its echo, AEC3's
 

@@ -181,7 +181,7 @@ class DuplexCanceller:
 
     The model's copy is Speex's output. The endpointer's is AEC3's, which leaves nothing of the echo
     a voice detector hears, but over double talk AEC3's suppressor takes out much of the person too
-    (over an answer 4 dB louder than them, Silero found 41% of their speech in it, in
+    (over an answer 2 dB louder than them, Silero found 41% of their speech in it, in
     benchmarks/echo.py --double-talk). So where the person is louder than the echo, and for
     TALK_HOLD_MS after, the endpointer hears Speex's output instead: where Speex's output stands
     TALK_DB over what its filter took out as the echo (or there is no echo), and AEC3's output is

@@ -118,6 +118,8 @@ TALK_DB = 3.0  # a frame is the person's where Speex's output stands this far ov
 TALK_AEC3_DB = 15.0  # ... and AEC3's output no further than this under Speex's
 TALK_SMOOTH = 3  # frames (10 ms each) of energy averaged for those comparisons, this one and those before
 TALK_HOLD_MS = 200  # how long the endpointer keeps hearing Speex's output after such a frame
+TALK_LEARN_MS = 1500  # of the loudspeaker playing before any of that: Speex's filter learning the room
+PLAYING_DBFS = -50.0  # a reference frame this loud or louder counts as the loudspeaker playing
 _I16 = ctypes.POINTER(ctypes.c_int16)
 
 
@@ -155,8 +157,9 @@ class SpeexCanceller(_Framed):
         lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_DENOISE, ctypes.byref(ctypes.c_int(1)))
         lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_NOISE_SUPPRESS, ctypes.byref(ctypes.c_int(-1)))
         self._out = np.zeros(FRAME, np.int16)
-        # per frame processed, the energy of what the filter took out, where a `DuplexCanceller` asks (a list)
-        self.echo_energy: list[float] | None = None
+        # per frame processed, the energies of what the filter took out and of the reference, where a
+        # `DuplexCanceller` asks (a list)
+        self.echo_energy: list[tuple[float, float]] | None = None
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -170,7 +173,8 @@ class SpeexCanceller(_Framed):
         self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(_I16), far.ctypes.data_as(_I16),
                                           out.ctypes.data_as(_I16))
         if self.echo_energy is not None:  # what the filter took out: its estimate of the echo
-            self.echo_energy.append(float(np.mean((mic - out.astype(np.float32) / 32768.0) ** 2)))
+            self.echo_energy.append((float(np.mean((mic - out.astype(np.float32) / 32768.0) ** 2)),
+                                     float(np.mean(ref**2))))
         self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(_I16))  # in place
         return out.astype(np.float32) / 32768.0
 
@@ -185,8 +189,10 @@ class DuplexCanceller:
     benchmarks/echo.py --double-talk). So where the person is louder than the echo, and for
     TALK_HOLD_MS after, the endpointer hears Speex's output instead: where Speex's output stands
     TALK_DB over what its filter took out as the echo (or there is no echo), and AEC3's output is
-    within TALK_AEC3_DB of it (AEC3 kept something too: before Speex's filter has learned the room,
-    its output is the echo itself, which AEC3 takes much further down)."""
+    within TALK_AEC3_DB of it in each of the last TALK_SMOOTH frames (AEC3 kept something too).
+    Until the loudspeaker has played for TALK_LEARN_MS, the endpointer hears AEC3's output only:
+    before Speex's filter has learned the room its output is the echo itself, and a burst of it
+    that AEC3 lets through would otherwise open the way to a quarter second of echo."""
 
     def __init__(self, aec: EchoCanceller | None = None, speex: SpeexCanceller | None = None) -> None:
         self.aec = aec if aec is not None else EchoCanceller()
@@ -194,6 +200,7 @@ class DuplexCanceller:
         self.speex.echo_energy = []  # recorded from now on, drained by each call
         self._since_talk = TALK_HOLD_MS // 10 + 1  # frames since the last of the person's, past the hold
         self._energy = np.zeros((TALK_SMOOTH, 3))  # the last frames' energies: Speex's output, its echo, AEC3's
+        self._played_ms = 0  # how long the loudspeaker has played so far (up to TALK_LEARN_MS)
 
     def __call__(self, mic: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._merge(self.aec(mic, ref), self.speex(mic, ref))
@@ -204,11 +211,14 @@ class DuplexCanceller:
     def _merge(self, aec: np.ndarray, speex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         heard = aec.copy()
         echo, self.speex.echo_energy = self.speex.echo_energy, []
-        for i, echo_energy in enumerate(echo):  # a flushed last frame is shorter than FRAME
+        for i, (echo_energy, ref_energy) in enumerate(echo):  # a flushed last frame is shorter than FRAME
             frame = slice(i * FRAME, (i + 1) * FRAME)
+            if self._played_ms < TALK_LEARN_MS:
+                self._played_ms += 10 * (ref_energy >= 10 ** (PLAYING_DBFS / 10))
+                continue
             self._energy = np.roll(self._energy, 1, axis=0)
             self._energy[0] = np.mean(speex[frame] ** 2), echo_energy, np.mean(aec[frame] ** 2)
-            left, took, kept = self._energy.mean(axis=0)
+            (left, took), kept = self._energy[:, :2].mean(axis=0), self._energy[:, 2].min()  # AEC3: in every frame
             person = left > took * 10 ** (TALK_DB / 10) and kept > left * 10 ** (-TALK_AEC3_DB / 10)
             self._since_talk = 0 if person else self._since_talk + 1
             if self._since_talk <= TALK_HOLD_MS // 10:

@@ -193,9 +193,10 @@ def test_speex_keeps_a_question_asked_over_the_loudspeaker_that_aec3_garbles(dou
 
 def test_the_endpointer_hears_a_question_over_the_loudspeaker_that_aec3_takes_out(double_talk):
     """DuplexCanceller: the model gets Speex's output; the endpointer gets AEC3's, but Speex's where
-    the person is louder than the echo. Silero finds the question there as in Speex's output (1,600
-    of its 1,728 ms when measured, AEC3's output: 384 ms), and the echo alone before it stays as far
-    down as AEC3 takes it, with no speech for Silero (Speex's output alone: 800 ms)."""
+    the person is louder than the echo, once the loudspeaker has played long enough for Speex to
+    learn the room. Silero finds the question there nearly as in Speex's output (1,504 of its 1,728
+    ms when measured, AEC3's output: 384 ms), and the echo alone before it stays as far down as AEC3
+    takes it, with no speech for Silero (Speex's output alone: 800 ms)."""
     mic, ref, question, q0 = double_talk
     duplex = DuplexCanceller()
     outs = [duplex(mic[i : i + 320], ref[i : i + 320]) for i in range(0, len(mic), 320)] + [duplex.flush()]
@@ -203,6 +204,7 @@ def test_the_endpointer_hears_a_question_over_the_loudspeaker_that_aec3_takes_ou
     assert len(heard) == len(for_model) == len(mic)
     assert np.allclose(for_model, cancelled(SpeexCanceller(), mic, ref), atol=1e-6)
     aec3 = cancelled(EchoCanceller(), mic, ref)
+    assert np.array_equal(heard[:R], aec3[:R])  # the first second of playback: Speex still learning the room
     asked, alone = slice(q0, q0 + len(question)), speech_ms(question)
     assert speech_ms(aec3[asked]) < 0.5 * alone
     assert speech_ms(heard[asked]) >= 0.8 * alone

@@ -92,7 +92,7 @@ class AecForEndpointer(DuplexCanceller):
     """How the sources cancelled echo before 2026-11-29: the endpointer always hears AEC3's output."""
 
     def _merge(self, aec: np.ndarray, speex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.speex.echo_energy = []
+        self.speex.frame_energies = []
         return aec, speex
 
 

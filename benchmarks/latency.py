@@ -31,6 +31,7 @@ import argparse
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def score(events, truth, arrivals, started_at, stats, elapsed) -> dict:
         "questions": len(truth),
         "detected_once": sum(len(f) == 1 for f in per_question),
         "missed": sum(len(f) == 0 for f in per_question),
-        "missed_why": _counts(why_unanswered(events, u) for u, f in zip(truth, per_question) if not f),
+        "missed_why": dict(Counter(why_unanswered(events, u) for u, f in zip(truth, per_question) if not f)),
         "split": sum(len(f) > 1 for f in per_question),
         "spurious": spurious,
         "errors": stats.errors,
@@ -178,13 +179,6 @@ def why_unanswered(events: list[dict], u: Utterance) -> str:
                 e.get("utterance") in ended or ("voiced_ms" in e and e.get("utterance") in started)):
             return e.get("reason", e["type"])
     return "unanswered" if ended else "not heard"
-
-
-def _counts(reasons) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in reasons:
-        out[r] = out.get(r, 0) + 1
-    return out
 
 
 def _pct(xs: list[float], q: float) -> float | None:

@@ -159,7 +159,7 @@ class SpeexCanceller(_Framed):
         self._out = np.zeros(FRAME, np.int16)
         # per frame processed, the energies of what the filter took out and of the reference, where a
         # `DuplexCanceller` asks (a list)
-        self.echo_energy: list[tuple[float, float]] | None = None
+        self.frame_energies: list[tuple[float, float]] | None = None
 
     def __del__(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -172,8 +172,8 @@ class SpeexCanceller(_Framed):
         out = self._out
         self._lib.speex_echo_cancellation(self._echo, near.ctypes.data_as(_I16), far.ctypes.data_as(_I16),
                                           out.ctypes.data_as(_I16))
-        if self.echo_energy is not None:  # what the filter took out: its estimate of the echo
-            self.echo_energy.append((float(np.mean((mic - out.astype(np.float32) / 32768.0) ** 2)),
+        if self.frame_energies is not None:  # what the filter took out: its estimate of the echo
+            self.frame_energies.append((float(np.mean((mic - out.astype(np.float32) / 32768.0) ** 2)),
                                      float(np.mean(ref**2))))
         self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(_I16))  # in place
         return out.astype(np.float32) / 32768.0
@@ -197,7 +197,7 @@ class DuplexCanceller:
     def __init__(self, aec: EchoCanceller | None = None, speex: SpeexCanceller | None = None) -> None:
         self.aec = aec if aec is not None else EchoCanceller()
         self.speex = speex if speex is not None else SpeexCanceller()
-        self.speex.echo_energy = []  # recorded from now on, drained by each call
+        self.speex.frame_energies = []  # recorded from now on, drained by each call
         self._since_talk = TALK_HOLD_MS // 10 + 1  # frames since the last of the person's, past the hold
         self._energy = np.zeros((TALK_SMOOTH, 3))  # the last frames' energies: Speex's output, its echo, AEC3's
         self._played_ms = 0  # how long the loudspeaker has played so far (up to TALK_LEARN_MS)
@@ -210,8 +210,8 @@ class DuplexCanceller:
 
     def _merge(self, aec: np.ndarray, speex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         heard = aec.copy()
-        echo, self.speex.echo_energy = self.speex.echo_energy, []
-        for i, (echo_energy, ref_energy) in enumerate(echo):  # a flushed last frame is shorter than FRAME
+        energies, self.speex.frame_energies = self.speex.frame_energies, []
+        for i, (echo_energy, ref_energy) in enumerate(energies):  # a flushed last frame is shorter than FRAME
             frame = slice(i * FRAME, (i + 1) * FRAME)
             if self._played_ms < TALK_LEARN_MS:
                 self._played_ms += 10 * (ref_energy >= 10 ** (PLAYING_DBFS / 10))

@@ -218,7 +218,7 @@ def test_speex_frames_like_aec3_and_refuses_a_bad_tail():
     x = np.random.default_rng(0).uniform(-0.5, 0.5, 1000).astype(np.float32)
     outs = [aec(x[a:b], np.zeros(b - a, np.float32)) for a, b in ((0, 250), (250, 700), (700, 1000))]
     assert [len(o) for o in outs] == [160, 480, 320] and len(aec.flush()) == 40
-    assert aec.echo_energy is None  # kept only for a DuplexCanceller, which drains it: nothing grows
+    assert aec.frame_energies is None  # kept only for a DuplexCanceller, which drains it: nothing grows
     with pytest.raises(ValueError, match="tail_ms must be > 0"):
         SpeexCanceller(tail_ms=0)
 

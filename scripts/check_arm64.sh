@@ -39,8 +39,8 @@ fi
 # PyTorch's cpuinfo needs the CPU lists of sysfs ("Failed to initialize cpuinfo!" at the first
 # fp16 conversion without them), but the host's own sysfs describes x86 CPUs and makes
 # `import torch` crash under emulation: so /proc and /dev from the host, and two files for /sys.
-for fs in proc dev; do mountpoint -q "$root/$fs" || mount --bind "/$fs" "$root/$fs"; done
 trap 'for fs in dev proc; do umount -l "$root/$fs" 2>/dev/null || true; done' EXIT
+for fs in proc dev; do mountpoint -q "$root/$fs" || mount --bind "/$fs" "$root/$fs"; done
 mkdir -p "$root/sys/devices/system/cpu"
 for list in possible present; do echo "0-$(($(nproc) - 1))" > "$root/sys/devices/system/cpu/$list"; done
 

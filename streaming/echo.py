@@ -174,7 +174,7 @@ class SpeexCanceller(_Framed):
                                           out.ctypes.data_as(_I16))
         if self.frame_energies is not None:  # what the filter took out: its estimate of the echo
             self.frame_energies.append((float(np.mean((mic - out.astype(np.float32) / 32768.0) ** 2)),
-                                     float(np.mean(ref**2))))
+                                        float(np.mean(ref**2))))
         self._lib.speex_preprocess_run(self._pre, out.ctypes.data_as(_I16))  # in place
         return out.astype(np.float32) / 32768.0
 

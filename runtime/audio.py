@@ -180,16 +180,22 @@ def _int_to_float(data: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- speech detection
 
 
-def speech_ms(samples: np.ndarray) -> int:
-    """Milliseconds of 16 kHz mono float audio that Silero VAD calls speech (32 ms chunks, hysteresis)."""
-    from .silero import SileroVad
+def speech_ms(samples: np.ndarray, threshold: float | None = None, gain_db: float = 0.0) -> int:
+    """Milliseconds of 16 kHz mono float audio that Silero VAD calls speech (32 ms chunks, hysteresis),
+    from `threshold` on (None: Silero's own default, 0.5), quiet audio raised by up to `gain_db`."""
+    from .silero import THRESHOLD, SileroVad
 
-    return SileroVad().clip_speech_ms(samples)
+    return SileroVad(THRESHOLD if threshold is None else threshold, gain_db=gain_db).clip_speech_ms(samples)
 
 
-def has_speech(samples: np.ndarray, *, min_speech_ms: int = MIN_SPEECH_MS) -> bool:
-    """True if the clip holds at least `min_speech_ms` of speech according to Silero VAD."""
-    return speech_ms(samples) >= min_speech_ms
+def has_speech(samples: np.ndarray, *, threshold: float | None = None, min_speech_ms: int = MIN_SPEECH_MS) -> bool:
+    """The speech check: True if the clip holds at least `min_speech_ms` of speech according to Silero
+    VAD, from `threshold` on (None: `silero.SPEECH_THRESHOLD`), quiet audio raised as the endpointer
+    raises it by default (`silero.GAIN_DB`)."""
+    from .silero import GAIN_DB, SPEECH_THRESHOLD
+
+    threshold = SPEECH_THRESHOLD if threshold is None else threshold
+    return speech_ms(samples, threshold, GAIN_DB) >= min_speech_ms
 
 
 # ----------------------------------------------------------------------------- features

@@ -38,6 +38,7 @@ from .onnx_backend import (
 )
 from .presets import BUNDLED_SCHEME, PRESETS, resolve_backbone
 from .prompt import AudioRef, build_batch, collect_audios, normalize_batch, splice
+from .silero import SPEECH_THRESHOLD
 from .torch_backend import TorchBackend
 from .whisper import MAX_TRANSCRIPT_TOKENS, WhisperFrontEnd
 
@@ -160,6 +161,8 @@ class DestaModel:
         # with audio; text-only prompts always run whole, exactly as the backbone would)
         self.use_prefix_cache = True
         self.encoder_padding_s: float | None = None  # see set_encoder_padding
+        # the speech check: a clip with less Silero speech than this gets no transcript (" ")
+        self.speech_threshold = SPEECH_THRESHOLD
         self._embedding_cache: dict[tuple[int, bytes], torch.Tensor] | None = None  # see audio_embedding_cache
 
     @contextmanager
@@ -511,7 +514,7 @@ class DestaModel:
         need_asr = []
         for i, (ref, clip) in enumerate(zip(refs, clips)):
             if ref.text is None:
-                if has_speech(clip.samples):
+                if has_speech(clip.samples, threshold=self.speech_threshold):
                     need_asr.append(i)
                 else:
                     transcripts[i] = NO_SPEECH_TRANSCRIPT

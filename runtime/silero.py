@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,17 @@ N_FRAMES = 4  # STFT frames per chunk: (CONTEXT + CHUNK + REFLECT - N_FFT) / HOP
 HIDDEN = 128  # LSTM width
 THRESHOLD = 0.5  # a chunk is speech from this probability on (Silero's own default) ...
 RELEASE = 0.15  # ... and stays speech until the probability falls this far under it
+# The threshold of the model's speech check and of `listen`'s endpointer: one value, so that an
+# utterance the endpointer hears is not called silent by the check (README, "Endpointing in noise")
+SPEECH_THRESHOLD = 0.4
+# Silero misses quiet, reverberant speech (a talker across the room at -50 dBFS) that it hears once
+# the level is raised, while raised noise and sounds stay non-speech (README, "Quiet speech"). So a
+# chunk may be raised by up to GAIN_DB, toward a peak of GAIN_TARGET, judged on the loudest chunk
+# of the last GAIN_WINDOW_CHUNKS (10 s): audio that was loud recently is never raised, and nothing
+# is lowered.
+GAIN_DB = 30.0
+GAIN_TARGET = 0.1
+GAIN_WINDOW_CHUNKS = 312
 MODEL_FILE = "silero_vad.jit"  # the package's main model (v6); its safetensors file holds other weights
 CONVS = (1, 2, 2, 1)  # strides of the four 3-tap convolutions (padding 1)
 
@@ -92,10 +104,13 @@ class SileroVad:
     speech from `threshold` on, until the probability falls under `threshold - release`."""
 
     def __init__(self, threshold: float = THRESHOLD, release: float = RELEASE,
-                 weights: dict[str, np.ndarray] | None = None) -> None:
+                 weights: dict[str, np.ndarray] | None = None, gain_db: float = 0.0) -> None:
         if not 0 < threshold - release < threshold < 1:
             raise ValueError(f"need 0 < threshold - release < threshold < 1, got {threshold} and {release}")
+        if gain_db < 0:
+            raise ValueError(f"gain_db must be >= 0 (0: off), got {gain_db}")
         self.threshold, self.release = threshold, release
+        self.max_gain = 10 ** (gain_db / 20)
         self.w = weights if weights is not None else load_weights()
         self.reset()
 
@@ -105,15 +120,21 @@ class SileroVad:
         self._state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))  # the LSTM's (h, c)
         self.probability = 0.0  # of the latest complete chunk (0 before the first)
         self.speaking = False
+        self._peaks: deque[float] = deque(maxlen=GAIN_WINDOW_CHUNKS)  # of the last chunks, for the gain
 
     def push(self, samples: np.ndarray) -> float:
         """Add 16 kHz mono float samples; returns the speech probability of the latest complete chunk."""
         self._buf = np.concatenate([self._buf, np.asarray(samples, np.float32)])
         while len(self._buf) >= CHUNK:
             chunk, self._buf = self._buf[:CHUNK], self._buf[CHUNK:]
-            self.probability = self._chunk(np.concatenate([self._tail, chunk]))
+            self._peaks.append(float(np.abs(chunk).max()))
+            self.probability = self._chunk(self._gain(max(self._peaks)) * np.concatenate([self._tail, chunk]))
             self._tail = chunk[-CONTEXT:]
         return self.probability
+
+    def _gain(self, recent_peak: float | np.ndarray) -> float | np.ndarray:
+        """The factor a chunk is raised by, given the loudest chunk peak of the window up to it."""
+        return np.clip(GAIN_TARGET / np.maximum(recent_peak, 1e-9), 1.0, self.max_gain)
 
     def clip_probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Speech probabilities of a whole clip's complete chunks, from a fresh state ([n_chunks]); the same
@@ -124,7 +145,12 @@ class SileroVad:
             return np.zeros(0, np.float32)
         x = np.concatenate([np.zeros(CONTEXT, np.float32), x[: n * CHUNK]])
         starts = np.arange(n)[:, None] * CHUNK + np.arange(CONTEXT + CHUNK)
-        inputs = self._lstm_inputs(x[starts])  # [n, 512]
+        chunks = x[starts]  # [n, CONTEXT + CHUNK]
+        if self.max_gain > 1:  # as `push` raises them: by the loudest chunk peak of the window so far
+            peaks = np.abs(chunks[:, CONTEXT:]).max(axis=1)
+            recent = np.array([peaks[max(0, i - GAIN_WINDOW_CHUNKS + 1) : i + 1].max() for i in range(n)])
+            chunks = (self._gain(recent)[:, None] * chunks).astype(np.float32)
+        inputs = self._lstm_inputs(chunks)  # [n, 512]
         probs = np.empty(n, np.float32)
         state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
         for i in range(n):  # only the recurrent part runs chunk after chunk

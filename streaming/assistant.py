@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from desta_edge.runtime.model import WARM_UP_TRANSCRIPT, Cancelled
+from desta_edge.runtime.model import WARM_UP_TRANSCRIPT, Cancelled, DestaModel
 from desta_edge.runtime.prompt import ASSISTANT_PROMPT, ASSISTANT_SYSTEM
 from desta_edge.runtime.turn import TurnDetector, TurnOptions
 
@@ -235,6 +235,9 @@ class Assistant:
         endpoint.turn_end_ms < endpoint.hangover_ms."""
         self.model = model
         self.opts = opts
+        if endpoint.detector == "silero" and isinstance(model, DestaModel):
+            # an utterance the endpointer hears must not be called silent by the model's speech check
+            model.speech_threshold = min(model.speech_threshold, endpoint.silero_threshold)
         self._turn = None
         if opts.speculative and opts.turn_detection and endpoint.turn_end_ms < endpoint.hangover_ms:
             try:

@@ -110,6 +110,9 @@ def _add_assistant_arguments(p) -> None:
                         "default) or webrtcvad (README \"Endpointing in noise\")")
     p.add_argument("--silero-threshold", type=float, default=d.silero_threshold,
                    help="Silero speech probability that starts speech (default %(default)s)")
+    p.add_argument("--silero-gain-db", type=float, default=d.silero_gain_db,
+                   help="Silero hears quiet audio (a far talker) raised by up to this many dB (default %(default)s; "
+                        "0: off)")
     p.add_argument("--vad-aggressiveness", type=int, default=d.aggressiveness, help="webrtcvad mode 0-3")
     p.add_argument("--frame-ms", type=int, default=d.frame_ms, help="VAD frame: 10, 20 or 30 ms")
     p.add_argument("--pre-roll-ms", type=int, default=d.pre_roll_ms, help="audio kept before an onset")
@@ -312,7 +315,8 @@ def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[
     """Endpointing and assistant options from the shared flags. live: barge-in by default;
     fast_file: a file fed as fast as possible, where segmentation must not depend on machine speed."""
     endpoint = EndpointOptions(
-        detector=args.vad, silero_threshold=args.silero_threshold, aggressiveness=args.vad_aggressiveness,
+        detector=args.vad, silero_threshold=args.silero_threshold, silero_gain_db=args.silero_gain_db,
+        aggressiveness=args.vad_aggressiveness,
         frame_ms=args.frame_ms, pre_roll_ms=args.pre_roll_ms, pause_ms=args.pause_ms,
         hangover_ms=args.hangover_ms, min_speech_ms=args.min_speech_ms, turn_end_ms=args.turn_end_ms,
         max_utterance_s=args.max_utterance_s, noise_gate_db=args.noise_gate_db, talker_drop_db=args.talker_drop_db,

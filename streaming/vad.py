@@ -87,7 +87,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from desta_edge.runtime.silero import RELEASE as SILERO_RELEASE
-from desta_edge.runtime.silero import SileroVad
+from desta_edge.runtime.silero import GAIN_DB, SPEECH_THRESHOLD, SileroVad
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +122,13 @@ class EndpointOptions:
     # what calls a frame speech: "silero" (a small neural network; far fewer merged and split requests
     # over music and noise, README "Endpointing in noise") or "webrtcvad" (the default before 2026-11-28)
     detector: str = "silero"
-    # Silero: speech from this probability on, until SILERO_RELEASE under. 0.5 (Silero's own default, and
-    # the model's speech check's) before 2026-11-28; at 0.4 benchmarks/endpointing.py missed 1 request
-    # of people in 1,872 instead of 4, all else equal (README, "Endpointing in noise")
-    silero_threshold: float = 0.4
+    # Silero: speech from this probability on, until SILERO_RELEASE under. 0.5 (Silero's own default) before
+    # 2026-11-28; at 0.4 benchmarks/endpointing.py missed 1 request of people in 1,872 instead of 4, all
+    # else equal (README, "Endpointing in noise"). The model's speech check uses the same by default.
+    silero_threshold: float = SPEECH_THRESHOLD
+    # Silero hears quiet audio raised by up to this many dB (a far talker; runtime/silero.py; 0: off).
+    # The level rules below (gates, distant talker) judge the audio as it came.
+    silero_gain_db: float = GAIN_DB
     aggressiveness: int = 2  # webrtcvad mode: 0 keeps most audio as speech, 3 rejects most
     frame_ms: int = 20  # frame length of the state machine (and of webrtcvad): 10, 20 or 30 ms
     start_window_ms: int = 200  # onset decision window ...
@@ -166,6 +169,8 @@ class EndpointOptions:
             raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
         if not SILERO_RELEASE < self.silero_threshold < 1:
             raise ValueError(f"silero_threshold must be in ({SILERO_RELEASE}, 1), got {self.silero_threshold}")
+        if not 0 <= self.silero_gain_db <= 60:
+            raise ValueError(f"silero_gain_db must be in [0, 60], got {self.silero_gain_db}")
         if self.frame_ms not in VALID_FRAME_MS:
             raise ValueError(f"frame_ms must be one of {VALID_FRAME_MS} (webrtcvad), got {self.frame_ms}")
         if not 0 <= self.aggressiveness <= 3:
@@ -487,7 +492,7 @@ class Endpointer:
 def _detector(opts: EndpointOptions):
     """The frame speech detector `opts` names, behind webrtcvad's `is_speech(pcm, sample_rate)`."""
     if opts.detector == "silero":
-        return SileroVad(opts.silero_threshold)
+        return SileroVad(opts.silero_threshold, gain_db=opts.silero_gain_db)
     try:
         import webrtcvad
     except ImportError as e:

@@ -799,3 +799,25 @@ def test_warm_up_uses_the_assistants_prompt_and_the_turn_check(tiny_model):
     (messages,) = asked
     assert messages[0] == {"role": "system", "content": "Be brief."} and messages[1]["content"].endswith("Answer it.")
     assert judged == [WARM_UP_TRANSCRIPT]
+
+
+def test_the_speech_check_never_rejects_what_the_endpointer_hears(monkeypatch):
+    """An utterance Silero called speech at the endpointer's threshold must not get the no-speech
+    transcript from the model's check at a stricter one (a quiet, reverberant question was dropped
+    as a filler that way): the check follows a lower endpointer threshold, never a higher one."""
+    from conftest import build_tiny_model
+    from desta_edge.runtime.silero import SPEECH_THRESHOLD
+
+    model = build_tiny_model()
+    assert model.speech_threshold == SPEECH_THRESHOLD == EndpointOptions().silero_threshold
+    stricter = EndpointOptions(silero_threshold=0.6)
+    for endpoint in (stricter, EndpointOptions(detector="webrtcvad", silero_threshold=0.3)):
+        Assistant(model, tone_opts(turn_detection=False), endpoint, vad=EnergyVad())
+        assert model.speech_threshold == SPEECH_THRESHOLD, endpoint
+    Assistant(model, tone_opts(turn_detection=False), EndpointOptions(silero_threshold=0.3), vad=EnergyVad())
+    assert model.speech_threshold == 0.3
+    asked = []
+    monkeypatch.setattr("desta_edge.runtime.model.has_speech", lambda x, threshold: asked.append(threshold) or True)
+    clip = {"audio": (speechlike(), 16000), "text": None}
+    model.generate([{"role": "user", "content": "<|AUDIO|>", "audios": [clip]}], max_new_tokens=1)
+    assert asked == [0.3]

@@ -71,6 +71,33 @@ def test_speech_stands_out_from_music_and_noise(tmp_path):
     assert share_over_half(0.1 * rng.standard_normal(5 * RATE).astype(np.float32)) < 0.05
 
 
+@needs_espeak
+def test_quiet_far_speech_is_raised_and_raised_noise_is_still_not_speech(tmp_path):
+    """A talker across a reverberant room at -55 dBFS: Silero hears little of it as it comes, and all
+    of it raised (`gain_db`, on by default for the endpointer and the speech check). Music, noise
+    and a tone raised by the most the endpointer allows stay non-speech."""
+    from desta_edge.runtime.audio import has_speech
+    from desta_edge.training import acoustics
+
+    rng = np.random.default_rng(2)
+    voice = said("Set a timer for ten minutes.", tmp_path / "q.wav", voice="en-gb+m3")
+    far = acoustics.set_level(acoustics.convolve(voice, acoustics.room_response(0.8, -6.0, rng)), -55)
+    x = np.concatenate([np.zeros(3 * RATE, np.float32), far, np.zeros(RATE, np.float32)])
+    x = (x + 10 ** (-80 / 20) * acoustics.room_tone(len(x), rng)).astype(np.float32)
+    heard = SileroVad(0.4, gain_db=30).clip_speech_ms(x)
+    assert heard >= 1000 and heard >= 2 * SileroVad(0.4).clip_speech_ms(x)
+    assert has_speech(x)
+    vad = SileroVad(0.4, gain_db=30)  # streaming raises each chunk as the whole clip does
+    streamed = [vad.push(x[i : i + CHUNK]) for i in range(0, len(x) - CHUNK + 1, CHUNK)]
+    np.testing.assert_allclose(streamed, SileroVad(0.4, gain_db=30).clip_probabilities(x), atol=1e-5)
+    t = np.arange(5 * RATE) / RATE
+    for quiet in (0.003 * music(5 * RATE), 0.001 * rng.standard_normal(5 * RATE),
+                  0.002 * np.sin(2 * np.pi * 440 * t), 0.001 * acoustics.colored_noise(5 * RATE, "pink", rng)):
+        assert SileroVad(0.4, gain_db=60).clip_speech_ms(quiet.astype(np.float32)) == 0
+    with pytest.raises(ValueError, match="gain_db"):
+        SileroVad(gain_db=-1)
+
+
 def test_hysteresis_and_the_frame_interface():
     vad = SileroVad(threshold=0.5, release=0.15)
     script = iter([0.3, 0.55, 0.4, 0.36, 0.34, 0.45, 0.6])
@@ -101,7 +128,12 @@ def test_endpoint_options_check_the_detector():
         EndpointOptions(detector="rnnoise")
     with pytest.raises(ValueError, match="silero_threshold"):
         EndpointOptions(silero_threshold=0.1)
+    for gain_db in (-1, 61):
+        with pytest.raises(ValueError, match="silero_gain_db"):
+            EndpointOptions(silero_gain_db=gain_db)
     assert type(Endpointer(EndpointOptions())._vad) is SileroVad
+    assert Endpointer(EndpointOptions())._vad.max_gain == pytest.approx(10 ** (silero.GAIN_DB / 20))
+    assert Endpointer(EndpointOptions(silero_gain_db=0))._vad.max_gain == 1
     assert type(Endpointer(EndpointOptions(detector="webrtcvad"))._vad).__module__.startswith("webrtcvad")
 
 

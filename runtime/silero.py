@@ -41,10 +41,10 @@ RELEASE = 0.15  # ... and stays speech until the probability falls this far unde
 # utterance the endpointer hears is not called silent by the check (README, "Endpointing in noise")
 SPEECH_THRESHOLD = 0.4
 # Silero misses quiet, reverberant speech (a talker across the room at -50 dBFS) that it hears once
-# the level is raised, while raised noise and sounds stay non-speech (README, "Quiet speech"). So a
-# chunk may be raised by up to GAIN_DB, toward a peak of GAIN_TARGET, judged on the loudest chunk
-# of the last GAIN_WINDOW_CHUNKS (10 s): audio that was loud recently is never raised, and nothing
-# is lowered.
+# the level is raised, while raised noise and sounds stay non-speech (README, "Quiet, far talkers").
+# So a chunk may be raised by up to GAIN_DB, toward a peak of GAIN_TARGET (-20 dBFS), judged on the
+# loudest chunk of the last GAIN_WINDOW_CHUNKS (10 s): audio that was as loud recently is not
+# raised, and nothing is lowered.
 GAIN_DB = 30.0
 GAIN_TARGET = 0.1
 GAIN_WINDOW_CHUNKS = 312
@@ -128,7 +128,10 @@ class SileroVad:
         while len(self._buf) >= CHUNK:
             chunk, self._buf = self._buf[:CHUNK], self._buf[CHUNK:]
             self._peaks.append(float(np.abs(chunk).max()))
-            self.probability = self._chunk(self._gain(max(self._peaks)) * np.concatenate([self._tail, chunk]))
+            x = np.concatenate([self._tail, chunk])
+            if self.max_gain > 1:  # raised as `clip_probabilities` raises it
+                x = x * np.float32(self._gain(max(self._peaks)))
+            self.probability = self._chunk(x)
             self._tail = chunk[-CONTEXT:]
         return self.probability
 

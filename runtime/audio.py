@@ -188,14 +188,13 @@ def speech_ms(samples: np.ndarray, threshold: float | None = None, gain_db: floa
     return SileroVad(THRESHOLD if threshold is None else threshold, gain_db=gain_db).clip_speech_ms(samples)
 
 
-def has_speech(samples: np.ndarray, *, threshold: float | None = None, min_speech_ms: int = MIN_SPEECH_MS) -> bool:
+def has_speech(samples: np.ndarray, *, threshold: float | None = None, gain_db: float = 0.0,
+               min_speech_ms: int = MIN_SPEECH_MS) -> bool:
     """The speech check: True if the clip holds at least `min_speech_ms` of speech according to Silero
-    VAD, from `threshold` on (None: `silero.SPEECH_THRESHOLD`), quiet audio raised as the endpointer
-    raises it by default (`silero.GAIN_DB`)."""
-    from .silero import GAIN_DB, SPEECH_THRESHOLD
+    VAD, from `threshold` on (None: `silero.SPEECH_THRESHOLD`), quiet audio raised by up to `gain_db`."""
+    from .silero import SPEECH_THRESHOLD
 
-    threshold = SPEECH_THRESHOLD if threshold is None else threshold
-    return speech_ms(samples, threshold, GAIN_DB) >= min_speech_ms
+    return speech_ms(samples, SPEECH_THRESHOLD if threshold is None else threshold, gain_db) >= min_speech_ms
 
 
 # ----------------------------------------------------------------------------- features

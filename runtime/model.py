@@ -161,8 +161,9 @@ class DestaModel:
         # with audio; text-only prompts always run whole, exactly as the backbone would)
         self.use_prefix_cache = True
         self.encoder_padding_s: float | None = None  # see set_encoder_padding
-        # the speech check: a clip with less Silero speech than this gets no transcript (" ")
-        self.speech_threshold = SPEECH_THRESHOLD
+        # the speech check: a clip with less Silero speech than this, quiet audio raised by up to
+        # speech_gain_db, gets no transcript (" ")
+        self.speech_threshold, self.speech_gain_db = SPEECH_THRESHOLD, 0.0
         self._embedding_cache: dict[tuple[int, bytes], torch.Tensor] | None = None  # see audio_embedding_cache
 
     @contextmanager
@@ -514,7 +515,7 @@ class DestaModel:
         need_asr = []
         for i, (ref, clip) in enumerate(zip(refs, clips)):
             if ref.text is None:
-                if has_speech(clip.samples, threshold=self.speech_threshold):
+                if has_speech(clip.samples, threshold=self.speech_threshold, gain_db=self.speech_gain_db):
                     need_asr.append(i)
                 else:
                     transcripts[i] = NO_SPEECH_TRANSCRIPT

@@ -42,10 +42,10 @@ RELEASE = 0.15  # ... and stays speech until the probability falls this far unde
 SPEECH_THRESHOLD = 0.4
 # Silero misses quiet, reverberant speech (a talker across the room at -50 dBFS) that it hears once
 # the level is raised, while raised noise and sounds stay non-speech (README, "Quiet, far talkers").
-# So a chunk may be raised by up to GAIN_DB, toward a peak of GAIN_TARGET (-20 dBFS), judged on the
-# loudest chunk of the last GAIN_WINDOW_CHUNKS (10 s): audio that was as loud recently is not
-# raised, and nothing is lowered.
-GAIN_DB = 30.0
+# With a gain (opt-in: it also costs a few quiet clips whose near-silence it raises), a chunk is
+# raised by up to that many dB toward a peak of GAIN_TARGET (-20 dBFS), judged on the loudest
+# chunk of the last GAIN_WINDOW_CHUNKS (10 s): audio that was as loud recently is not raised, and
+# nothing is lowered.
 GAIN_TARGET = 0.1
 GAIN_WINDOW_CHUNKS = 312
 MODEL_FILE = "silero_vad.jit"  # the package's main model (v6); its safetensors file holds other weights

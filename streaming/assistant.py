@@ -238,6 +238,7 @@ class Assistant:
         if endpoint.detector == "silero" and isinstance(model, DestaModel):
             # an utterance the endpointer hears must not be called silent by the model's speech check
             model.speech_threshold = min(model.speech_threshold, endpoint.silero_threshold)
+            model.speech_gain_db = max(model.speech_gain_db, endpoint.silero_gain_db)
         self._turn = None
         if opts.speculative and opts.turn_detection and endpoint.turn_end_ms < endpoint.hangover_ms:
             try:

@@ -804,7 +804,8 @@ def test_warm_up_uses_the_assistants_prompt_and_the_turn_check(tiny_model):
 def test_the_speech_check_never_rejects_what_the_endpointer_hears(monkeypatch):
     """An utterance Silero called speech at the endpointer's threshold must not get the no-speech
     transcript from the model's check at a stricter one (a quiet, reverberant question was dropped
-    as a filler that way): the check follows a lower endpointer threshold, never a higher one."""
+    as a filler that way): the check follows a lower endpointer threshold and a higher gain for quiet
+    audio, never the other way."""
     from conftest import build_tiny_model
     from desta_edge.runtime.silero import SPEECH_THRESHOLD
 
@@ -814,10 +815,13 @@ def test_the_speech_check_never_rejects_what_the_endpointer_hears(monkeypatch):
     for endpoint in (stricter, EndpointOptions(detector="webrtcvad", silero_threshold=0.3)):
         Assistant(model, tone_opts(turn_detection=False), endpoint, vad=EnergyVad())
         assert model.speech_threshold == SPEECH_THRESHOLD, endpoint
-    Assistant(model, tone_opts(turn_detection=False), EndpointOptions(silero_threshold=0.3), vad=EnergyVad())
-    assert model.speech_threshold == 0.3
+    assert model.speech_gain_db == 0
+    Assistant(model, tone_opts(turn_detection=False), EndpointOptions(silero_threshold=0.3, silero_gain_db=30),
+              vad=EnergyVad())
+    assert model.speech_threshold == 0.3 and model.speech_gain_db == 30
     asked = []
-    monkeypatch.setattr("desta_edge.runtime.model.has_speech", lambda x, threshold: asked.append(threshold) or True)
+    monkeypatch.setattr("desta_edge.runtime.model.has_speech",
+                        lambda x, threshold, gain_db: asked.append((threshold, gain_db)) or True)
     clip = {"audio": (speechlike(), 16000), "text": None}
     model.generate([{"role": "user", "content": "<|AUDIO|>", "audios": [clip]}], max_new_tokens=1)
-    assert asked == [0.3]
+    assert asked == [(0.3, 30)]

@@ -74,8 +74,8 @@ def test_speech_stands_out_from_music_and_noise(tmp_path):
 @needs_espeak
 def test_quiet_far_speech_is_raised_and_raised_noise_is_still_not_speech(tmp_path):
     """A talker across a reverberant room at -55 dBFS: Silero hears little of it as it comes, and all
-    of it raised (`gain_db`, on by default for the endpointer and the speech check). Music, noise
-    and a tone raised by the most the endpointer allows stay non-speech."""
+    of it raised (`gain_db`; `--silero-gain-db` for the endpointer, and the speech check follows it).
+    Music, noise and a tone raised by the most the endpointer allows stay non-speech."""
     from desta_edge.runtime.audio import has_speech
     from desta_edge.training import acoustics
 
@@ -86,7 +86,7 @@ def test_quiet_far_speech_is_raised_and_raised_noise_is_still_not_speech(tmp_pat
     x = (x + 10 ** (-80 / 20) * acoustics.room_tone(len(x), rng)).astype(np.float32)
     heard = SileroVad(0.4, gain_db=30).clip_speech_ms(x)
     assert heard >= 1000 and heard >= 2 * SileroVad(0.4).clip_speech_ms(x)
-    assert has_speech(x)
+    assert has_speech(x, gain_db=30)
     vad = SileroVad(0.4, gain_db=30)  # streaming raises each chunk as the whole clip does
     streamed = [vad.push(x[i : i + CHUNK]) for i in range(0, len(x) - CHUNK + 1, CHUNK)]
     np.testing.assert_allclose(streamed, SileroVad(0.4, gain_db=30).clip_probabilities(x), atol=1e-5)
@@ -132,8 +132,8 @@ def test_endpoint_options_check_the_detector():
         with pytest.raises(ValueError, match="silero_gain_db"):
             EndpointOptions(silero_gain_db=gain_db)
     assert type(Endpointer(EndpointOptions())._vad) is SileroVad
-    assert Endpointer(EndpointOptions())._vad.max_gain == pytest.approx(10 ** (silero.GAIN_DB / 20))
-    assert Endpointer(EndpointOptions(silero_gain_db=0))._vad.max_gain == 1
+    assert Endpointer(EndpointOptions())._vad.max_gain == 1  # opt-in
+    assert Endpointer(EndpointOptions(silero_gain_db=30))._vad.max_gain == pytest.approx(10 ** 1.5)
     assert type(Endpointer(EndpointOptions(detector="webrtcvad"))._vad).__module__.startswith("webrtcvad")
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .silero import SPEECH_THRESHOLD, THRESHOLD, SileroVad
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000  # Hz: everything after loading runs at this rate
@@ -180,21 +182,17 @@ def _int_to_float(data: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- speech detection
 
 
-def speech_ms(samples: np.ndarray, threshold: float | None = None, gain_db: float = 0.0) -> int:
+def speech_ms(samples: np.ndarray, threshold: float = THRESHOLD, gain_db: float = 0.0) -> int:
     """Milliseconds of 16 kHz mono float audio that Silero VAD calls speech (32 ms chunks, hysteresis),
-    from `threshold` on (None: Silero's own default, 0.5), quiet audio raised by up to `gain_db`."""
-    from .silero import THRESHOLD, SileroVad
-
-    return SileroVad(THRESHOLD if threshold is None else threshold, gain_db=gain_db).clip_speech_ms(samples)
+    from `threshold` on (default: Silero's own), quiet audio raised by up to `gain_db`."""
+    return SileroVad(threshold, gain_db=gain_db).clip_speech_ms(samples)
 
 
-def has_speech(samples: np.ndarray, *, threshold: float | None = None, gain_db: float = 0.0,
+def has_speech(samples: np.ndarray, *, threshold: float = SPEECH_THRESHOLD, gain_db: float = 0.0,
                min_speech_ms: int = MIN_SPEECH_MS) -> bool:
     """The speech check: True if the clip holds at least `min_speech_ms` of speech according to Silero
-    VAD, from `threshold` on (None: `silero.SPEECH_THRESHOLD`), quiet audio raised by up to `gain_db`."""
-    from .silero import SPEECH_THRESHOLD
-
-    return speech_ms(samples, SPEECH_THRESHOLD if threshold is None else threshold, gain_db) >= min_speech_ms
+    VAD, from `threshold` on (default: the endpointer's), quiet audio raised by up to `gain_db`."""
+    return speech_ms(samples, threshold, gain_db) >= min_speech_ms
 
 
 # ----------------------------------------------------------------------------- features

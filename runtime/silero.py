@@ -127,9 +127,9 @@ class SileroVad:
         self._buf = np.concatenate([self._buf, np.asarray(samples, np.float32)])
         while len(self._buf) >= CHUNK:
             chunk, self._buf = self._buf[:CHUNK], self._buf[CHUNK:]
-            self._peaks.append(float(np.abs(chunk).max()))
             x = np.concatenate([self._tail, chunk])
             if self.max_gain > 1:  # raised as `clip_probabilities` raises it
+                self._peaks.append(float(np.abs(chunk).max()))
                 x = x * np.float32(self._gain(max(self._peaks)))
             self.probability = self._chunk(x)
             self._tail = chunk[-CONTEXT:]
@@ -150,8 +150,8 @@ class SileroVad:
         starts = np.arange(n)[:, None] * CHUNK + np.arange(CONTEXT + CHUNK)
         chunks = x[starts]  # [n, CONTEXT + CHUNK]
         if self.max_gain > 1:  # as `push` raises them: by the loudest chunk peak of the window so far
-            peaks = np.abs(chunks[:, CONTEXT:]).max(axis=1)
-            recent = np.array([peaks[max(0, i - GAIN_WINDOW_CHUNKS + 1) : i + 1].max() for i in range(n)])
+            peaks = np.pad(np.abs(chunks[:, CONTEXT:]).max(axis=1), (GAIN_WINDOW_CHUNKS - 1, 0))
+            recent = np.lib.stride_tricks.sliding_window_view(peaks, GAIN_WINDOW_CHUNKS).max(axis=1)  # [n]
             chunks = (self._gain(recent)[:, None] * chunks).astype(np.float32)
         inputs = self._lstm_inputs(chunks)  # [n, 512]
         probs = np.empty(n, np.float32)

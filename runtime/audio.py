@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .silero import SPEECH_THRESHOLD, THRESHOLD, SileroVad
+from .silero import SPEECH_GAIN_DB, SPEECH_THRESHOLD, THRESHOLD, SileroVad
 
 logger = logging.getLogger(__name__)
 
@@ -188,10 +188,10 @@ def speech_ms(samples: np.ndarray, threshold: float = THRESHOLD, gain_db: float 
     return SileroVad(threshold, gain_db=gain_db).clip_speech_ms(samples)
 
 
-def has_speech(samples: np.ndarray, *, threshold: float = SPEECH_THRESHOLD, gain_db: float = 0.0,
+def has_speech(samples: np.ndarray, *, threshold: float = SPEECH_THRESHOLD, gain_db: float = SPEECH_GAIN_DB,
                min_speech_ms: int = MIN_SPEECH_MS) -> bool:
     """The speech check: True if the clip holds at least `min_speech_ms` of speech according to Silero
-    VAD, from `threshold` on (default: the endpointer's), quiet audio raised by up to `gain_db`."""
+    VAD, from `threshold` on, quiet audio also heard raised by up to `gain_db` (defaults: the endpointer's)."""
     return speech_ms(samples, threshold, gain_db) >= min_speech_ms
 
 

@@ -38,7 +38,7 @@ from .onnx_backend import (
 )
 from .presets import BUNDLED_SCHEME, PRESETS, resolve_backbone
 from .prompt import AudioRef, build_batch, collect_audios, normalize_batch, splice
-from .silero import SPEECH_THRESHOLD
+from .silero import SPEECH_GAIN_DB, SPEECH_THRESHOLD
 from .torch_backend import TorchBackend
 from .whisper import MAX_TRANSCRIPT_TOKENS, WhisperFrontEnd
 
@@ -161,9 +161,9 @@ class DestaModel:
         # with audio; text-only prompts always run whole, exactly as the backbone would)
         self.use_prefix_cache = True
         self.encoder_padding_s: float | None = None  # see set_encoder_padding
-        # the speech check: a clip with less Silero speech than this, quiet audio raised by up to
-        # speech_gain_db, gets no transcript (" ")
-        self.speech_threshold, self.speech_gain_db = SPEECH_THRESHOLD, 0.0
+        # the speech check: a clip with less Silero speech than this, quiet audio also heard raised by
+        # up to speech_gain_db, gets no transcript (" ")
+        self.speech_threshold, self.speech_gain_db = SPEECH_THRESHOLD, SPEECH_GAIN_DB
         self._embedding_cache: dict[tuple[int, bytes], torch.Tensor] | None = None  # see audio_embedding_cache
 
     @contextmanager

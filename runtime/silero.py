@@ -42,12 +42,16 @@ RELEASE = 0.15  # ... and stays speech until the probability falls this far unde
 SPEECH_THRESHOLD = 0.4
 # Silero misses quiet, reverberant speech (a talker across the room at -50 dBFS) that it hears once
 # the level is raised, while raised noise and sounds stay non-speech (README, "Quiet, far talkers").
-# With a gain (opt-in: it also costs a few quiet clips whose near-silence it raises), a chunk is
-# raised by up to that many dB toward a peak of GAIN_TARGET (-20 dBFS), judged on the loudest
-# chunk of the last GAIN_WINDOW_CHUNKS (10 s): audio that was as loud recently is not raised, and
-# nothing is lowered.
+# With a gain, Silero hears each chunk twice, as it came and raised by up to that many dB toward a
+# peak of GAIN_TARGET (-20 dBFS), judged on the loudest chunk of the last GAIN_WINDOW_CHUNKS (10 s):
+# audio that was as loud recently is not raised, and nothing is lowered. A chunk's probability is
+# the higher of the two, so the gain only ever adds speech: heard raised alone, a quiet clip's
+# near-silent lead-in can dull the network's state for the speech that follows.
 GAIN_TARGET = 0.1
 GAIN_WINDOW_CHUNKS = 312
+# The gain of the model's speech check and of `listen`'s endpointer (0 turns it off). On by default
+# since the raised view only adds to the plain one; opt-in before, when it replaced it.
+SPEECH_GAIN_DB = 30.0
 MODEL_FILE = "silero_vad.jit"  # the package's main model (v6); its safetensors file holds other weights
 CONVS = (1, 2, 2, 1)  # strides of the four 3-tap convolutions (padding 1)
 
@@ -117,7 +121,8 @@ class SileroVad:
     def reset(self) -> None:
         self._tail = np.zeros(CONTEXT, np.float32)  # the previous chunk's last samples
         self._buf = np.zeros(0, np.float32)  # samples not yet in a chunk
-        self._state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))  # the LSTM's (h, c)
+        # the LSTM's (h, c) for each view of the audio: as it came, and raised when there is a gain
+        self._states = [(np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))] * (2 if self.max_gain > 1 else 1)
         self.probability = 0.0  # of the latest complete chunk (0 before the first)
         self.speaking = False
         self._peaks: deque[float] = deque(maxlen=GAIN_WINDOW_CHUNKS)  # of the last chunks, for the gain
@@ -127,11 +132,16 @@ class SileroVad:
         self._buf = np.concatenate([self._buf, np.asarray(samples, np.float32)])
         while len(self._buf) >= CHUNK:
             chunk, self._buf = self._buf[:CHUNK], self._buf[CHUNK:]
-            x = np.concatenate([self._tail, chunk])
-            if self.max_gain > 1:  # raised as `clip_probabilities` raises it
+            x = np.concatenate([self._tail, chunk])[None]  # [1, CONTEXT + CHUNK]
+            if self.max_gain > 1:  # and raised, as `clip_probabilities` raises it
                 self._peaks.append(float(np.abs(chunk).max()))
-                x = x * np.float32(self._gain(max(self._peaks)))
-            self.probability = self._chunk(x)
+                x = np.concatenate([x, x * np.float32(self._gain(max(self._peaks)))])
+            inputs = self._lstm_inputs(x)  # [views, 512]
+            probs = []
+            for view, state in enumerate(self._states):
+                p, self._states[view] = self._step(inputs[view], state)
+                probs.append(p)
+            self.probability = max(probs)
             self._tail = chunk[-CONTEXT:]
         return self.probability
 
@@ -148,16 +158,18 @@ class SileroVad:
             return np.zeros(0, np.float32)
         x = np.concatenate([np.zeros(CONTEXT, np.float32), x[: n * CHUNK]])
         starts = np.arange(n)[:, None] * CHUNK + np.arange(CONTEXT + CHUNK)
-        chunks = x[starts]  # [n, CONTEXT + CHUNK]
-        if self.max_gain > 1:  # as `push` raises them: by the loudest chunk peak of the window so far
-            peaks = np.pad(np.abs(chunks[:, CONTEXT:]).max(axis=1), (GAIN_WINDOW_CHUNKS - 1, 0))
+        views = [x[starts]]  # [n, CONTEXT + CHUNK]
+        if self.max_gain > 1:  # raised as `push` raises them: by the loudest chunk peak of the window so far
+            peaks = np.pad(np.abs(views[0][:, CONTEXT:]).max(axis=1), (GAIN_WINDOW_CHUNKS - 1, 0))
             recent = np.lib.stride_tricks.sliding_window_view(peaks, GAIN_WINDOW_CHUNKS).max(axis=1)  # [n]
-            chunks = (self._gain(recent)[:, None] * chunks).astype(np.float32)
-        inputs = self._lstm_inputs(chunks)  # [n, 512]
-        probs = np.empty(n, np.float32)
-        state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
-        for i in range(n):  # only the recurrent part runs chunk after chunk
-            probs[i], state = self._step(inputs[i], state)
+            views.append((self._gain(recent)[:, None] * views[0]).astype(np.float32))
+        probs = np.zeros(n, np.float32)
+        for chunks in views:
+            inputs = self._lstm_inputs(chunks)  # [n, 512]
+            state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
+            for i in range(n):  # only the recurrent part runs chunk after chunk
+                p, state = self._step(inputs[i], state)
+                probs[i] = max(probs[i], p)
         return probs
 
     def is_speech(self, pcm: bytes, sample_rate: int) -> bool:
@@ -176,11 +188,6 @@ class SileroVad:
     def _decide(self, p: float) -> bool:
         self.speaking = p >= (self.threshold - self.release if self.speaking else self.threshold)
         return self.speaking
-
-    def _chunk(self, x: np.ndarray) -> float:
-        """One chunk with its context ([576]) -> the speech probability, carrying the LSTM's state."""
-        p, self._state = self._step(self._lstm_inputs(x[None])[0], self._state)
-        return p
 
     def _lstm_inputs(self, x: np.ndarray) -> np.ndarray:
         """Chunks with their context [n, 576] -> the LSTM's input projections [n, 512]: everything that does

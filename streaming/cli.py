@@ -111,8 +111,8 @@ def _add_assistant_arguments(p) -> None:
     p.add_argument("--silero-threshold", type=float, default=d.silero_threshold,
                    help="Silero speech probability that starts speech (default %(default)s)")
     p.add_argument("--silero-gain-db", type=float, default=d.silero_gain_db,
-                   help="Silero hears quiet audio raised by up to this many dB (default %(default)s: off; 30 for "
-                        "a talker far from the microphone, README \"Quiet, far talkers\")")
+                   help="Silero also hears quiet audio raised by up to this many dB, for a talker far from the "
+                        "microphone (default %(default)s; 0: off; README \"Quiet, far talkers\")")
     p.add_argument("--vad-aggressiveness", type=int, default=d.aggressiveness, help="webrtcvad mode 0-3")
     p.add_argument("--frame-ms", type=int, default=d.frame_ms, help="VAD frame: 10, 20 or 30 ms")
     p.add_argument("--pre-roll-ms", type=int, default=d.pre_roll_ms, help="audio kept before an onset")

@@ -87,7 +87,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from desta_edge.runtime.silero import RELEASE as SILERO_RELEASE
-from desta_edge.runtime.silero import SPEECH_THRESHOLD, SileroVad
+from desta_edge.runtime.silero import SPEECH_GAIN_DB, SPEECH_THRESHOLD, SileroVad
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,10 @@ class EndpointOptions:
     # 2026-11-28; at 0.4 benchmarks/endpointing.py missed 1 request of people in 1,872 instead of 4, all
     # else equal (README, "Endpointing in noise"). The model's speech check uses the same by default.
     silero_threshold: float = SPEECH_THRESHOLD
-    # Silero hears quiet audio raised by up to this many dB (0: off; 30 for a far talker, README "Quiet,
-    # far talkers"). The level rules below (gates, distant talker) judge the audio as it came.
-    silero_gain_db: float = 0.0
+    # Silero also hears quiet audio raised by up to this many dB, for a far talker (0: off; opt-in before
+    # 2026-11-29, README "Quiet, far talkers"). The level rules below (gates, distant talker) judge the
+    # audio as it came.
+    silero_gain_db: float = SPEECH_GAIN_DB
     aggressiveness: int = 2  # webrtcvad mode: 0 keeps most audio as speech, 3 rejects most
     frame_ms: int = 20  # frame length of the state machine (and of webrtcvad): 10, 20 or 30 ms
     start_window_ms: int = 200  # onset decision window ...

@@ -807,7 +807,7 @@ def test_the_speech_check_never_rejects_what_the_endpointer_hears(monkeypatch):
     as a filler that way): the check follows a lower endpointer threshold and a higher gain for quiet
     audio, never the other way."""
     from conftest import build_tiny_model
-    from desta_edge.runtime.silero import SPEECH_THRESHOLD
+    from desta_edge.runtime.silero import SPEECH_GAIN_DB, SPEECH_THRESHOLD
 
     model = build_tiny_model()
     assert model.speech_threshold == SPEECH_THRESHOLD == EndpointOptions().silero_threshold
@@ -815,13 +815,15 @@ def test_the_speech_check_never_rejects_what_the_endpointer_hears(monkeypatch):
     for endpoint in (stricter, EndpointOptions(detector="webrtcvad", silero_threshold=0.3)):
         Assistant(model, tone_opts(turn_detection=False), endpoint, vad=EnergyVad())
         assert model.speech_threshold == SPEECH_THRESHOLD, endpoint
-    assert model.speech_gain_db == 0
-    Assistant(model, tone_opts(turn_detection=False), EndpointOptions(silero_threshold=0.3, silero_gain_db=30),
+    assert model.speech_gain_db == SPEECH_GAIN_DB == EndpointOptions().silero_gain_db
+    Assistant(model, tone_opts(turn_detection=False), EndpointOptions(silero_gain_db=0), vad=EnergyVad())
+    assert model.speech_gain_db == SPEECH_GAIN_DB  # the gain only adds speech: off is the stricter check
+    Assistant(model, tone_opts(turn_detection=False), EndpointOptions(silero_threshold=0.3, silero_gain_db=40),
               vad=EnergyVad())
-    assert model.speech_threshold == 0.3 and model.speech_gain_db == 30
+    assert model.speech_threshold == 0.3 and model.speech_gain_db == 40
     asked = []
     monkeypatch.setattr("desta_edge.runtime.model.has_speech",
                         lambda x, threshold, gain_db: asked.append((threshold, gain_db)) or True)
     clip = {"audio": (speechlike(), 16000), "text": None}
     model.generate([{"role": "user", "content": "<|AUDIO|>", "audios": [clip]}], max_new_tokens=1)
-    assert asked == [(0.3, 30)]
+    assert asked == [(0.3, 40)]

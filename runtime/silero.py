@@ -122,7 +122,8 @@ class SileroVad:
         self._tail = np.zeros(CONTEXT, np.float32)  # the previous chunk's last samples
         self._buf = np.zeros(0, np.float32)  # samples not yet in a chunk
         # the LSTM's (h, c) for each view of the audio: as it came, and raised when there is a gain
-        self._states = [(np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))] * (2 if self.max_gain > 1 else 1)
+        fresh = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
+        self._states = [fresh] * (2 if self.max_gain > 1 else 1)
         self.probability = 0.0  # of the latest complete chunk (0 before the first)
         self.speaking = False
         self._peaks: deque[float] = deque(maxlen=GAIN_WINDOW_CHUNKS)  # of the last chunks, for the gain

@@ -111,7 +111,10 @@ LOUD_PART_DB = 15.0  # an utterance's loud part: its voiced frames within this o
 # background before the loud part is cut from an utterance's audio only when there is at least this much
 # of it (beyond the pre-roll): a request's own quiet start is shorter
 MIN_BACKGROUND_CUT_MS = 500
-SILENCE_DB = -70.0  # frame energies are floored here (digital silence has no level)
+# frame energies are floored here (digital silence has no level): under any room a 16-bit microphone
+# hears. At -70 (before 2026-11-29) a request at -56 dBFS was split where its soft part came within
+# the noise gate's 6 dB of a floor above its own room (README, "How a recording was made").
+SILENCE_DB = -90.0
 SPECTRAL_FFT = 512  # FFT length of the spectral gate (covers a 30 ms frame: 480 samples)
 SPECTRAL_BANDS = 16  # equal bands of the spectral gate across the speech range ...
 SPECTRAL_EDGES_HZ = np.linspace(150.0, 7000.0, SPECTRAL_BANDS + 1)  # ... between these edges

@@ -288,6 +288,23 @@ def test_gates_engage_in_a_faint_background_the_vad_calls_speech():
     assert [e.start_s for e in ends] == pytest.approx([1.5 - 0.3, 4.3 - 0.3], abs=0.1)
 
 
+def test_a_very_quiet_request_is_judged_against_its_own_room():
+    """A request at -48 dBFS with a soft 1.2 s middle at -67 dBFS that the detector still calls speech,
+    in a room at -100 dBFS: frame levels are floored under any such room, so the soft part is not
+    taken for the background and the request stays whole (with the floor at -70 it was split in two)."""
+    def tone(seconds, dbfs):
+        t = np.arange(int(seconds * RATE)) / RATE
+        return (10 ** (dbfs / 20) * np.sqrt(2) * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+    x = np.concatenate([np.zeros(int(1.2 * RATE), np.float32), tone(1.0, -48), tone(1.2, -67), tone(1.0, -48),
+                        np.zeros(2 * RATE, np.float32)])
+    x = (x + 1e-5 * np.random.default_rng(0).standard_normal(len(x))).astype(np.float32)
+    events, ep = run(x, EndpointOptions(), chunk=320, vad=EnergyVad(threshold=10 ** (-80 / 20)))
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    assert len(ends) == 1 and ep.gated_frames == 0
+    assert ends[0].start_s == pytest.approx(1.2 - 0.3, abs=0.05) and ends[0].speech_end_s == pytest.approx(4.4, abs=0.05)
+
+
 def test_faint_background_rule_leaves_a_background_close_to_the_talker_alone():
     """12 dB under the talker (16 dB between the background's floor and the talker): not faint, so the
     gates stay out, as webrtcvad alone; such a background is for the saturation rule to judge."""

@@ -65,6 +65,8 @@ def with_room_tone(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def recording(condition: str, speech: list[np.ndarray], rng: np.random.Generator
               ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """The laid-out requests under `condition` (16 kHz, before the file format) and their true spans."""
+    if condition not in FORMATS:
+        raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
     if condition == "long-silence":
         half = len(speech) // 2
         first, truth = layout(speech[:half], rng)
@@ -92,8 +94,6 @@ def recording(condition: str, speech: list[np.ndarray], rng: np.random.Generator
         x = np.clip(x * np.float32(10 ** (26 / 20)), -1.0, 1.0)
     elif condition == "dc-offset":
         x = x + np.float32(0.3)
-    elif condition not in FORMATS:
-        raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
     return x.astype(np.float32), truth
 
 

@@ -146,7 +146,9 @@ class EndpointOptions:
     # (None: TURN_END_MS, kept between pause_ms and hangover_ms)
     turn_end_ms: int | None = None
     tail_ms: int = 100  # audio kept after the last voiced frame
-    min_speech_ms: int = 250  # shorter voiced totals are not queries
+    # shorter voiced totals are not queries (a click, a cough). 250 before 2026-11-29: a person's "two" over a
+    # telephone line counts 220 ms once the noise gate has taken Silero's trailing frames (README, "Short words")
+    min_speech_ms: int = 200
     max_utterance_s: float = 30.0  # forced cut (the model's window is 30 s)
     noise_gate_db: float = 6.0  # where the gates engage, voiced = this far above the background (0: off)
     noise_window_ms: int = 5000  # recent audio the noise gate judges the background from

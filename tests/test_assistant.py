@@ -235,10 +235,10 @@ def test_without_resume_a_backchannel_stops_the_answer_for_good_and_is_not_answe
 
 
 def test_an_answer_stopped_by_speech_the_endpointer_drops_goes_on():
-    """Barge-in after 100 ms of voiced audio; the interruption (200 ms) is too short to be a request:
+    """Barge-in after 100 ms of voiced audio; the interruption (160 ms) is too short to be a request:
     the endpointer drops it, and the answer goes on without the model hearing it."""
     model = SlowModel()
-    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.16), ("s", 1.0))
     events, stats = listen(model, x, tone_opts(barge_in=True, barge_in_ms=100),
                            before_chunk=hold_until_answering(model, 1.9))
     kinds = [e["type"] for e in events if e["type"] not in ("token", "speech_start", "speech_end")]
@@ -314,7 +314,7 @@ def test_a_resumed_answer_is_the_answer_given_without_the_interruption(tiny_mode
     opts = tone_opts(max_new_tokens=24, turn_detection=False, barge_in=True, barge_in_ms=100)
     plain, _ = listen(model, signal(("s", 0.5), ("v", 0.6), ("s", 2.0)), opts)
     model.streams.clear()
-    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.16), ("s", 1.0))
     events, stats = listen(model, x, opts, before_chunk=hold_until_answering(model, 1.9))
     assert stats.cancelled == 1 and stats.resumed == 1 and not model.streams[0].cancelled
     answer = next(e for e in events if e["type"] == "answer")
@@ -356,16 +356,16 @@ def test_what_counts_as_a_backchannel(text, expected):
 
 
 def test_a_backchannel_shorter_than_barge_in_ms_does_not_cancel():
-    """A 200 ms "mhm" during the answer is a new (discarded) utterance, not a barge-in."""
+    """A 160 ms "mhm" during the answer is a new (discarded) utterance, not a barge-in."""
     model = SlowModel()
-    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.2), ("s", 1.0))
+    x = signal(("s", 0.5), ("v", 0.6), ("s", 0.8), ("v", 0.16), ("s", 1.0))
     events, stats = listen(model, x, tone_opts(barge_in=True, barge_in_ms=300),
                            before_chunk=hold_until_answering(model, 1.9))
     assert stats.cancelled == 0 and not model.streams[0].cancelled
     assert stats.answers == 1 and len(next(e for e in events if e["type"] == "answer")["text"]) == 40
     assert stats.discarded_short == 1  # the "mhm" itself: too short to be a query
     (dropped,) = [e for e in events if e["type"] == "discarded"]
-    assert dropped["reason"] == "short" and dropped["voiced_ms"] == 200 and stats.discarded_distant == 0
+    assert dropped["reason"] == "short" and dropped["voiced_ms"] == 160 and stats.discarded_distant == 0
 
 
 ANSWER = "The capital of France is Paris, a city of about two million people."

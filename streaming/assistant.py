@@ -69,6 +69,10 @@ TRACK_MARGIN_S = 2.0  # the model's copy of the stream keeps this much more than
 BACKCHANNEL_WORDS = frozenset(
     "huh yeah yes yep yup ok okay right sure alright i see got it go on cool nice wow".split())
 HUM = re.compile(r"[mh]+|u+[hm]+|a+h+|o+h+")  # mm, hmm, mhm, mmhmm, uh, um, uhm, ah, oh, ...
+# What Whisper tiny.en writes for a sound it hears no words in (a hum or a chord the speech check let
+# through: 6 of 8 such cuts of corpus sounds; no request of people was heard as it, README "Fillers"):
+# alone in a transcript, it counts as no words.
+NO_WORDS_HEARD = ("you",)
 
 # An echo: a transcript of at least ECHO_MIN_WORDS words of which ECHO_SHARE or more read back an
 # answer, in runs of at least ECHO_RUN_WORDS words in the answer's order (a shared "the" or "is" is
@@ -627,7 +631,8 @@ class Assistant:
 
 
 def _words(transcript: str) -> list[str]:
-    return re.findall(r"[\w']+", transcript.lower().replace("-", " "))  # any script: "¿Qué hora es?" has words
+    words = re.findall(r"[\w']+", transcript.lower().replace("-", " "))  # any script: "¿Qué hora es?" has words
+    return [] if tuple(words) == NO_WORDS_HEARD else words
 
 
 def echo_share(transcript: str, answer: str) -> float:

@@ -341,7 +341,8 @@ def test_an_utterance_of_hums_or_no_words_is_not_answered(tiny_model):
 
 
 @pytest.mark.parametrize("text,expected", [("Um.", True), ("Hmm...", True), ("Uh, um", True), (" ", True),
-                                           ("Okay.", False), ("Huh?", False), ("What?", False)])
+                                           ("you", True), ("You.", True), ("Okay.", False), ("Huh?", False),
+                                           ("What?", False), ("Thank you.", False), ("You know what?", False)])
 def test_what_counts_as_a_filler(text, expected):
     assert is_filler(text) is expected
 

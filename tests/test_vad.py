@@ -444,10 +444,11 @@ def test_a_short_word_over_a_telephone_line_is_a_request():
     path = Path(__file__).parent / "data" / "phone_two.wav"
     assert sf.info(str(path)).samplerate == 8000 and sf.info(str(path)).subtype == "ULAW"
     heard = np.concatenate([c.samples for c in file_source(path)])
-    ep = Endpointer(EndpointOptions())
-    ends = [e for e in ep.push(heard) + ep.flush() if isinstance(e, (SpeechEnd, Discarded))]
-    assert [type(e) for e in ends] == [SpeechEnd, SpeechEnd]
-    assert ends[1].start_s > 4.0  # the word, after the question
-    ep = Endpointer(EndpointOptions(min_speech_ms=250))
-    ends = [e for e in ep.push(heard) + ep.flush() if isinstance(e, (SpeechEnd, Discarded))]
-    assert [type(e) for e in ends] == [SpeechEnd, Discarded] and ends[1].voiced_ms == 220
+
+    def ends(opts):
+        ep = Endpointer(opts)
+        return [e for e in ep.push(heard) + ep.flush() if isinstance(e, (SpeechEnd, Discarded))]
+
+    now, before = ends(EndpointOptions()), ends(EndpointOptions(min_speech_ms=250))
+    assert [type(e) for e in now] == [SpeechEnd, SpeechEnd] and now[1].start_s > 4.0  # the word, after the question
+    assert [type(e) for e in before] == [SpeechEnd, Discarded] and before[1].voiced_ms == 220

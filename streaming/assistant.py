@@ -101,6 +101,10 @@ class AssistantOptions:
     # an utterance whose transcript has no words, or only hums and hesitations ("um", "hmm"), asks
     # nothing: it is not answered (a `discarded` event with reason "filler"; `is_filler`)
     drop_fillers: bool = True
+    # the talker hears the answers (a microphone, a serve client): a backchannel ("mhm", "okay") said while
+    # one streams keeps it going and is not answered. False for a recording (listen's files and stdin),
+    # whose talker never heard them: there every utterance is judged on its own words.
+    talker_hears_answers: bool = True
     turn_detection: bool = True  # end an utterance after turn_end_ms when the LLM judges it finished
     turn_threshold: float = TurnOptions.threshold  # end-of-turn probability that counts as finished
     # False (live audio): the reader waits for a verdict at most the rest of the hangover;
@@ -562,7 +566,8 @@ class Assistant:
         s = self._suspended
         interrupted = s is not None and s.job.interrupted_by == job.utterance
         # said over an answer without stopping it: backchannel words (no words at all: a filler, below)
-        over_answer = (job.over_answer or self._playback.overlaps(job.start_s, job.audio_s)) and _words(transcript)
+        over_answer = (self.opts.talker_hears_answers and _words(transcript)
+                       and (job.over_answer or self._playback.overlaps(job.start_s, job.audio_s)))
         if (echo_of := self._echo_of(job, transcript)) is not None:
             self.stats.echoes += 1
             why = {"reason": "echo", "echo_of": echo_of}

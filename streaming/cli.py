@@ -312,7 +312,8 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[EndpointOptions, AssistantOptions]:
-    """Endpointing and assistant options from the shared flags. live: barge-in by default;
+    """Endpointing and assistant options from the shared flags. live: the talker hears the answers
+    (barge-in by default, backchannels over an answer not answered);
     fast_file: a file fed as fast as possible, where segmentation must not depend on machine speed."""
     endpoint = EndpointOptions(
         detector=args.vad, silero_threshold=args.silero_threshold, silero_gain_db=args.silero_gain_db,
@@ -328,6 +329,7 @@ def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[
                             speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
                             turn_threshold=args.turn_threshold, wait_for_turn_verdict=fast_file,
                             barge_in=args.barge_in if args.barge_in is not None else live,
+                            talker_hears_answers=live,
                             barge_in_ms=args.barge_in_ms, resume_false_interruptions=not args.no_resume,
                             drop_fillers=not args.answer_fillers, max_waiting=args.max_waiting,
                             # serve's playback options (listen hears no playback reports)

@@ -527,6 +527,18 @@ def test_without_barge_in_a_backchannel_over_an_answer_is_not_answered(when):
         assert len(answers) == 1 and stats.backchannels == 1 and model.streams[1].cancelled
 
 
+
+def test_in_a_recording_a_backchannel_over_an_answer_is_answered():
+    """A recording's talker never heard the answers (`talker_hears_answers=False`: listen's files and
+    stdin): "Okay." said while an answer streams is a request like any other, so whether it is
+    answered does not depend on how fast the machine answered the one before."""
+    model = SlowModel(transcripts=["hello", "Okay."])
+    events, stats = listen(model, BARGE_IN, tone_opts(barge_in=False, talker_hears_answers=False),
+                           before_chunk=hold_until_answering(model, 1.9))
+    answers = [e for e in events if e["type"] == "answer"]
+    assert [a["utterance"] for a in answers] == [0, 1] and stats.backchannels == 0
+    assert not [e for e in events if e["type"] == "discarded"]
+
 def test_abort_stops_the_answer_in_progress_and_drops_the_rest():
     """What `serve` does when its client disconnects: the answer streaming stops, and a request
     that ends later is never answered; `run` still returns."""

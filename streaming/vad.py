@@ -20,9 +20,10 @@ wall clock, so tests feed exact frames and never sleep.
 
 An utterance's audio is the pre-roll before the onset, the speech, and `tail_ms` of what follows
 the last voiced frame (never the whole hangover). Where the gates engage (below), an utterance
-that began on quiet background starts instead `pre_roll_ms` before its loud part. Utterances
-shorter than `min_speech_ms` of voiced audio (clicks, coughs) are dropped with a `Discarded`
-event, never sent to the model.
+that began on quiet background starts instead `pre_roll_ms` before its loud part. Utterances in
+which the detector heard less than `min_speech_ms` of speech (clicks, coughs) are dropped with a
+`Discarded` event, never sent to the model; that is counted before the gates, which take the soft
+end of a short word in noise ("bat" in white noise: 480 ms heard, 140 ms left by the noise gate).
 
 Background that webrtcvad cannot tell from speech (other people talking, a TV, loud noise at
 low SNR) would keep it voiced, merge every request into one and end it only at the 30 s cut. A
@@ -146,8 +147,8 @@ class EndpointOptions:
     # (None: TURN_END_MS, kept between pause_ms and hangover_ms)
     turn_end_ms: int | None = None
     tail_ms: int = 100  # audio kept after the last voiced frame
-    # shorter voiced totals are not queries (a click, a cough). 250 before 2026-11-29: a person's "two" over a
-    # telephone line counts 220 ms once the noise gate has taken Silero's trailing frames (README, "Short words")
+    # less speech than this, as the detector heard it (before the gates), is not a query (a click, a cough).
+    # 250 before 2026-11-29: a short word said fast counts 140-400 ms (README, "Short words")
     min_speech_ms: int = 200
     max_utterance_s: float = 30.0  # forced cut (the model's window is 30 s)
     noise_gate_db: float = 6.0  # where the gates engage, voiced = this far above the background (0: off)
@@ -248,8 +249,8 @@ class SpeechEnd:
 class Discarded:
     utterance: int
     audio_s: float
-    voiced_ms: int
-    reason: str = "short"  # "short": too little voiced audio to be a query; "distant": background
+    voiced_ms: int  # speech the detector heard in it (before the gates)
+    reason: str = "short"  # "short": too little speech to be a query; "distant": background
 
 
 Event = SpeechStart | Pause | Resume | SpeechEnd | Discarded
@@ -296,6 +297,7 @@ class Endpointer:
         self._start_frame = 0
         self._last_voiced = 0  # index into self._frames of the last voiced frame
         self._voiced = 0
+        self._heard = 0  # frames of the utterance the detector called speech, before the gates
         self._silence = 0  # consecutive unvoiced frames
         self._paused = False
         self._talker: list[float] = []  # dB of the utterance's voiced frames, sorted
@@ -409,7 +411,8 @@ class Endpointer:
     def _frame(self, frame: np.ndarray) -> list[Event]:
         energy = max(SILENCE_DB, 10 * float(np.log10(np.mean(np.square(frame, dtype=np.float64)) + 1e-12)))
         bands = self._band_powers(frame) if self.opts.spectral_gate_db > 0 else None
-        voiced = self._gated(energy, self._is_speech(frame), bands)
+        heard = self._is_speech(frame)
+        voiced = self._gated(energy, heard, bands)
         if voiced and self.in_speech:
             bisect.insort(self._talker, energy)
         idx = self._frame_index
@@ -422,6 +425,7 @@ class Endpointer:
             return []
         self._frames.append(frame)
         self._levels.append(energy)
+        self._heard += heard
         if voiced:
             self._voiced += 1
             self._last_voiced = len(self._frames) - 1
@@ -439,7 +443,7 @@ class Endpointer:
             return self._end("max_length")
         # no speculative start for an utterance that would be dropped as too short if it ended here
         if (not self._paused and self._silence == self.opts.frames(self.opts.pause_ms)
-                and self._voiced * self.opts.frame_ms >= self.opts.min_speech_ms):
+                and self._heard * self.opts.frame_ms >= self.opts.min_speech_ms):
             self._paused = True
             first = self._loud_onset()
             return [Pause(self._next_id, self._t(idx + 1), self._t(self._start_frame + first), self._audio(first))]
@@ -453,7 +457,7 @@ class Endpointer:
         self._frames, self._levels = [f for f, _ in kept], [e for _, e in kept]
         self._start_frame = idx + 1 - keep
         self._last_voiced = len(self._frames) - 1
-        self._voiced = sum(self._window)
+        self._voiced = self._heard = sum(self._window)
         self._silence = 0
         self._history.clear()
         self._window.clear()
@@ -480,11 +484,11 @@ class Endpointer:
         uid = self._next_id
         self._next_id += 1
         now = self._t(self._frame_index)
-        voiced_ms = self._voiced * self.opts.frame_ms
-        dropped = "short" if voiced_ms < self.opts.min_speech_ms else "distant" if self._distant() else None
+        heard_ms = self._heard * self.opts.frame_ms
+        dropped = "short" if heard_ms < self.opts.min_speech_ms else "distant" if self._distant() else None
         if dropped:
             self._reset_utterance()
-            return [Discarded(uid, now, voiced_ms, dropped)]
+            return [Discarded(uid, now, heard_ms, dropped)]
         first = self._loud_onset()
         audio = self._audio(first)
         speech_end = self._t(self._start_frame + self._last_voiced + 1)

@@ -179,6 +179,22 @@ def test_noise_gate_separates_requests_over_a_background_the_vad_calls_speech():
     assert ep.gated_frames > 0
 
 
+
+def test_a_short_word_whose_soft_end_the_noise_gate_takes_is_still_a_request():
+    """Over a background the VAD calls voiced (the gates engage), a word 120 ms loud and then 200 ms
+    soft, the soft part within the noise gate's 6 dB of the background: only the loud part passes
+    the gate, but the detector heard 320 ms of speech, more than the 200 ms a request needs. (The
+    minimum was checked after the gates before 2026-11-29, which dropped it as too short.)"""
+    def tone(seconds, amplitude, freq=220.0):
+        return amplitude * np.sin(2 * np.pi * freq * np.arange(int(round(seconds * RATE))) / RATE)
+
+    x = np.concatenate([np.zeros(2 * RATE), tone(0.12, 0.3), tone(0.2, 0.03), np.zeros(int(1.5 * RATE))])
+    x = (x + tone(len(x) / RATE, 0.02, 90.0)).astype(np.float32)
+    events, ep = run(x, vad=EnergyVad(threshold=0.005))
+    (word,) = [e for e in events if isinstance(e, SpeechEnd) and e.start_s > 1.0]
+    assert word.start_s < 2.0 and word.speech_end_s == pytest.approx(2.12)  # its end as the gate heard it
+    assert ep.gated_frames >= 10 and not [e for e in events if isinstance(e, Discarded)]
+
 def test_noise_gate_stays_out_of_a_quiet_room():
     x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0), ("v", 2.0), ("s", 1.0))
     gated, ep = run(x)

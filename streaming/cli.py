@@ -329,7 +329,8 @@ def _options(args: argparse.Namespace, *, live: bool, fast_file: bool) -> tuple[
                             speculative=not args.no_speculative, turn_detection=not args.no_turn_detection,
                             turn_threshold=args.turn_threshold, wait_for_turn_verdict=fast_file,
                             barge_in=args.barge_in if args.barge_in is not None else live,
-                            talker_hears_answers=live,
+                            # `--barge-in` says the talker hears the answers too (a live stream on stdin)
+                            talker_hears_answers=live or args.barge_in is True,
                             barge_in_ms=args.barge_in_ms, resume_false_interruptions=not args.no_resume,
                             drop_fillers=not args.answer_fillers, max_waiting=args.max_waiting,
                             # serve's playback options (listen hears no playback reports)

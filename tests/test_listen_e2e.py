@@ -199,6 +199,8 @@ def test_display_and_flags_of_a_false_interruption(capsys):
     assert opts.drop_fillers is False and opts.talker_hears_answers is True
     _, opts = _options(_parser().parse_args(["listen", "--source", "x.wav"]), live=False, fast_file=False)
     assert opts.talker_hears_answers is False and opts.barge_in is False  # a recording
+    _, opts = _options(_parser().parse_args(["listen", "--source", "-", "--barge-in"]), live=False, fast_file=False)
+    assert opts.talker_hears_answers is True and opts.barge_in is True  # a live stream on stdin
     show({"type": "discarded", "utterance": 5, "audio_s": 15.0, "wall_s": 15.1, "reason": "echo", "echo_of": 4,
           "transcript": " The capital of France is Paris."})
     assert "you: The capital of France is Paris. (the echo of an answer, not a request)" in capsys.readouterr().out

@@ -527,7 +527,6 @@ def test_without_barge_in_a_backchannel_over_an_answer_is_not_answered(when):
         assert len(answers) == 1 and stats.backchannels == 1 and model.streams[1].cancelled
 
 
-
 def test_in_a_recording_a_backchannel_over_an_answer_is_answered():
     """A recording's talker never heard the answers (`talker_hears_answers=False`: listen's files and
     stdin): "Okay." said while an answer streams is a request like any other, so whether it is

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import tone
 from streaming_helpers import RATE, EnergyVad, signal
 from desta_edge.streaming.sources import file_source
 from desta_edge.streaming.vad import Discarded, Endpointer, EndpointOptions, Pause, Resume, SpeechEnd, SpeechStart
@@ -179,17 +180,14 @@ def test_noise_gate_separates_requests_over_a_background_the_vad_calls_speech():
     assert ep.gated_frames > 0
 
 
-
 def test_a_short_word_whose_soft_end_the_noise_gate_takes_is_still_a_request():
     """Over a background the VAD calls voiced (the gates engage), a word 120 ms loud and then 200 ms
     soft, the soft part within the noise gate's 6 dB of the background: only the loud part passes
     the gate, but the detector heard 320 ms of speech, more than the 200 ms a request needs. (The
     minimum was checked after the gates before 2026-11-29, which dropped it as too short.)"""
-    def tone(seconds, amplitude, freq=220.0):
-        return amplitude * np.sin(2 * np.pi * freq * np.arange(int(round(seconds * RATE))) / RATE)
-
-    x = np.concatenate([np.zeros(2 * RATE), tone(0.12, 0.3), tone(0.2, 0.03), np.zeros(int(1.5 * RATE))])
-    x = (x + tone(len(x) / RATE, 0.02, 90.0)).astype(np.float32)
+    x = np.concatenate([np.zeros(2 * RATE), tone(0.12, freq=220, amp=0.3), tone(0.2, freq=220, amp=0.03),
+                        np.zeros(int(1.5 * RATE))])
+    x = (x + 0.02 * np.sin(2 * np.pi * 90 * np.arange(len(x)) / RATE)).astype(np.float32)
     events, ep = run(x, vad=EnergyVad(threshold=0.005))
     (word,) = [e for e in events if isinstance(e, SpeechEnd) and e.start_s > 1.0]
     assert word.start_s < 2.0 and word.speech_end_s == pytest.approx(2.12)  # its end as the gate heard it
@@ -311,11 +309,10 @@ def test_a_very_quiet_request_is_judged_against_its_own_room():
     """A request at -48 dBFS with a soft 1.2 s middle at -67 dBFS that the detector still calls speech,
     in a room at -100 dBFS: frame levels are floored under any such room, so the soft part is not
     taken for the background and the request stays whole (with the floor at -70 it was split in two)."""
-    def tone(seconds, dbfs):
-        t = np.arange(int(seconds * RATE)) / RATE
-        return (10 ** (dbfs / 20) * np.sqrt(2) * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    def at(seconds, dbfs):  # a 220 Hz tone at `dbfs` RMS
+        return tone(seconds, freq=220, amp=10 ** (dbfs / 20) * np.sqrt(2))
 
-    x = np.concatenate([np.zeros(int(1.2 * RATE), np.float32), tone(1.0, -48), tone(1.2, -67), tone(1.0, -48),
+    x = np.concatenate([np.zeros(int(1.2 * RATE), np.float32), at(1.0, -48), at(1.2, -67), at(1.0, -48),
                         np.zeros(2 * RATE, np.float32)])
     x = (x + 1e-5 * np.random.default_rng(0).standard_normal(len(x))).astype(np.float32)
     events, ep = run(x, EndpointOptions(), chunk=320, vad=EnergyVad(threshold=10 ** (-80 / 20)))

@@ -15,7 +15,9 @@ background power):
 - music: random three-note chords of harmonic tones, a new one every 0.5 s, each decaying;
 - talker, two-talkers: one or two of those talkers saying one sentence after another with
   0.2-0.8 s pauses, as a TV or people talking across the room do (their pauses are shorter than
-  the hangover, so webrtcvad alone never ends an utterance in them).
+  the hangover, so webrtcvad alone never ends an utterance in them);
+- typing, clatter: impulsive sounds, loud for a few milliseconds and quiet between: someone typing
+  near the microphone, dishes and cutlery in a kitchen.
 With `--recordings` (a manifest from `real_voices.py`), the requests are instead the manifest's
 whole-file recordings of people (single phrases and sentences: corpus prompts, digits, words,
 channel names), so onsets, endings and pauses are real speech's.
@@ -50,7 +52,7 @@ from report import write_results  # noqa: E402
 from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd  # noqa: E402
 from desta_edge.training.acoustics import colored_noise  # noqa: E402
 
-NOISES = ("white", "pink", "brown", "hum", "babble", "music", "talker", "two-talkers")
+NOISES = ("white", "pink", "brown", "hum", "babble", "music", "talker", "two-talkers", "typing", "clatter")
 BABBLE = [  # other talkers: (sentence, engine, voice)
     ("The weather report said it would rain all afternoon in the city.", "espeak", "en-us+m2"),
     ("We should book the tickets before the prices go up again next week.", "flite", "kal"),
@@ -108,9 +110,58 @@ def background(kind: str, n: int, rng: np.random.Generator, talkers: list[np.nda
                 length += len(parts[-2]) + len(parts[-1])
             start = int(rng.integers(0, 3 * RATE))
             x += np.concatenate(parts)[start : start + n]
+    elif kind == "typing":
+        x = typing(n, rng)
+    elif kind == "clatter":
+        x = clatter(n, rng)
     else:
         raise ValueError(f"unknown background {kind!r}; expected one of {NOISES}")
     return x.astype(np.float32)
+
+
+def _add(x: np.ndarray, at_s: float, sound: np.ndarray) -> None:
+    i = int(at_s * RATE)
+    if i < len(x):
+        x[i : i + len(sound)] += sound[: len(x) - i]
+
+
+def _keystroke(rng: np.random.Generator) -> np.ndarray:
+    """A key's click: a few ms of bright noise and a damped resonance of the keycap and case."""
+    t = np.arange(int(0.012 * RATE)) / RATE
+    burst = np.diff(rng.standard_normal(len(t) + 1)) * np.exp(-t / rng.uniform(0.0008, 0.002))
+    body = np.sin(2 * np.pi * rng.uniform(1500, 4500) * t) * np.exp(-t / rng.uniform(0.002, 0.005))
+    return burst + 0.7 * body
+
+
+def typing(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Someone typing near the microphone: runs of 1-4 s at about 7 keys a second (each a press
+    and a softer release 60-120 ms later), 0.4-2 s apart, key to key loudness varying by a few dB."""
+    x, t = np.zeros(n), rng.uniform(0.0, 1.0)
+    while t < n / RATE:
+        run_end = t + rng.uniform(1.0, 4.0)
+        while t < run_end:
+            a = 10 ** (rng.normal(0, 3) / 20)
+            _add(x, t, a * _keystroke(rng))
+            _add(x, t + rng.uniform(0.06, 0.12), 0.4 * a * _keystroke(rng))
+            t += rng.gamma(4.0, 1 / 28)  # mean 1/7 s
+        t += rng.uniform(0.4, 2.0)
+    return x
+
+
+def clatter(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Dishes and cutlery in a kitchen: impacts about 1.5 a second, often two or three in quick
+    succession, each a click and a few ringing modes (0.8-6 kHz, 20-250 ms), 20 dB apart at most."""
+    x, t = np.zeros(n), rng.uniform(0.0, 1.0)
+    while t < n / RATE:
+        for _ in range(int(rng.integers(1, 4))):
+            tt = np.arange(int(0.4 * RATE)) / RATE
+            ring = sum(np.sin(2 * np.pi * rng.uniform(800, 6000) * tt) * np.exp(-tt / rng.uniform(0.02, 0.25))
+                       for _ in range(3))
+            click = np.diff(rng.standard_normal(len(tt) + 1)) * np.exp(-tt / 0.001)
+            _add(x, t, 10 ** (rng.uniform(-20, 0) / 20) * (ring + click))
+            t += rng.uniform(0.05, 0.3)
+        t += rng.exponential(1 / 1.5)
+    return x
 
 
 def segment(audio: np.ndarray, truth: list[tuple[float, float]], opts: EndpointOptions) -> dict[str, int]:

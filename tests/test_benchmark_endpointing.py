@@ -28,6 +28,42 @@ def test_backgrounds_are_finite_and_colored_noise_tilts_low():
     assert len(pauses) >= 5 and pauses.min() >= 0.2 - 1e-3 and pauses.max() <= 0.8
     with pytest.raises(ValueError, match="unknown background"):
         bench.background("rain", n, rng, talkers)
+    for kind in ("typing", "clatter"):  # impulsive: loud peaks far over their mean power, and quiet between
+        x = bench.background(kind, 10 * n, np.random.default_rng(2), talkers)
+        frames = np.sqrt(np.mean(x[: len(x) // 320 * 320].reshape(-1, 320) ** 2, axis=1))  # 20 ms RMS
+        assert np.abs(x).max() > 10 * np.sqrt(np.mean(x**2)), kind
+        assert np.mean(frames < 0.01 * frames.max()) > 0.3, kind
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng")
+@pytest.mark.parametrize("kind", ["typing", "clatter"])
+def test_requests_over_typing_or_clatter_are_found_once(tmp_path, kind):
+    """Three spoken requests with someone typing, or dishes clattering, before, between and after
+    them, 5 dB under the speech: webrtcvad alone hears the clicks as speech and runs requests
+    together; the default endpointer (Silero, with the gates) finds each request exactly once."""
+    import soundfile as sf
+    import soxr
+
+    from conftest import speak
+
+    bench = load_benchmark("endpointing")
+    requests = []
+    for i, (text, voice) in enumerate([("Please turn on the lights.", "en-us"), ("What time is it now?", "en+f3"),
+                                       ("Set a timer for five minutes.", "en-gb+m3")]):
+        x, sr = sf.read(str(speak(text, tmp_path / f"q{i}.wav", voice=voice)), dtype="float32")
+        x = soxr.resample(x, sr, bench.RATE)
+        nz = np.flatnonzero(np.abs(x) > 0.01)
+        requests.append(x[nz[0] : nz[-1] + 1])
+    rng = np.random.default_rng(0)
+    clean, truth = bench.layout(requests, rng)
+    noise = bench.background(kind, len(clean), rng, [])
+    mix = clean + noise * np.sqrt(np.mean(np.concatenate(requests) ** 2) / np.mean(noise**2) / 10 ** 0.5)
+    mix /= max(1.0, float(np.abs(mix).max()))
+    webrtc_only = bench.EndpointOptions(detector="webrtcvad", noise_gate_db=0, talker_drop_db=0, loud_drop_db=0,
+                                        distant_db=0)
+    assert bench.segment(mix, truth, webrtc_only)["merged"] > 0
+    assert bench.segment(mix, truth, bench.EndpointOptions()) == {
+        "once": 3, "split": 0, "missed": 0, "merged": 0, "no_question": 0, "max_length": 0}
 
 
 def test_segment_scores_found_split_missed_and_merged():

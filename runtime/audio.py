@@ -34,6 +34,8 @@ from .silero import SPEECH_GAIN_DB, SPEECH_THRESHOLD, THRESHOLD, SileroVad
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000  # Hz: everything after loading runs at this rate
+MIN_SAMPLE_RATE = 8_000  # Hz: telephone audio; below it speech loses the sounds that tell words apart
+MAX_SAMPLE_RATE = 384_000  # Hz: the highest rate audio interfaces record at
 CHUNK_SECONDS = 30  # Whisper's fixed input window
 N_SAMPLES = SAMPLE_RATE * CHUNK_SECONDS  # 480_000 samples in the window
 HOP_LENGTH = 160  # samples between mel frames (10 ms)
@@ -117,6 +119,15 @@ def check_complete(head: bytes, size: int, source: str) -> None:
         pos += 8 + length + (length & 1)  # chunks are padded to an even size
 
 
+def check_sample_rate(rate: int, source: str) -> None:
+    """AudioError naming `source` unless `rate` is a whole number of Hz this project resamples from."""
+    if not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise AudioError(f"{source}: invalid sample rate {rate!r}")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{source}: unsupported sample rate {rate} Hz: expected {MIN_SAMPLE_RATE} to "
+                         f"{MAX_SAMPLE_RATE} Hz")
+
+
 def prepare_audio(
     data: np.ndarray,
     sample_rate: int,
@@ -137,8 +148,7 @@ def prepare_audio(
         raise AudioError(
             f"{source}: expected samples shaped [n] or [n, channels], got {tuple(data.shape)}"
         )
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise AudioError(f"{source}: invalid sample rate {sample_rate!r}")
+    check_sample_rate(sample_rate, source)
     if data.size == 0:
         raise AudioError(f"{source}: audio is empty (0 samples)")
     bad = ~np.isfinite(data)

@@ -44,6 +44,8 @@ from dataclasses import dataclass, replace
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
+from desta_edge.runtime.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
 from .assistant import Assistant, AssistantOptions
 from .echo import require_aec
 from .sources import SAMPLE_RATE, pcm_source
@@ -51,7 +53,6 @@ from .vad import EndpointOptions
 
 logger = logging.getLogger(__name__)
 
-MAX_RATE = 192_000  # highest PCM rate a client may announce
 MAX_CHANNELS = 8
 MAX_WAITING = 1000  # the largest max_waiting a client may ask for
 MAX_MESSAGE_BYTES = 1 << 20  # largest message a client may send (about 33 s of 16 kHz mono PCM)
@@ -148,7 +149,7 @@ class SessionParams:
         reference = None if "reference_channel" not in query else number("reference_channel", 0, channels - 1)
         if reference is not None and channels < 2:
             raise ValueError("reference_channel needs channels >= 2: the loudspeaker's signal and the microphone")
-        return cls(rate=number("rate", 1, MAX_RATE) or SAMPLE_RATE, channels=channels, reference_channel=reference,
+        return cls(rate=number("rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE) or SAMPLE_RATE, channels=channels, reference_channel=reference,
                    barge_in=flag("barge_in"), resume=flag("resume"), echo_guard=flag("echo_guard"),
                    half_duplex=flag("half_duplex"),
                    max_waiting=number("max_waiting", 0, MAX_WAITING),

@@ -22,11 +22,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from desta_edge.runtime.audio import AudioError, check_complete
+from desta_edge.runtime.audio import SAMPLE_RATE, AudioError, check_complete, check_sample_rate
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 CHUNK_MS = 20  # what a source hands over at a time
 
 
@@ -43,8 +42,7 @@ class _Resampler:
     """Streaming downmix + resample to 16 kHz mono; checks samples as they pass."""
 
     def __init__(self, rate: int, source: str) -> None:
-        if rate <= 0:
-            raise AudioError(f"{source}: invalid sample rate {rate}")
+        check_sample_rate(rate, source)
         self.source = source
         self.rate = rate
         self._rs = None

@@ -113,6 +113,11 @@ def test_bad_shapes_rates_and_dtypes():
         prepare_audio(np.zeros((2, 2, 2)), 16000)
     with pytest.raises(AudioError, match="invalid sample rate"):
         prepare_audio(tone(0.1), 0)
+    # a rate no speech recording has is a wrong header or argument, refused rather than resampled
+    for rate in (1000, 4000, 768_000):
+        with pytest.raises(AudioError, match=f"<array>: unsupported sample rate {rate} Hz: expected 8000 to 384000"):
+            prepare_audio(np.zeros(rate // 10, np.float32), rate)
+    assert len(prepare_audio(np.zeros(8000, np.float32), 8000).samples) == 16000
     with pytest.raises(AudioError, match="must be numeric"):
         prepare_audio(np.array(["a", "b"]), 16000)
 

@@ -110,6 +110,7 @@ def test_bad_requests_get_clear_answers(server):
     """A bad format is refused at the handshake (400, naming the parameter); an unknown text
     message gets an error event and the stream goes on."""
     for query, says in (("?rate=abc", b"rate must be"), ("?rate=0", b"rate must be"),
+                        ("?rate=4000", b"rate must be an integer from 8000 to 384000"),
                         ("?channels=99", b"channels must be"), ("?barge_in=yes", b"barge_in must be"),
                         ("?resume=2", b"resume must be"), ("?half_duplex=yes", b"half_duplex must be"),
                         ("?reference_channel=0", b"reference_channel needs channels >= 2"),

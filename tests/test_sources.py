@@ -63,6 +63,8 @@ def test_pcm_source_reads_s16le_at_any_rate_and_channel_count():
     assert abs(len(y) - 16000) <= 8
     spec = np.abs(np.fft.rfft(y))
     assert abs(np.argmax(spec) - 300) <= 1
+    with pytest.raises(AudioError, match="stdin: unsupported sample rate 2000 Hz"):
+        collect(pcm_source(io.BytesIO(pcm), rate=2000, channels=2))
 
 
 def test_paced_releases_chunks_at_real_time():

@@ -15,6 +15,11 @@ in front and 64 samples reflected at the end:
     four 3-tap convolutions with ReLU (129 → 128 → 64 (stride 2) → 64 (stride 2) → 128)
     an LSTM cell (128) whose state carries over to the next chunk
     ReLU, a 1×1 convolution and a sigmoid: the probability that the chunk holds speech.
+
+Over a never-ending stream that state drifts, and the network can stop hearing speech altogether
+(it did after 46 s of a noisy stream here; silero-vad issue #725 reports the same). So the state
+runs in two copies, each restarted every STATE_PERIOD_CHUNKS chunks, half a period apart, and the
+copy that has run longer answers: it has always heard 4-8 s of the stream, never more.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ GAIN_WINDOW_CHUNKS = 312
 # The gain of the model's speech check and of `listen`'s endpointer (0 turns it off). On by default
 # since the raised view only adds to the plain one; opt-in before, when it replaced it.
 SPEECH_GAIN_DB = 30.0
+STATE_PERIOD_CHUNKS = 250  # 8 s: each copy of the LSTM state restarts this often (module docstring)
 MODEL_FILE = "silero_vad.jit"  # the package's main model (v6); its safetensors file holds other weights
 CONVS = (1, 2, 2, 1)  # strides of the four 3-tap convolutions (padding 1)
 
@@ -102,6 +108,20 @@ def load_weights(path: Path | None = None) -> dict[str, np.ndarray]:
     return w
 
 
+def _fresh(views: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A new LSTM state (h, c) for each view."""
+    return [(np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))] * views
+
+
+class _States:
+    """The LSTM states of a stream: chunks seen, and two copies of every view's state (module docstring);
+    copy 1 is None until it first starts, half a period in."""
+
+    def __init__(self, views: int) -> None:
+        self.chunks = 0
+        self.copies: list[list[tuple[np.ndarray, np.ndarray]] | None] = [_fresh(views), None]
+
+
 class SileroVad:
     """Streaming speech detection: `push` audio of any length and read the latest chunk's probability,
     or ask webrtcvad's question of a frame (`is_speech(pcm, sample_rate)`), answered with hysteresis:
@@ -115,15 +135,14 @@ class SileroVad:
             raise ValueError(f"gain_db must be >= 0 (0: off), got {gain_db}")
         self.threshold, self.release = threshold, release
         self.max_gain = 10 ** (gain_db / 20)
+        self.views = 2 if self.max_gain > 1 else 1  # the audio as it came, and raised when there is a gain
         self.w = weights if weights is not None else load_weights()
         self.reset()
 
     def reset(self) -> None:
         self._tail = np.zeros(CONTEXT, np.float32)  # the previous chunk's last samples
         self._buf = np.zeros(0, np.float32)  # samples not yet in a chunk
-        # the LSTM's (h, c) for each view of the audio: as it came, and raised when there is a gain
-        fresh = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
-        self._states = [fresh] * (2 if self.max_gain > 1 else 1)
+        self._states = _States(self.views)
         self.probability = 0.0  # of the latest complete chunk (0 before the first)
         self.speaking = False
         self._peaks: deque[float] = deque(maxlen=GAIN_WINDOW_CHUNKS)  # of the last chunks, for the gain
@@ -137,12 +156,7 @@ class SileroVad:
             if self.max_gain > 1:  # and raised, as `clip_probabilities` raises it
                 self._peaks.append(float(np.abs(chunk).max()))
                 x = np.concatenate([x, x * np.float32(self._gain(max(self._peaks)))])
-            inputs = self._lstm_inputs(x)  # [views, 512]
-            probs = []
-            for view, state in enumerate(self._states):
-                p, self._states[view] = self._step(inputs[view], state)
-                probs.append(p)
-            self.probability = max(probs)
+            self.probability = self._advance(self._states, self._lstm_inputs(x))
             self._tail = chunk[-CONTEXT:]
         return self.probability
 
@@ -164,14 +178,10 @@ class SileroVad:
             peaks = np.pad(np.abs(views[0][:, CONTEXT:]).max(axis=1), (GAIN_WINDOW_CHUNKS - 1, 0))
             recent = np.lib.stride_tricks.sliding_window_view(peaks, GAIN_WINDOW_CHUNKS).max(axis=1)  # [n]
             views.append((self._gain(recent)[:, None] * views[0]).astype(np.float32))
-        probs = np.zeros(n, np.float32)
-        for chunks in views:
-            inputs = self._lstm_inputs(chunks)  # [n, 512]
-            state = (np.zeros(HIDDEN, np.float32), np.zeros(HIDDEN, np.float32))
-            for i in range(n):  # only the recurrent part runs chunk after chunk
-                p, state = self._step(inputs[i], state)
-                probs[i] = max(probs[i], p)
-        return probs
+        inputs = np.stack([self._lstm_inputs(chunks) for chunks in views], axis=1)  # [n, views, 512]
+        states = _States(self.views)
+        # only the recurrent part runs chunk after chunk
+        return np.array([self._advance(states, inputs[i]) for i in range(n)], np.float32)
 
     def is_speech(self, pcm: bytes, sample_rate: int) -> bool:
         """webrtcvad's interface: a frame of 16-bit little-endian mono PCM; every frame must be given,
@@ -208,6 +218,25 @@ class SileroVad:
             out = cols.reshape(n * t, -1) @ w[f"conv{i}"] + w[f"conv{i}_b"]  # cols: [n, t, 3 * c_in], tap-major
             h = np.maximum(out, 0.0).reshape(n, t, -1)
         return h[:, 0] @ w["lstm_ih"] + w["lstm_b"]  # h[:, 0]: [n, 128], one time step left
+
+    def _advance(self, states: _States, inputs: np.ndarray) -> float:
+        """One chunk through the recurrent part of every view and copy of the state ([views, 512]
+        input projections); the speech probability from the copy that has run longer."""
+        n, half = states.chunks, STATE_PERIOD_CHUNKS // 2
+        if n % STATE_PERIOD_CHUNKS == 0 and n:
+            states.copies[0] = _fresh(self.views)
+        if n % STATE_PERIOD_CHUNKS == half:  # copy 1 starts half a period in (before, it would equal copy 0)
+            states.copies[1] = _fresh(self.views)
+        probs = []  # of each copy that has started: the higher of its views'
+        for copy in states.copies:
+            if copy is not None:
+                per_view = []
+                for view, state in enumerate(copy):
+                    p, copy[view] = self._step(inputs[view], state)
+                    per_view.append(p)
+                probs.append(max(per_view))
+        states.chunks += 1
+        return probs[0] if n < half or n % STATE_PERIOD_CHUNKS >= half else probs[1]
 
     def _step(self, inputs: np.ndarray, state: tuple[np.ndarray, np.ndarray]):
         """The LSTM cell and the output layer: (its input projection [512], (h, c)) -> (probability, (h, c))."""

@@ -149,9 +149,9 @@ class SessionParams:
         reference = None if "reference_channel" not in query else number("reference_channel", 0, channels - 1)
         if reference is not None and channels < 2:
             raise ValueError("reference_channel needs channels >= 2: the loudspeaker's signal and the microphone")
-        return cls(rate=number("rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE) or SAMPLE_RATE, channels=channels, reference_channel=reference,
-                   barge_in=flag("barge_in"), resume=flag("resume"), echo_guard=flag("echo_guard"),
-                   half_duplex=flag("half_duplex"),
+        return cls(rate=number("rate", MIN_SAMPLE_RATE, MAX_SAMPLE_RATE) or SAMPLE_RATE, channels=channels,
+                   reference_channel=reference, barge_in=flag("barge_in"), resume=flag("resume"),
+                   echo_guard=flag("echo_guard"), half_duplex=flag("half_duplex"),
                    max_waiting=number("max_waiting", 0, MAX_WAITING),
                    max_new_tokens=number("max_new_tokens", 1, 1 << 20), system=text("system"), prompt=text("prompt"))
 

@@ -152,9 +152,9 @@ def clatter(n: int, rng: np.random.Generator) -> np.ndarray:
     """Dishes and cutlery in a kitchen: impacts about 1.5 a second, often two or three in quick
     succession, each a click and a few ringing modes (0.8-6 kHz, 20-250 ms), 20 dB apart at most."""
     x, t = np.zeros(n), rng.uniform(0.0, 1.0)
+    tt = np.arange(int(0.4 * RATE)) / RATE  # an impact's 400 ms
     while t < n / RATE:
         for _ in range(int(rng.integers(1, 4))):
-            tt = np.arange(int(0.4 * RATE)) / RATE
             ring = sum(np.sin(2 * np.pi * rng.uniform(800, 6000) * tt) * np.exp(-tt / rng.uniform(0.02, 0.25))
                        for _ in range(3))
             click = np.diff(rng.standard_normal(len(tt) + 1)) * np.exp(-tt / 0.001)

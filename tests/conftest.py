@@ -137,3 +137,13 @@ def speak(text: str, path: Path, *, voice: str = "en-us", rate: int = 160, pitch
         raise RuntimeError("espeak-ng is not installed: apt-get install espeak-ng (the test setup does this)")
     subprocess.run([ESPEAK, "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", str(path), text], check=True)
     return path
+
+
+def said(text: str, path: Path, **kw) -> np.ndarray:
+    """`speak`'s speech as 16 kHz float32 samples, cut to where it is audible (|x| > 0.01)."""
+    import soxr
+
+    x, sr = sf.read(str(speak(text, path, **kw)), dtype="float32")
+    x = soxr.resample(x, sr, 16000).astype(np.float32)
+    nz = np.flatnonzero(np.abs(x) > 0.01)
+    return x[nz[0] : nz[-1] + 1]

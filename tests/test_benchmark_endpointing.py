@@ -41,19 +41,12 @@ def test_requests_over_typing_or_clatter_are_found_once(tmp_path, kind):
     """Three spoken requests with someone typing, or dishes clattering, before, between and after
     them, 5 dB under the speech: webrtcvad alone hears the clicks as speech and runs requests
     together; the default endpointer (Silero, with the gates) finds each request exactly once."""
-    import soundfile as sf
-    import soxr
-
-    from conftest import speak
+    from conftest import said
 
     bench = load_benchmark("endpointing")
-    requests = []
-    for i, (text, voice) in enumerate([("Please turn on the lights.", "en-us"), ("What time is it now?", "en+f3"),
-                                       ("Set a timer for five minutes.", "en-gb+m3")]):
-        x, sr = sf.read(str(speak(text, tmp_path / f"q{i}.wav", voice=voice)), dtype="float32")
-        x = soxr.resample(x, sr, bench.RATE)
-        nz = np.flatnonzero(np.abs(x) > 0.01)
-        requests.append(x[nz[0] : nz[-1] + 1])
+    requests = [said(text, tmp_path / f"q{i}.wav", voice=voice) for i, (text, voice) in enumerate([
+        ("Please turn on the lights.", "en-us"), ("What time is it now?", "en+f3"),
+        ("Set a timer for five minutes.", "en-gb+m3")])]
     rng = np.random.default_rng(0)
     clean, truth = bench.layout(requests, rng)
     noise = bench.background(kind, len(clean), rng, [])

@@ -7,23 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 import torch
 
-from conftest import load_benchmark, speak
+from conftest import load_benchmark, said
 from desta_edge.runtime import silero
 from desta_edge.runtime.silero import CHUNK, SileroVad
 from desta_edge.streaming.vad import Endpointer, EndpointOptions, SpeechEnd
 
 RATE = 16000
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
-
-
-def said(text, path, **kw) -> np.ndarray:
-    x, sr = sf.read(str(speak(text, path, **kw)), dtype="float32")
-    x = soxr.resample(x, sr, RATE).astype(np.float32)
-    nz = np.flatnonzero(np.abs(x) > 0.01)
-    return x[nz[0] : nz[-1] + 1]
 
 
 def music(n: int, seed: int = 0) -> np.ndarray:

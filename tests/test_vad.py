@@ -193,6 +193,7 @@ def test_a_short_word_whose_soft_end_the_noise_gate_takes_is_still_a_request():
     assert word.start_s < 2.0 and word.speech_end_s == pytest.approx(2.12)  # its end as the gate heard it
     assert ep.gated_frames >= 10 and not [e for e in events if isinstance(e, Discarded)]
 
+
 def test_noise_gate_stays_out_of_a_quiet_room():
     x = signal(("s", 0.5), ("v", 0.8), ("s", 0.3), ("v", 0.8), ("s", 1.0), ("v", 2.0), ("s", 1.0))
     gated, ep = run(x)
@@ -365,19 +366,13 @@ def test_spectral_gate_stays_out_of_a_quiet_room():
 
 def test_webrtcvad_on_synthesized_speech_in_noise(tmp_path):
     """Real webrtcvad: two spoken sentences in light noise -> two utterances, ends near the truth."""
-    import soundfile as sf
-    import soxr
-
-    from conftest import speak
+    from conftest import said
 
     parts, truth = [], []
     rng = np.random.default_rng(0)
     t = 0.0
     for i, (text, voice) in enumerate([("Please turn on the lights.", "en-us"), ("What time is it now?", "en+f3")]):
-        x, sr = sf.read(str(speak(text, tmp_path / f"{i}.wav", voice=voice)), dtype="float32")
-        x = soxr.resample(x, sr, RATE)
-        nz = np.flatnonzero(np.abs(x) > 0.01)
-        x = x[nz[0] : nz[-1] + 1]
+        x = said(text, tmp_path / f"{i}.wav", voice=voice)
         parts += [np.zeros(RATE, np.float32), x]
         t += 1.0 + len(x) / RATE
         truth.append(t)
@@ -399,16 +394,10 @@ def test_webrtcvad_with_the_noise_gate_separates_requests_over_babble(tmp_path, 
     voiced throughout, at 20 dB a fainter one it calls voiced only in part, which the gates took on
     only with the faint-background rule (without it, the last two requests merge). (A sparse
     background, one or two other talkers, is beyond it: README, "Endpointing in noise".)"""
-    import soundfile as sf
-    import soxr
-
-    from conftest import speak
+    from conftest import said
 
     def say(text, voice, name, rate=160):
-        x, sr = sf.read(str(speak(text, tmp_path / f"{name}.wav", voice=voice, rate=rate)), dtype="float32")
-        x = soxr.resample(x, sr, RATE)
-        nz = np.flatnonzero(np.abs(x) > 0.01)
-        return x[nz[0] : nz[-1] + 1]
+        return said(text, tmp_path / f"{name}.wav", voice=voice, rate=rate)
 
     requests = [say(t, v, f"q{i}") for i, (t, v) in enumerate([
         ("Please turn on the lights.", "en-us"), ("What time is it now?", "en+f3"), ("Set a timer for five minutes.", "en-gb+m3")])]

@@ -16,8 +16,8 @@ What each row states, and where it comes from:
   FEMALE_ABOVE_HZ over all of that speaker's audio); otherwise null, and gender is not asked.
 - noise: "Clean" for studio and example recordings that are clean; null (not asked) for the
   phone call and the lecture, whose own noise level is unknown.
-Long recordings are cut into utterances by desta-edge's own endpointer (or, for the phone call,
-by the speaker turns its package ships), never longer than 30 s.
+Long recordings are cut into utterances never longer than 30 s: the phone call at the speaker
+turns its package ships, the lecture at fixed times (LECTURE_SEGMENTS, once desta-edge's own cut).
 """
 
 from __future__ import annotations
@@ -74,6 +74,15 @@ RECORDINGS = (
 )
 STATED_GENDER = {"call-speaker90": "Female", "call-speaker91": "Female"}  # "This is Diane ...", "And I'm Sheila ..."
 MIN_SEGMENT_S = 1.0  # shorter phone-call turns (after removing overlap) are skipped
+# The lecture's utterances (start, end in seconds), as desta-edge's endpointer cut them on 2026-11-27
+# (webrtcvad, 300 ms hangover), when the README's table of real voices was measured. Fixed here, so
+# that the manifest does not change with the endpointer: by 2026-12-07 the same call cut 31.
+LECTURE_SEGMENTS = (
+    (0.0, 1.96), (2.4, 4.7), (4.9, 7.02), (7.3, 13.3), (13.5, 15.02), (15.22, 16.04),
+    (16.24, 17.94), (18.14, 19.64), (20.06, 26.2), (26.4, 28.44), (28.64, 32.44), (32.64, 34.68),
+    (34.88, 35.36), (35.56, 37.6), (37.8, 39.0), (39.48, 44.74), (44.94, 46.86), (47.16, 48.08),
+    (48.56, 54.3), (54.5, 59.42),
+)
 
 
 def _download(name: str, version: str, kind: str, cache: Path) -> Path:
@@ -125,19 +134,6 @@ def _alsa(out: Path) -> bool:
     return True
 
 
-def _segments(path: Path) -> list[tuple[float, float]]:
-    """Utterances of a long recording, as desta-edge's endpointer cuts them (start, end in seconds)."""
-    from desta_edge.streaming.vad import EndpointOptions, Endpointer, SpeechEnd
-
-    x, rate = sf.read(path, dtype="float32")
-    if rate != 16_000 or x.ndim != 1:
-        raise RuntimeError(f"{path}: expected 16 kHz mono")
-    # webrtcvad, as when the manifest's segments were first cut, so that the manifest stays the same
-    ep = Endpointer(EndpointOptions(detector="webrtcvad", hangover_ms=300, max_utterance_s=20.0))
-    ends = [e for e in ep.push(x) + ep.flush() if isinstance(e, SpeechEnd)]
-    return [(round(e.start_s, 2), round(e.start_s + len(e.samples) / rate, 2)) for e in ends]
-
-
 def _call_turns(rttm: Path) -> list[tuple[str, float, float]]:
     """The phone call's speaker turns minus any overlap with the other speaker, >= MIN_SEGMENT_S."""
     turns = []
@@ -153,6 +149,27 @@ def _call_turns(rttm: Path) -> list[tuple[str, float, float]]:
         if b - a >= MIN_SEGMENT_S:
             out.append((spk, round(a, 2), round(b, 2)))
     return out
+
+
+def _rows(audio: Path, sources: dict[str, str]) -> list[dict]:
+    """The manifest's rows without gender: the recordings found in `audio`, the call's turns, the lecture's
+    fixed segments."""
+    rows = []
+    for file, speaker, transcript, noise in RECORDINGS:
+        if (audio / file).exists():
+            if file.startswith("alsa_"):
+                transcript = file[5:-4].replace("_", " ")
+            elif file.startswith("digit_"):
+                transcript = DIGITS[int(file.split("_")[1]) - 1]
+            rows.append({"audio": f"audio/{file}", "speaker": speaker, "transcript": transcript, "noise": noise,
+                         "source": sources[file]})
+    for spk, a, b in _call_turns(audio / "call.rttm"):
+        rows.append({"audio": "audio/call.wav", "start_s": a, "end_s": b, "speaker": f"call-{spk}",
+                     "transcript": None, "noise": None, "source": sources["call.wav"]})
+    for a, b in LECTURE_SEGMENTS:
+        rows.append({"audio": "audio/lecture.wav", "start_s": a, "end_s": b, "speaker": "lecture",
+                     "transcript": None, "noise": None, "source": sources["lecture.wav"]})
+    return rows
 
 
 def _median_f0(path: Path, start: float = 0.0, end: float | None = None) -> float | None:
@@ -178,21 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if _alsa(audio):
         sources.update({f"alsa_{n}.wav": f"Debian alsa-utils: {ALSA_DIR}/{n}.wav" for n in ALSA_NAMES})
 
-    rows = []
-    for file, speaker, transcript, noise in RECORDINGS:
-        if (audio / file).exists():
-            if file.startswith("alsa_"):
-                transcript = file[5:-4].replace("_", " ")
-            elif file.startswith("digit_"):
-                transcript = DIGITS[int(file.split("_")[1]) - 1]
-            rows.append({"audio": f"audio/{file}", "speaker": speaker, "transcript": transcript, "noise": noise,
-                         "source": sources[file]})
-    for spk, a, b in _call_turns(audio / "call.rttm"):
-        rows.append({"audio": "audio/call.wav", "start_s": a, "end_s": b, "speaker": f"call-{spk}",
-                     "transcript": None, "noise": None, "source": sources["call.wav"]})
-    for a, b in _segments(audio / "lecture.wav"):
-        rows.append({"audio": "audio/lecture.wav", "start_s": a, "end_s": b, "speaker": "lecture",
-                     "transcript": None, "noise": None, "source": sources["lecture.wav"]})
+    rows = _rows(audio, sources)
     # gender: stated, or the speaker's median F0 over all of their rows when it is unambiguous
     by_speaker: dict[str, list[float]] = {}
     for r in rows:

@@ -150,6 +150,18 @@ def test_real_voices_phone_call_turns_drop_overlap(tmp_path):
     assert real_voices._call_turns(rttm) == [("a", 0.0, 2.5), ("b", 3.0, 6.5)]
 
 
+def test_real_voices_manifest_cuts_the_lecture_at_fixed_times(tmp_path):
+    # the manifest must not change when the endpointer does: the lecture's segments are data, so
+    # no lecture audio (here, none at all) is read to cut it
+    real_voices = load_benchmark("real_voices")
+    (tmp_path / "call.rttm").write_text("SPEAKER call 1 0.00 3.00 <NA> <NA> a <NA> <NA>\n")
+    rows = real_voices._rows(tmp_path, {"call.wav": "pkg", "lecture.wav": "pkg"})
+    lecture = [(r["start_s"], r["end_s"]) for r in rows if r["speaker"] == "lecture"]
+    assert lecture == list(real_voices.LECTURE_SEGMENTS) and len(lecture) == 20
+    assert all(a < b <= c for (a, b), (c, _) in zip(lecture, lecture[1:]))
+    assert [r["speaker"] for r in rows if r["speaker"] != "lecture"] == ["call-a"]
+
+
 def test_eval_runs_on_a_recordings_corpus_without_reference_transcripts(tmp_path):
     write(tmp_path / "a.wav", voiced(120.0, 1.5))
     write(tmp_path / "b.wav", voiced(230.0, 1.5))

@@ -36,7 +36,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 MALE_BELOW_HZ = 135.0
 FEMALE_ABOVE_HZ = 190.0

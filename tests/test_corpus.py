@@ -14,7 +14,7 @@ from desta_edge.training import acoustics, labels
 from desta_edge.training.cli import register_cli
 from desta_edge.training.corpus import SOUND, SPEECH, CorpusOptions, build_corpus, plan_corpus, read_metadata
 from desta_edge.training.descriptions import seed_description
-from desta_edge.training.sentences import all_sentences, heldout_questions
+from desta_edge.training.sentences import SHORT, all_sentences, heldout_questions, short_utterances
 from desta_edge.training.synth import TRAIN, Prosody, Voice, all_voices, synthesize
 
 SR = acoustics.SAMPLE_RATE
@@ -126,6 +126,8 @@ def test_label_bins_and_gender_check():
     assert labels.noise_label(None) == "Clean" and labels.noise_label(2.0) == "Very noisy"
     assert labels.noise_label(10.0) == "Noisy" and labels.noise_label(18.0) == "Slightly noisy"
     assert labels.noise_label(29.9) == "Slightly noisy" and labels.noise_label(35.0) == "Clean"  # a room's background
+    assert labels.words_per_second(4, 2.0) == 2.0
+    assert labels.words_per_second(3, 0.5) is None and labels.words_per_second(4, 0.0) is None  # no rate of a word
 
 
 def test_room_response_decays_at_its_rt60_with_the_stated_direct_to_reverb_ratio():
@@ -174,6 +176,10 @@ def test_sentences_are_many_distinct_and_heldout_is_disjoint():
     held = heldout_questions()
     assert len(held) >= 50 and all(h.answer for h in held)
     assert not {h.text for h in held} & set(texts)
+    short = short_utterances()
+    assert len(short) >= 80 and {s.kind for s in short} == {SHORT}
+    assert all(1 <= len(s.text.split()) <= 2 for s in short)
+    assert not {s.text for s in short} & (set(texts) | {h.text for h in held})
 
 
 def test_plan_is_deterministic_and_splits_are_disjoint_by_sentence_and_voice():
@@ -224,11 +230,40 @@ def test_room_and_channel_choices_leave_the_rest_of_the_plan_unchanged():
         assert abs(sum(getattr(c, field) is not None for c in speech) / len(speech) - share) < 0.08, field
 
 
+def test_short_replies_take_the_place_of_sentences_and_leave_the_rest_of_the_plan_unchanged():
+    voices = all_voices({"espeak-ng": True, "flite": True, "festival": True})
+    plain = plan_corpus(CorpusOptions(out_dir="unused", size=600, seed=4), voices)
+    mixed = plan_corpus(CorpusOptions(out_dir="unused", size=600, seed=4, short_fraction=0.3), voices)
+    swapped = [(a, b) for a, b in zip(plain, mixed) if a != b]
+    for a, b in swapped:
+        assert b.sentence.kind == SHORT and a.sentence.kind != SHORT
+        assert a == dataclasses.replace(b, sentence=a.sentence)  # the voice, noise, room ... are the same
+    speech = [p for p in mixed if p.kind == SPEECH]
+    assert abs(len(swapped) / len(speech) - 0.3) < 0.06
+    assert not any(p.sentence.kind == SHORT for p in plain if p.kind == SPEECH)
+    by_split: dict[str, set] = {}
+    for p in speech:
+        by_split.setdefault(p.split, set()).add(p.sentence.text)
+    assert not by_split["train"] & (by_split["validation"] | by_split["test"])  # split by text as the rest
+
+
+def test_a_short_reply_gets_every_label_but_a_speaking_speed(tmp_path):
+    build_corpus(CorpusOptions(out_dir=tmp_path, size=6, seed=2, workers=1, sound_fraction=0.0, short_fraction=1.0))
+    recs = list(read_metadata(tmp_path))
+    assert recs and all(r["sentence_type"] == SHORT for r in recs)
+    for r in recs:
+        assert r["speed"] is None and r["words_per_second"] is None
+        assert r["volume"] and r["noise"] and r["f0_hz"] and r["pitch"]
+        assert "Speaking speed" not in seed_description(r)
+
+
 def test_plan_rejects_bad_options():
     with pytest.raises(ValueError, match="size"):
         plan_corpus(CorpusOptions(out_dir="x", size=0), all_voices(ESPEAK_ONLY))
     with pytest.raises(ValueError, match="split_fractions"):
         plan_corpus(CorpusOptions(out_dir="x", size=5, split_fractions=(0.5, 0.2, 0.2)), all_voices(ESPEAK_ONLY))
+    with pytest.raises(ValueError, match="short_fraction"):
+        plan_corpus(CorpusOptions(out_dir="x", size=5, short_fraction=1.5), all_voices(ESPEAK_ONLY))
 
 
 # ------------------------------------------------------------------ a tiny build
@@ -255,7 +290,8 @@ def test_build_writes_16k_mono_wavs_with_measured_labels(small_corpus):
         assert info.duration == pytest.approx(r["duration_s"], abs=0.01)
         seed_description(r)  # every record makes a description
         if r["kind"] == SPEECH:
-            assert r["transcript"] and r["pitch"] and r["speed"] and r["volume"] and r["noise"]
+            assert r["transcript"] and r["pitch"] and r["volume"] and r["noise"]
+            assert (r["speed"] is not None) == (len(r["transcript"].split()) >= labels.MIN_SPEED_WORDS)
             assert r["volume"] == labels.volume_label(r["rms_dbfs"])
             assert r["pitch"] == labels.pitch_label(r["f0_hz"], r["gender"])
             assert r["noise"] == labels.noise_label(r["snr_db"])

@@ -19,6 +19,11 @@ Design choices:
   Labels are measured on the dry speech; the processed speech is brought back to its measured
   level. These choices come from a second random stream, so the rest of a seed's plan (and every
   label) is the same with or without them.
+- Short replies and requests ("Yes.", "Stop.", "Seven.") take the place of a share of speech
+  sentences when `short_fraction` > 0. Whether a clip gets one is drawn from a third random stream,
+  so every other choice of the plan stays as it was; they are split by their text like the rest.
+  A speaking speed is labelled only over four words or more (labels.MIN_SPEED_WORDS), as for
+  recordings of people.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from tqdm.auto import tqdm
 
 from . import acoustics, labels
 from .metrics import normalize_words
-from .sentences import Sentence, all_sentences, heldout_questions
+from .sentences import SHORT, Sentence, all_sentences, heldout_questions, short_utterances
 from .synth import ENGINE_WEIGHTS, SPLITS, TEST, TRAIN, Prosody, Voice, all_voices, available_engines, sample_prosody, synthesize
 
 logger = logging.getLogger(__name__)
@@ -64,6 +69,7 @@ REVERB_RT60_S = (0.2, 0.8)  # reverberation time of the synthetic room, uniform
 REVERB_DRR_DB = (0.0, 12.0)  # direct-to-reverberant energy ratio, uniform
 CHANNEL_BANDS_HZ = ((300.0, 3400.0), (100.0, 7000.0), (150.0, 5000.0), (80.0, 4000.0))  # telephone, headset, laptop, cheap mic
 AUGMENT_STREAM = 1  # the room/channel choices draw from default_rng([seed, AUGMENT_STREAM])
+SHORT_STREAM = 2  # whether a speech clip is a short reply draws from default_rng([seed, SHORT_STREAM])
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class CorpusOptions:
     room_fraction: float = 0.7  # share of clean speech clips with room tone (ROOM_SNR_DB), still Clean
     reverb_fraction: float = 0.3  # share of speech clips played through a synthetic room
     channel_fraction: float = 0.3  # share of speech clips band-limited to one of CHANNEL_BANDS_HZ
+    short_fraction: float = 0.0  # share of speech clips that say a short reply or request instead of a sentence
     workers: int = 2  # synthesis processes (1 = in this process)
     overwrite: bool = False  # replace an existing corpus in out_dir
     progress: bool = False  # show a progress bar
@@ -121,7 +128,7 @@ def _check(options: CorpusOptions) -> None:
     if abs(sum(options.split_fractions) - 1) > 1e-6 or min(options.split_fractions) < 0:
         raise ValueError(f"split_fractions must be >= 0 and sum to 1, got {options.split_fractions}")
     for name in ("sound_fraction", "noisy_fraction", "heldout_qa_fraction", "speed_perturb_fraction",
-                 "room_fraction", "reverb_fraction", "channel_fraction"):
+                 "room_fraction", "reverb_fraction", "channel_fraction", "short_fraction"):
         if not 0 <= getattr(options, name) <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(options, name)}")
     if options.workers < 1:
@@ -133,6 +140,7 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
     _check(options)
     rng = np.random.default_rng(options.seed)
     augment = np.random.default_rng([options.seed, AUGMENT_STREAM])
+    short = np.random.default_rng([options.seed, SHORT_STREAM])
     voices = all_voices() if voices is None else voices
     by_split_voice = {s: [v for v in voices if v.split == s] for s in SPLITS}
     pools: dict[tuple[str, str], list[Sentence]] = {}
@@ -140,6 +148,10 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
         pools.setdefault((sentence_split(s.text, options.split_fractions), s.kind), []).append(s)
     for pool in pools.values():
         rng.shuffle(pool)
+    for s in short_utterances():  # shuffled by their own stream: the other pools' order stays the same
+        pools.setdefault((sentence_split(s.text, options.split_fractions), SHORT), []).append(s)
+    for split in SPLITS:
+        short.shuffle(pools.get((split, SHORT), []))
     heldout = heldout_questions()
     rng.shuffle(heldout)
     cursor: dict[Any, int] = {}
@@ -172,8 +184,11 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
             sentence = take("heldout", heldout)
         else:
             kind = kinds[int(rng.choice(len(kinds), p=list(KIND_WEIGHTS.values())))]
-            pool = pools.get((split, kind)) or [s for (sp, _), p in pools.items() if sp == split for s in p]
+            pool = pools.get((split, kind)) or [s for (sp, k), p in pools.items() if sp == split and k != SHORT
+                                                for s in p]
             sentence = take((split, kind), pool)
+            if short.random() < options.short_fraction and pools.get((split, SHORT)):
+                sentence = take((split, SHORT), pools[(split, SHORT)])
         voice = _pick_voice(by_split_voice[split], rng)
         noisy = rng.random() < options.noisy_fraction
         perturb = rng.random() < options.speed_perturb_fraction
@@ -263,8 +278,7 @@ def render_clip(plan: ClipPlan) -> tuple[np.ndarray, dict[str, Any]]:
         f0 = acoustics.median_f0(speech)
         level = acoustics.active_rms_dbfs(speech)
         span = acoustics.active_span_s(speech)
-        n_words = len(normalize_words(plan.sentence.text))
-        wps = n_words / span if span > 0 else None
+        wps = labels.words_per_second(len(normalize_words(plan.sentence.text)), span)
         gender = labels.gender_label(plan.voice.gender, f0)
         if gender is None:
             logger.info("%s: %s measured F0 %s Hz, implausible for %s: no gender label",

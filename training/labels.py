@@ -18,8 +18,10 @@ PITCH_EDGES_HZ = {"Male": (95.0, 140.0), "Female": (175.0, 240.0), None: (120.0,
 PITCH_WORDS = ("Low", "Normal", "High")
 MALE_MAX_F0_HZ = 175.0  # above this a nominally male voice is not plausibly male
 FEMALE_MIN_F0_HZ = 145.0  # below this a nominally female voice is not plausibly female
-# speaking speed: words per second over the active span (first to last active frame)
+# speaking speed: words per second over the active span (first to last active frame), measured
+# only over at least MIN_SPEED_WORDS words (one word has no speaking rate: "five" is not slow)
 SPEED_EDGES_WPS = (2.5, 3.6)
+MIN_SPEED_WORDS = 4
 SPEED_WORDS = ("Slow", "Normal", "Fast")
 # volume: RMS dBFS of the active frames (RMS 1.0 = 0 dBFS)
 VOLUME_EDGES_DBFS = (-32.0, -20.0)
@@ -50,6 +52,11 @@ def gender_label(nominal: str, f0_hz: float | None) -> str | None:
 
 def pitch_label(f0_hz: float | None, gender: str | None) -> str | None:
     return None if f0_hz is None else _bin(f0_hz, PITCH_EDGES_HZ[gender], PITCH_WORDS)
+
+
+def words_per_second(words: int, span_s: float) -> float | None:
+    """The speaking rate of `words` spoken over `span_s` seconds, None under MIN_SPEED_WORDS words."""
+    return words / span_s if words >= MIN_SPEED_WORDS and span_s > 0 else None
 
 
 def speed_label(words_per_second: float | None) -> str | None:

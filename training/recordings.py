@@ -14,7 +14,7 @@ Design choices:
 - Labels come from `labels.py` on the recording's own samples: median F0 -> pitch (relative to the
   stated gender, which is kept only if the F0 is plausible for it, as in the synthetic corpus),
   words per second of the stated transcript over the active span -> speed (only over
-  MIN_SPEED_WORDS words or more), active RMS -> volume. What the manifest does not state is left
+  labels.MIN_SPEED_WORDS words or more), active RMS -> volume. What the manifest does not state is left
   unlabelled and not asked about: no gender without a stated gender, no speed without a
   transcript, no noise label unless stated (a real recording's own noise level is unknown).
 - Each recording also gives three derived clips whose label is known by construction: re-levelled
@@ -49,7 +49,6 @@ SYNTHESIZER = "recording"  # the `synthesizer` field of every record: real audio
 GENDERS = ("Male", "Female")
 QUIET_DBFS = -38.0  # active RMS of the "quiet" copy (Quiet is below labels.VOLUME_EDGES_DBFS[0])
 LOUD_DBFS = -14.0  # ... of the "loud" copy (Loud is at or above VOLUME_EDGES_DBFS[1])
-MIN_SPEED_WORDS = 4  # a speaking speed is measured only over at least this many words (not over "five")
 NOISE_COLORS = ("white", "pink", "brown")
 NOISE_SNR_DB = (0.0, 10.0)  # added-noise SNR range of the "noisy" copy, uniform
 FIELDS = {"audio", "start_s", "end_s", "gender", "transcript", "noise", "speaker", "source"}
@@ -128,7 +127,7 @@ def _speech_labels(speech: np.ndarray, row: dict[str, Any]) -> dict[str, Any]:
         logger.info("%s: measured F0 %s Hz is implausible for %s: no gender label", row["audio"], _r(f0), row["gender"])
     span = acoustics.active_span_s(speech)
     words = len(normalize_words(row["transcript"])) if row.get("transcript") else 0
-    wps = words / span if words >= MIN_SPEED_WORDS and span > 0 else None
+    wps = labels.words_per_second(words, span)
     level = acoustics.active_rms_dbfs(speech)
     return {"voice_gender": row.get("gender"), "gender": gender, "f0_hz": _r(f0), "pitch": labels.pitch_label(f0, gender),
             "words_per_second": _r(wps, 2), "speed": labels.speed_label(wps), "rms_dbfs": _r(level),

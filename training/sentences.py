@@ -11,6 +11,11 @@ Design choices:
   corpus picks from it with a seeded RNG and splits it by a hash of the text.
 - `heldout_questions()` is a separate family of question templates ("Quick question: ...")
   whose sentences never occur in `all_sentences()`, kept for the spoken-QA evaluation.
+- `short_utterances()` are replies and requests of one or two words ("Yes.", "Stop.", "Seven."),
+  the kind `SHORT`. People say them to an assistant all the time, and a single word gives the
+  connector far less voice to judge than a sentence. They are a separate family the corpus mixes
+  in only when asked (`CorpusOptions.short_fraction`), so `all_sentences()` and every corpus built
+  before them stay as they were.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-QUESTION, COMMAND, STATEMENT = "question", "command", "statement"
+QUESTION, COMMAND, STATEMENT, SHORT = "question", "command", "statement", "short"
 MAX_WORDS = 16  # longer sentences risk clips past a comfortable length at slow rates
 
 
 @dataclass(frozen=True)
 class Sentence:
     text: str  # what is spoken, with punctuation
-    kind: str  # QUESTION, COMMAND or STATEMENT
+    kind: str  # QUESTION, COMMAND, STATEMENT or SHORT
     answer: str | None = None  # a short known answer for questions, None otherwise
 
 
@@ -132,6 +137,17 @@ OPINIONS = ["The {x} was really good.", "I think the {x} is too expensive.", "Th
 THINGS = ["concert", "restaurant", "new cafe", "film", "museum", "library", "market", "bakery",
           "football match", "swimming pool", "train station", "art gallery"]
 
+# ---------------------------------------------------------------- short replies and requests
+REPLIES = ["Yes.", "No.", "Yes, please.", "No, thanks.", "Okay.", "Sure.", "Maybe.", "Right.", "Exactly.",
+           "Of course.", "Not really.", "I agree.", "Thank you.", "Thanks.", "Hello.", "Hi there.", "Goodbye.",
+           "Good morning.", "Good night.", "Sorry?", "Pardon?", "What?", "Why?", "Really?", "Nice.", "Great.",
+           "Perfect.", "Wonderful.", "Never mind.", "Fine.", "Absolutely.", "Definitely not.", "Hmm, no.",
+           "Oh, wow.", "Cheers.", "See you."]
+ONE_WORD_REQUESTS = ["Stop.", "Wait.", "Pause.", "Continue.", "Go on.", "Cancel.", "Louder.", "Quieter.", "Next.",
+                     "Again.", "Help.", "Repeat that.", "Lights on.", "Lights off.", "Volume up.", "Volume down.",
+                     "Skip.", "Done.", "Ready.", "Start.", "Back.", "Play.", "Mute.", "Unmute.", "Snooze.",
+                     "Tomorrow.", "Tonight.", "Later.", "Now.", "Today."]
+
 
 def _number(n: int) -> str:
     return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
@@ -184,6 +200,14 @@ def all_sentences() -> list[Sentence]:
         if s.text not in seen and len(s.text.split()) <= MAX_WORDS:
             seen[s.text] = s
     return list(seen.values())
+
+
+def short_utterances() -> list[Sentence]:
+    """Replies and requests of one or two words (numbers, days and colours among them), deterministic
+    order, none in `all_sentences()`."""
+    words = REPLIES + ONE_WORD_REQUESTS + [f"{_cap(w)}." for w in NUMBER_WORDS[1:]]
+    words += [f"{d}." for d in DAYS] + [f"{_cap(c)}." for c in dict.fromkeys(COLOURS.values())]
+    return [Sentence(w, SHORT) for w in dict.fromkeys(words)]
 
 
 HELDOUT_PREFIX = "Quick question: "

@@ -11,8 +11,8 @@ import pytest
 from desta_edge.training.cli import register_cli
 from desta_edge.training.corpus import CorpusOptions, build_corpus, read_metadata
 from desta_edge.training.evaluate import (
-    AMBIGUOUS, QUESTIONS, EvalOptions, answer_correct, evaluate, expected_label, markdown_table, score_answer,
-    transcript_only, write_report,
+    AMBIGUOUS, QUESTIONS, EvalOptions, answer_correct, evaluate, expected_label, length_group, markdown_table,
+    score_answer, transcript_only, write_report,
 )
 from desta_edge.training.metrics import word_error_rate
 
@@ -63,6 +63,14 @@ def corpus(tmp_path_factory) -> Path:
     return out
 
 
+def test_length_groups_count_the_words_of_the_reference_transcript():
+    assert length_group({"kind": "speech", "transcript": "Two."}) == "1-2 words"
+    assert length_group({"kind": "speech", "transcript": "Volume up!"}) == "1-2 words"
+    assert length_group({"kind": "speech", "transcript": "Turn it up."}) == "3+ words"
+    assert length_group({"kind": "speech", "transcript": None}) == "no transcript"
+    assert length_group({"kind": "sound", "transcript": None}) is None
+
+
 def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
     model = build_tiny_model()
     calls = []
@@ -79,6 +87,7 @@ def test_evaluate_plumbing_with_a_tiny_random_model(corpus, tmp_path):
         for v in ("model", "transcript_only", "description_in_text"):  # the histogram covers every clip
             assert sum(entry["predicted"][v].values()) == entry["n"]
         assert "by_clip_variant" not in entry  # only a recordings corpus has clip variants
+        assert "by_length" not in entry  # every sentence of the synthetic corpus has three words or more
     assert "sound" in para["attributes"] and "gender" in para["attributes"]
     lp = result["language_preservation"]
     assert lp["identical"] == lp["n"] == 4  # text-only conversations are exactly the backbone's

@@ -182,8 +182,11 @@ def test_eval_runs_on_a_recordings_corpus_without_reference_transcripts(tmp_path
     assert set(per) == {"model", "transcript_only", "description_in_text"}
     assert set(per["model"]) == {"as_recorded", "quiet", "loud", "noisy"}
     assert all(0 <= v <= 1 for v in per["model"].values())
+    by_length = result["paralinguistic"]["attributes"]["gender"]["by_length"]["model"]
+    assert set(by_length) == {"3+ words", "no transcript"}  # what was said: five words, or not stated
     table = markdown_table(result)
     assert "model % by clip variant" in table and "| gender | " in table.split("by clip variant")[1]
+    assert "| gender | " in table.split("by the length of what was said")[1]
 
 
 def test_real_voices_download_checks_the_digest_and_extracts_members(tmp_path, monkeypatch):

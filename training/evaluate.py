@@ -38,6 +38,9 @@ Design choices:
   reference transcript (described in the text column with the model's own transcript, and left
   out of WER). Its clips are the recordings and their quiet / loud / noisy copies; accuracy is
   also reported per kind of copy (`by_clip_variant`).
+- Speech attributes are also reported by the length of what was said (`by_length`: one or two
+  words, three or more, no reference transcript), where a corpus has more than one of these:
+  a single word gives the connector far less voice than a sentence.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ DESCRIPTION_IN_TEXT = "description_in_text"  # the variant that reads the seed d
 ANSWERS = "answers.jsonl"  # write_report: every attribute answer, one JSON object per line
 QA_ANSWERS = "qa_answers.jsonl"  # write_report: every spoken question's answers, one JSON object per line
 NOISY_LABELS = ("Slightly noisy", "Noisy", "Very noisy")  # corpus noise labels scored as "Noisy"
+SHORT_MAX_WORDS = 2  # by_length: an utterance of at most this many words is "1-2 words"
 # fixed text-only conversations for the language-preservation check
 TEXT_CONVERSATIONS: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -132,6 +136,22 @@ def expected_label(attribute: str, value: str) -> str:
 def labelled(attribute: str, clip: dict[str, Any]) -> bool:
     """Whether `clip` is asked about `attribute`: the sound type of sound clips, the rest of speech clips."""
     return bool(clip.get(QUESTIONS[attribute][0])) and (attribute == "sound") == (clip.get("kind") == "sound")
+
+
+def length_group(clip: dict[str, Any]) -> str | None:
+    """The `by_length` group of a speech clip by its reference transcript; None for a sound."""
+    if clip.get("kind") != SPEECH:
+        return None
+    if not clip.get("transcript"):
+        return "no transcript"
+    return "1-2 words" if len(normalize_words(clip["transcript"])) <= SHORT_MAX_WORDS else "3+ words"
+
+
+# a breakdown of each attribute's accuracy: result key -> (heading of its table, the group of a clip)
+BREAKDOWNS: dict[str, tuple[str, Callable[[dict[str, Any]], str | None]]] = {
+    "by_clip_variant": ("by clip variant", lambda c: c.get("variant")),
+    "by_length": ("by the length of what was said", length_group),
+}
 
 
 def named_labels(attribute: str, answer: str) -> list[str]:
@@ -231,7 +251,8 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
             continue
         expected = [expected_label(attr, c[key]) for c in rows]
         items = [(str(root / c["audio"]), transcripts[c["id"]], question) for c in rows]
-        groups = sorted({c["variant"] for c in rows if c.get("variant")})  # a recordings corpus's copies
+        groups = {key: [group(c) for c in rows] for key, (_, group) in BREAKDOWNS.items()}
+        groups = {key: g for key, g in groups.items() if len(set(g) - {None}) > 1}  # only where it divides
         entry: dict[str, Any] = {"n": len(rows), "majority": Counter(expected).most_common(1)[0][1] / len(rows),
                                  "examples": []}
         for variant in variants:
@@ -244,10 +265,10 @@ def paralinguistic(model, clips: list[dict[str, Any]], transcripts: dict[str, st
             predicted = [score_answer(attr, a) for a in answers]
             entry[variant] = sum(p == e for p, e in zip(predicted, expected)) / len(rows)
             entry.setdefault("predicted", {})[variant] = dict(Counter(str(p) for p in predicted).most_common())
-            if groups:
-                entry.setdefault("by_clip_variant", {})[variant] = {
-                    g: _mean([p == e for p, e, c in zip(predicted, expected, rows) if c.get("variant") == g])
-                    for g in groups}
+            for key, of_clip in groups.items():
+                entry.setdefault(key, {})[variant] = {
+                    g: _mean([p == e for p, e, h in zip(predicted, expected, of_clip) if h == g])
+                    for g in sorted(set(of_clip) - {None})}
             entry["examples"].append({"variant": variant, "id": rows[0]["id"], "expected": expected[0],
                                       "answer": answers[0], "predicted": predicted[0]})
             result["answers"] += [{"id": c["id"], "attribute": attr, "variant": variant, "expected": e, "predicted": p,
@@ -413,7 +434,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([attr, str(e["n"]), *[_pct(e[v]) for v in variants], _pct(e["majority"])]) + " |")
     lines.append("| **average** | | " + " | ".join(f"**{_pct(para[f'average_{v}'])}**" for v in variants)
                  + f" | {_pct(para['average_majority'])} |")
-    lines += _by_clip_variant_table(para)
+    for key in BREAKDOWNS:
+        lines += _breakdown_table(para, key)
     lp, qa, wer = result["language_preservation"], result["spoken_qa"], result["wer"]
     lines += ["", "| check | value |", "|---|---|",
               f"| model, backend, split | {result['model']}, {result.get('backend', 'torch')}, {result['split']} |",
@@ -439,14 +461,14 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _by_clip_variant_table(para: dict[str, Any]) -> list[str]:
-    """A recordings corpus: the model's accuracy per attribute on each kind of clip (as recorded, quiet, ...)."""
-    attrs = {a: e["by_clip_variant"] for a, e in para["attributes"].items() if "by_clip_variant" in e}
+def _breakdown_table(para: dict[str, Any], key: str) -> list[str]:
+    """The model's accuracy per attribute in each group of a breakdown (BREAKDOWNS), where there is one."""
+    attrs = {a: e[key] for a, e in para["attributes"].items() if key in e}
     if not attrs:
         return []
     variant = para["variants"][0]  # the model, or the ablation if there is no connector
     groups = sorted({g for per in attrs.values() for g in per[variant]})
-    lines = ["", f"{variant.replace('_', '-')} % by clip variant:", "",
+    lines = ["", f"{variant.replace('_', '-')} % {BREAKDOWNS[key][0]}:", "",
              "| attribute | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
     for a, per in attrs.items():
         lines.append(f"| {a} | " + " | ".join(_pct(per[variant].get(g)) for g in groups) + " |")

@@ -14,8 +14,8 @@ Design choices:
 - `short_utterances()` are replies and requests of one or two words ("Yes.", "Stop.", "Seven."),
   the kind `SHORT`. People say them to an assistant all the time, and a single word gives the
   connector far less voice to judge than a sentence. They are a separate family the corpus mixes
-  in only when asked (`CorpusOptions.short_fraction`), so `all_sentences()` and every corpus built
-  before them stay as they were.
+  in only when asked (`CorpusOptions.short_fraction`), so `all_sentences()` and the sentences of
+  a default corpus stay as they were.
 """
 
 from __future__ import annotations

@@ -148,10 +148,11 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
         pools.setdefault((sentence_split(s.text, options.split_fractions), s.kind), []).append(s)
     for pool in pools.values():
         rng.shuffle(pool)
-    for s in short_utterances():  # shuffled by their own stream: the other pools' order stays the same
-        pools.setdefault((sentence_split(s.text, options.split_fractions), SHORT), []).append(s)
-    for split in SPLITS:
-        short.shuffle(pools.get((split, SHORT), []))
+    short_pools: dict[str, list[Sentence]] = {split: [] for split in SPLITS}  # kept apart from `pools`
+    for s in short_utterances():
+        short_pools[sentence_split(s.text, options.split_fractions)].append(s)
+    for pool in short_pools.values():  # shuffled by their own stream: the other pools' order stays the same
+        short.shuffle(pool)
     heldout = heldout_questions()
     rng.shuffle(heldout)
     cursor: dict[Any, int] = {}
@@ -184,11 +185,10 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
             sentence = take("heldout", heldout)
         else:
             kind = kinds[int(rng.choice(len(kinds), p=list(KIND_WEIGHTS.values())))]
-            pool = pools.get((split, kind)) or [s for (sp, k), p in pools.items() if sp == split and k != SHORT
-                                                for s in p]
+            pool = pools.get((split, kind)) or [s for (sp, _), p in pools.items() if sp == split for s in p]
             sentence = take((split, kind), pool)
-            if short.random() < options.short_fraction and pools.get((split, SHORT)):
-                sentence = take((split, SHORT), pools[(split, SHORT)])
+            if short.random() < options.short_fraction and short_pools[split]:
+                sentence = take((split, SHORT), short_pools[split])
         voice = _pick_voice(by_split_voice[split], rng)
         noisy = rng.random() < options.noisy_fraction
         perturb = rng.random() < options.speed_perturb_fraction

@@ -38,9 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
     sub = p.add_subparsers(dest="command")
 
-    ask = sub.add_parser("ask", help="answer a spoken question in an audio file")
-    ask.add_argument("audio", help="audio file (WAV/FLAC/OGG/..., any rate, mono or stereo, up to 30 s), or - "
-                                   "for the bytes of one on stdin (e.g. arecord -d 5 -f S16_LE -r 16000 | ask -)")
+    ask = sub.add_parser("ask", help="answer a spoken question in an audio file (or in each of several)")
+    ask.add_argument("audio", nargs="+",
+                     help="audio file (WAV/FLAC/OGG/..., any rate, mono or stereo, up to 30 s), or - for the bytes of "
+                          "one on stdin (e.g. arecord -d 5 -f S16_LE -r 16000 | ask -); several files are answered "
+                          "in batches (--batch-size), one result per file")
+    ask.add_argument("--batch-size", type=int, default=4,
+                     help="with several files: files per model call (default: 4; 1 answers them one by one)")
     ask.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction placed after the audio")
     ask.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     ask.add_argument("--model", default="tiny", help="preset name, checkpoint directory or hub id (default: tiny)")
@@ -67,33 +71,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from desta_edge import AudioError, DestaModel, decode_audio, load_audio
-    from desta_edge.runtime.backends import whisper_dtype
+    from desta_edge import AudioError, decode_audio, load_audio
 
     if args.max_new_tokens < 1:
         return _fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", EXIT_BAD_INPUT)
+    if args.batch_size < 1:
+        return _fail(f"--batch-size must be >= 1, got {args.batch_size}", EXIT_BAD_INPUT)
+    if len(args.audio) > 1:
+        if "-" in args.audio:
+            return _fail("- (stdin) takes one audio file; name the files instead", EXIT_BAD_INPUT)
+        return _ask_files(args)
     try:  # validate before the (slow) model load
-        clip = decode_audio(sys.stdin.buffer.read(), source="stdin") if args.audio == "-" else load_audio(args.audio)
+        clip = decode_audio(sys.stdin.buffer.read(), source="stdin") if args.audio[0] == "-" else load_audio(args.audio[0])
     except AudioError as e:
         return _fail(str(e), EXIT_BAD_INPUT)
-    t0 = time.perf_counter()
-    try:
-        model = DestaModel.from_pretrained(
-            args.model, backend=args.backend, device=args.device,
-            audio_features=False if args.transcript_only else None, progress=not args.json,
-            ort_provider=args.ort_provider, whisper_dtype=whisper_dtype(args), encoder_padding_s=args.encoder_padding_s,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        return _fail(str(e), EXIT_BAD_INPUT)
-    except RuntimeError as e:
-        return _fail(str(e), 1)
-    load_ms = (time.perf_counter() - t0) * 1000
-    if args.backend == "auto" and not args.json:
-        print(f"backend: {model.backend_name} ({model.backend_detail}); {model.backend_reason}", file=sys.stderr)
-    messages = [
-        {"role": "system", "content": args.system},
-        {"role": "user", "content": f"{model.config.audio_locator}\n{args.prompt}", "audios": [{"audio": clip, "text": None}]},
-    ]
+    model, load_ms, code = _load_ask_model(args)
+    if model is None:
+        return code
+    messages = _ask_messages(args, model, clip)
     try:
         stream = model.stream(messages, max_new_tokens=args.max_new_tokens)
     except (AudioError, ValueError) as e:
@@ -113,6 +108,106 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
         print(f"[ms] {summary}", file=sys.stderr)
     return 0
+
+
+def _load_ask_model(args: argparse.Namespace):
+    """(model, load ms, 0), or (None, 0, exit code) after reporting why it did not load."""
+    from desta_edge import DestaModel
+    from desta_edge.runtime.backends import whisper_dtype
+
+    t0 = time.perf_counter()
+    try:
+        model = DestaModel.from_pretrained(
+            args.model, backend=args.backend, device=args.device,
+            audio_features=False if args.transcript_only else None, progress=not args.json,
+            ort_provider=args.ort_provider, whisper_dtype=whisper_dtype(args), encoder_padding_s=args.encoder_padding_s,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        return None, 0.0, _fail(str(e), EXIT_BAD_INPUT)
+    except RuntimeError as e:
+        return None, 0.0, _fail(str(e), 1)
+    if args.backend == "auto" and not args.json:
+        print(f"backend: {model.backend_name} ({model.backend_detail}); {model.backend_reason}", file=sys.stderr)
+    return model, (time.perf_counter() - t0) * 1000, 0
+
+
+def _ask_messages(args: argparse.Namespace, model, clip) -> list[dict]:
+    return [
+        {"role": "system", "content": args.system},
+        {"role": "user", "content": f"{model.config.audio_locator}\n{args.prompt}", "audios": [{"audio": clip, "text": None}]},
+    ]
+
+
+def _ask_files(args: argparse.Namespace) -> int:
+    """`ask` on several files: answered in batches of `--batch-size`, one result per file, in the
+    order given. A file that cannot be read or answered gets an error and the others go on; the
+    exit code is then 2. Files are read as their batch fills (a long list is never held in memory
+    at once), and the model loads with the first readable one, so a list of unreadable files loads
+    no model. A batch that fails is answered again file by file, so one bad file fails alone."""
+    from desta_edge import AudioError, load_audio
+
+    model, load_ms, t0 = None, 0.0, time.perf_counter()
+    failed = 0
+    pending: list[tuple[str, object]] = []  # (file, clip) waiting for their batch
+
+    def flush() -> int:
+        nonlocal model, load_ms, failed
+        if not pending:
+            return 0
+        if model is None:
+            model, load_ms, code = _load_ask_model(args)
+            if model is None:
+                return code
+        for (path, _), result in zip(pending, _answer_batch(args, model, [clip for _, clip in pending])):
+            failed += "error" in result
+            _report_file(args, path, **result)
+        pending.clear()
+        return 0
+
+    for path in args.audio:
+        try:
+            pending.append((path, load_audio(path)))
+        except AudioError as e:
+            if code := flush():  # answer the files before it first, to keep the order
+                return code
+            failed += 1
+            _report_file(args, path, error=str(e))
+            continue
+        if len(pending) == args.batch_size and (code := flush()):
+            return code
+    if code := flush():
+        return code
+    if not args.json:
+        print(f"{len(args.audio) - failed} of {len(args.audio)} files answered in {time.perf_counter() - t0:.1f} s "
+              f"(model load {load_ms / 1000:.1f} s)", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _answer_batch(args: argparse.Namespace, model, clips: list) -> list[dict]:
+    """Per clip: {transcript, answer, timings_ms} or {error}."""
+    if not clips:
+        return []
+    try:
+        out = model.generate([_ask_messages(args, model, c) for c in clips], max_new_tokens=args.max_new_tokens)
+    except ValueError as e:  # AudioError included
+        if len(clips) == 1:
+            return [{"error": str(e)}]
+        logging.getLogger(__name__).warning("a batch of %d failed (%s); answering its files one by one", len(clips), e)
+        return [r for c in clips for r in _answer_batch(args, model, [c])]
+    timings = {**out.timings_ms, "batch_size": len(clips)}
+    return [{"transcript": out.audios[i][1], "answer": out.text[i], "timings_ms": timings,
+             "backend": model.backend_name, "backend_detail": model.backend_detail} for i in range(len(clips))]
+
+
+def _report_file(args: argparse.Namespace, path: str, **result) -> None:
+    if args.json:
+        print(json.dumps({"audio": path, **result}, ensure_ascii=False), flush=True)
+        if "error" in result:
+            print(f"error: {path}: {result['error']}", file=sys.stderr)
+    elif "error" in result:
+        print(f"error: {path}: {result['error']}", file=sys.stderr)
+    else:
+        print(f"{path}\n  heard: {result['transcript']!r}\n  {result['answer']}", flush=True)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

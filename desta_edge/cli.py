@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="audio file (WAV/FLAC/OGG/..., any rate, mono or stereo, up to 30 s), or - for the bytes of "
                           "one on stdin (e.g. arecord -d 5 -f S16_LE -r 16000 | ask -); several files are answered "
                           "in batches (--batch-size), one result per file")
-    ask.add_argument("--batch-size", type=int, default=4,
-                     help="with several files: files per model call (default: 4; 1 answers them one by one)")
+    ask.add_argument("--batch-size", type=int, default=8,
+                     help="with several files: files per model call (default: 8; 1 answers them one by one)")
     ask.add_argument("--prompt", default=ASSISTANT_PROMPT, help="instruction placed after the audio")
     ask.add_argument("--system", default=ASSISTANT_SYSTEM, help="system message")
     ask.add_argument("--model", default="tiny", help="preset name, checkpoint directory or hub id (default: tiny)")

@@ -184,7 +184,7 @@ def _ask_files(args: argparse.Namespace) -> int:
 
 
 def _answer_batch(args: argparse.Namespace, model, clips: list) -> list[dict]:
-    """Per clip: {transcript, answer, timings_ms} or {error}."""
+    """Per clip: {transcript, answer, timings_ms, backend, backend_detail} or {error}."""
     if not clips:
         return []
     try:
@@ -200,13 +200,13 @@ def _answer_batch(args: argparse.Namespace, model, clips: list) -> list[dict]:
 
 
 def _report_file(args: argparse.Namespace, path: str, **result) -> None:
+    """One file's result: a JSON line with --json, else the file, what was heard and the answer;
+    an error also goes to stderr."""
+    if "error" in result:
+        print(f"error: {path}: {result['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps({"audio": path, **result}, ensure_ascii=False), flush=True)
-        if "error" in result:
-            print(f"error: {path}: {result['error']}", file=sys.stderr)
-    elif "error" in result:
-        print(f"error: {path}: {result['error']}", file=sys.stderr)
-    else:
+    elif "error" not in result:
         print(f"{path}\n  heard: {result['transcript']!r}\n  {result['answer']}", flush=True)
 
 

@@ -119,7 +119,6 @@ def test_ask_on_several_unreadable_files_loads_no_model(tmp_path, capsys):
     assert "not found" in r.stdout and "no-such-model" not in r.stderr
 
 
-
 def test_ask_answers_a_failing_batch_file_by_file(tiny_checkpoint, tmp_path, capsys, caplog, monkeypatch):
     """A conversation the model refuses (here: any batch holding the file named refused.wav) fails
     the batch; its files are then answered one by one, so only that one gets an error."""

@@ -146,47 +146,41 @@ def _ask_files(args: argparse.Namespace) -> int:
     no model. A batch that fails is answered again file by file, so one bad file fails alone."""
     from desta_edge import AudioError, load_audio
 
-    model, load_ms, t0 = None, 0.0, time.perf_counter()
-    failed = 0
+    t0 = time.perf_counter()
+    model, load_ms, failed = None, 0.0, 0
     pending: list[tuple[str, object]] = []  # (file, clip) waiting for their batch
-
-    def flush() -> int:
-        nonlocal model, load_ms, failed
-        if not pending:
-            return 0
+    for path in args.audio:
+        try:
+            clip = load_audio(path)
+        except AudioError as e:
+            failed += _flush(args, model, pending) + 1  # the files before it first, to keep the order
+            _report_file(args, path, error=str(e))
+            continue
         if model is None:
             model, load_ms, code = _load_ask_model(args)
             if model is None:
                 return code
-        for (path, _), result in zip(pending, _answer_batch(args, model, [clip for _, clip in pending])):
-            failed += "error" in result
-            _report_file(args, path, **result)
-        pending.clear()
-        return 0
-
-    for path in args.audio:
-        try:
-            pending.append((path, load_audio(path)))
-        except AudioError as e:
-            if code := flush():  # answer the files before it first, to keep the order
-                return code
-            failed += 1
-            _report_file(args, path, error=str(e))
-            continue
-        if len(pending) == args.batch_size and (code := flush()):
-            return code
-    if code := flush():
-        return code
+        pending.append((path, clip))
+        if len(pending) == args.batch_size:
+            failed += _flush(args, model, pending)
+    failed += _flush(args, model, pending)
     if not args.json:
         print(f"{len(args.audio) - failed} of {len(args.audio)} files answered in {time.perf_counter() - t0:.1f} s "
               f"(model load {load_ms / 1000:.1f} s)", file=sys.stderr)
     return EXIT_BAD_INPUT if failed else 0
 
 
+def _flush(args: argparse.Namespace, model, pending: list[tuple[str, object]]) -> int:
+    """Answer and report the waiting files (emptying `pending`); returns how many failed."""
+    results = _answer_batch(args, model, [clip for _, clip in pending]) if pending else []
+    for (path, _), result in zip(pending, results):
+        _report_file(args, path, **result)
+    pending.clear()
+    return sum("error" in r for r in results)
+
+
 def _answer_batch(args: argparse.Namespace, model, clips: list) -> list[dict]:
     """Per clip: {transcript, answer, timings_ms, backend, backend_detail} or {error}."""
-    if not clips:
-        return []
     try:
         out = model.generate([_ask_messages(args, model, c) for c in clips], max_new_tokens=args.max_new_tokens)
     except ValueError as e:  # AudioError included

@@ -23,7 +23,9 @@ Design choices:
   sentences when `short_fraction` > 0. Whether a clip gets one is drawn from a third random stream,
   so every other choice of the plan stays as it was; they are split by their text like the rest.
   A speaking speed is labelled only over four words or more (labels.MIN_SPEED_WORDS), as for
-  recordings of people.
+  recordings of people. A share of them (`short_low_female_fraction`) is said by a woman's voice
+  pitched low (synth.LOW_FEMALE_PITCH), drawn from a fourth stream after the plan's own voice and
+  prosody, so that short replies do not teach "low voice, few words: a man".
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from tqdm.auto import tqdm
 from . import acoustics, labels
 from .metrics import normalize_words
 from .sentences import SHORT, Sentence, all_sentences, heldout_questions, short_utterances
-from .synth import ENGINE_WEIGHTS, SPLITS, TEST, TRAIN, Prosody, Voice, all_voices, available_engines, sample_prosody, synthesize
+from .synth import (ENGINE_WEIGHTS, FEMALE, LOW_FEMALE_PITCH, SPLITS, TEST, TRAIN, Prosody, Voice, all_voices,
+                    available_engines, sample_prosody, synthesize)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ REVERB_DRR_DB = (0.0, 12.0)  # direct-to-reverberant energy ratio, uniform
 CHANNEL_BANDS_HZ = ((300.0, 3400.0), (100.0, 7000.0), (150.0, 5000.0), (80.0, 4000.0))  # telephone, headset, laptop, cheap mic
 AUGMENT_STREAM = 1  # the room/channel choices draw from default_rng([seed, AUGMENT_STREAM])
 SHORT_STREAM = 2  # whether a speech clip is a short reply draws from default_rng([seed, SHORT_STREAM])
+LOW_FEMALE_STREAM = 3  # a short reply's low-pitched woman's voice draws from default_rng([seed, LOW_FEMALE_STREAM])
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class CorpusOptions:
     reverb_fraction: float = 0.3  # share of speech clips played through a synthetic room
     channel_fraction: float = 0.3  # share of speech clips band-limited to one of CHANNEL_BANDS_HZ
     short_fraction: float = 0.0  # share of speech clips that say a short reply or request instead of a sentence
+    short_low_female_fraction: float = 0.0  # share of those short replies said by a low-pitched woman's voice
     workers: int = 2  # synthesis processes (1 = in this process)
     overwrite: bool = False  # replace an existing corpus in out_dir
     progress: bool = False  # show a progress bar
@@ -128,7 +133,8 @@ def _check(options: CorpusOptions) -> None:
     if abs(sum(options.split_fractions) - 1) > 1e-6 or min(options.split_fractions) < 0:
         raise ValueError(f"split_fractions must be >= 0 and sum to 1, got {options.split_fractions}")
     for name in ("sound_fraction", "noisy_fraction", "heldout_qa_fraction", "speed_perturb_fraction",
-                 "room_fraction", "reverb_fraction", "channel_fraction", "short_fraction"):
+                 "room_fraction", "reverb_fraction", "channel_fraction", "short_fraction",
+                 "short_low_female_fraction"):
         if not 0 <= getattr(options, name) <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(options, name)}")
     if options.workers < 1:
@@ -141,8 +147,11 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
     rng = np.random.default_rng(options.seed)
     augment = np.random.default_rng([options.seed, AUGMENT_STREAM])
     short = np.random.default_rng([options.seed, SHORT_STREAM])
+    low = np.random.default_rng([options.seed, LOW_FEMALE_STREAM])
     voices = all_voices() if voices is None else voices
     by_split_voice = {s: [v for v in voices if v.split == s] for s in SPLITS}
+    low_female = {s: [v for v in vs if v.gender == FEMALE and v.engine in LOW_FEMALE_PITCH]
+                  for s, vs in by_split_voice.items()}
     pools: dict[tuple[str, str], list[Sentence]] = {}
     for s in all_sentences():
         pools.setdefault((sentence_split(s.text, options.split_fractions), s.kind), []).append(s)
@@ -195,10 +204,15 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
         u = augment.random(3)  # always 3 + 4 draws per speech clip, so the stream stays aligned
         room_snr, rt60, drr, band = (augment.uniform(*ROOM_SNR_DB), augment.uniform(*REVERB_RT60_S),
                                      augment.uniform(*REVERB_DRR_DB), int(augment.integers(len(CHANNEL_BANDS_HZ))))
+        level = float(rng.uniform(*LEVEL_RANGE_DBFS))
+        prosody = sample_prosody(voice, rng)
+        if (sentence.kind == SHORT and options.short_low_female_fraction > 0 and low_female[split]
+                and low.random() < options.short_low_female_fraction):  # the main stream has drawn as always
+            voice = low_female[split][int(low.integers(len(low_female[split])))]
+            prosody = sample_prosody(voice, low, low_female=True)
         plans.append(ClipPlan(
             id=f"{split}-{i:06d}", split=split, kind=SPEECH, seed=clip_seed, pad_s=pad,
-            level_dbfs=float(rng.uniform(*LEVEL_RANGE_DBFS)), sentence=sentence, voice=voice,
-            prosody=sample_prosody(voice, rng),
+            level_dbfs=level, sentence=sentence, voice=voice, prosody=prosody,
             speed_factor=float(np.round(rng.uniform(*SPEED_FACTOR_RANGE), 3)) if perturb else 1.0,
             noise_type=NOISE_TYPES[int(rng.integers(len(NOISE_TYPES)))] if noisy else None,
             snr_db=float(np.round(rng.uniform(*SNR_RANGE_DB), 1)) if noisy else None,

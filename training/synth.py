@@ -56,6 +56,9 @@ ESPEAK_PITCH = {MALE: (10, 80), FEMALE: (30, 85)}  # espeak -p range (0-99) per 
 FLITE_F0_HZ = {MALE: (80.0, 150.0), FEMALE: (165.0, 260.0)}  # flite int_f0_target_mean range
 ENGINE_WEIGHTS = {"espeak-ng": 0.55, "flite": 0.25, "festival": 0.2}  # share of speech clips per engine
 DURATION_STRETCH = (0.8, 1.8)  # flite/festival duration multiplier range (>1 is slower)
+# pitch settings that put female voices low, mostly near 150-185 Hz (espeak-ng's variants spread
+# widely at one -p: 121-199 Hz at -p 10-20 on "Yes, please."); labels are still measured
+LOW_FEMALE_PITCH = {"espeak-ng": (10, 31), "flite": (150.0, 185.0)}
 
 
 @dataclass(frozen=True)
@@ -104,11 +107,17 @@ def all_voices(engines: dict[str, bool] | None = None) -> list[Voice]:
     return out
 
 
-def sample_prosody(voice: Voice, rng: np.random.Generator) -> Prosody:
+def sample_prosody(voice: Voice, rng: np.random.Generator, low_female: bool = False) -> Prosody:
+    """A rate and a pitch setting for `voice`; `low_female` draws the pitch from LOW_FEMALE_PITCH
+    (a female voice of espeak-ng or flite only: festival's voices have no pitch control here)."""
+    if low_female and (voice.gender != FEMALE or voice.engine not in LOW_FEMALE_PITCH):
+        raise ValueError(f"low_female needs a female espeak-ng or flite voice, got {voice.id} ({voice.gender})")
     if voice.engine == "espeak-ng":
-        return Prosody(float(rng.integers(*ESPEAK_RATE_WPM)), float(rng.integers(*ESPEAK_PITCH[voice.gender])))
+        pitch_range = LOW_FEMALE_PITCH[voice.engine] if low_female else ESPEAK_PITCH[voice.gender]
+        return Prosody(float(rng.integers(*ESPEAK_RATE_WPM)), float(rng.integers(*pitch_range)))
     stretch = float(np.round(rng.uniform(*DURATION_STRETCH), 2))
-    return Prosody(stretch, float(np.round(rng.uniform(*FLITE_F0_HZ[voice.gender]))))
+    f0_range = LOW_FEMALE_PITCH[voice.engine] if low_female else FLITE_F0_HZ[voice.gender]
+    return Prosody(stretch, float(np.round(rng.uniform(*f0_range))))
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> None:

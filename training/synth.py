@@ -56,9 +56,10 @@ ESPEAK_PITCH = {MALE: (10, 80), FEMALE: (30, 85)}  # espeak -p range (0-99) per 
 FLITE_F0_HZ = {MALE: (80.0, 150.0), FEMALE: (165.0, 260.0)}  # flite int_f0_target_mean range
 ENGINE_WEIGHTS = {"espeak-ng": 0.55, "flite": 0.25, "festival": 0.2}  # share of speech clips per engine
 DURATION_STRETCH = (0.8, 1.8)  # flite/festival duration multiplier range (>1 is slower)
-# pitch settings that put female voices low, mostly near 150-185 Hz (espeak-ng's variants spread
-# widely at one -p: 121-199 Hz at -p 10-20 on "Yes, please."); labels are still measured
-LOW_FEMALE_PITCH = {"espeak-ng": (10, 31), "flite": (150.0, 185.0)}
+# pitch settings that put female voices low, near 150-185 Hz: flite sets its mean F0; espeak-ng's
+# variants spread widely at one -p (16 voices on short words at -p 35-45: median F0 154-170 Hz, a
+# quarter under 145, a quarter over 185; at -p 10-30 most fall under 145). Labels are still measured
+LOW_FEMALE_PITCH = {"espeak-ng": (35, 46), "flite": (150.0, 185.0)}
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def register_cli(subparsers: Any) -> None:
                    help="share of speech clips that say a reply or request of one or two words (\"Yes.\", "
                         f"\"Stop.\", \"Seven.\") instead of a sentence (default: {CorpusOptions.short_fraction})")
     c.add_argument("--short-low-female-fraction", type=float, default=CorpusOptions.short_low_female_fraction,
-                   help="share of those short replies said by a woman's voice pitched low (mostly 150-185 Hz), "
+                   help="share of the short replies in a woman's voice pitched low (near 150-185 Hz), "
                         f"so that few words in a low voice do not mean a man (default: {CorpusOptions.short_low_female_fraction})")
     c.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")

@@ -23,9 +23,9 @@ Design choices:
   sentences when `short_fraction` > 0. Whether a clip gets one is drawn from a third random stream,
   so every other choice of the plan stays as it was; they are split by their text like the rest.
   A speaking speed is labelled only over four words or more (labels.MIN_SPEED_WORDS), as for
-  recordings of people. A share of them (`short_low_female_fraction`) is said by a woman's voice
-  pitched low (synth.LOW_FEMALE_PITCH), drawn from a fourth stream after the plan's own voice and
-  prosody, so that short replies do not teach "low voice, few words: a man".
+  recordings of people. A share of those in a woman's voice (`short_low_female_fraction`) is pitched
+  low (synth.LOW_FEMALE_PITCH), drawn from a fourth stream after the plan's own prosody, so that
+  short replies do not teach "low voice, few words: a man" and the genders stay as balanced as before.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ REVERB_DRR_DB = (0.0, 12.0)  # direct-to-reverberant energy ratio, uniform
 CHANNEL_BANDS_HZ = ((300.0, 3400.0), (100.0, 7000.0), (150.0, 5000.0), (80.0, 4000.0))  # telephone, headset, laptop, cheap mic
 AUGMENT_STREAM = 1  # the room/channel choices draw from default_rng([seed, AUGMENT_STREAM])
 SHORT_STREAM = 2  # whether a speech clip is a short reply draws from default_rng([seed, SHORT_STREAM])
-LOW_FEMALE_STREAM = 3  # a short reply's low-pitched woman's voice draws from default_rng([seed, LOW_FEMALE_STREAM])
+LOW_FEMALE_STREAM = 3  # a woman's short reply pitched low draws from default_rng([seed, LOW_FEMALE_STREAM])
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class CorpusOptions:
     reverb_fraction: float = 0.3  # share of speech clips played through a synthetic room
     channel_fraction: float = 0.3  # share of speech clips band-limited to one of CHANNEL_BANDS_HZ
     short_fraction: float = 0.0  # share of speech clips that say a short reply or request instead of a sentence
-    short_low_female_fraction: float = 0.0  # share of those short replies said by a low-pitched woman's voice
+    short_low_female_fraction: float = 0.0  # share of the short replies in a woman's voice that are pitched low
     workers: int = 2  # synthesis processes (1 = in this process)
     overwrite: bool = False  # replace an existing corpus in out_dir
     progress: bool = False  # show a progress bar
@@ -150,8 +150,6 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
     low = np.random.default_rng([options.seed, LOW_FEMALE_STREAM])
     voices = all_voices() if voices is None else voices
     by_split_voice = {s: [v for v in voices if v.split == s] for s in SPLITS}
-    low_female = {s: [v for v in vs if v.gender == FEMALE and v.engine in LOW_FEMALE_PITCH]
-                  for s, vs in by_split_voice.items()}
     pools: dict[tuple[str, str], list[Sentence]] = {}
     for s in all_sentences():
         pools.setdefault((sentence_split(s.text, options.split_fractions), s.kind), []).append(s)
@@ -206,10 +204,9 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
                                      augment.uniform(*REVERB_DRR_DB), int(augment.integers(len(CHANNEL_BANDS_HZ))))
         level = float(rng.uniform(*LEVEL_RANGE_DBFS))
         prosody = sample_prosody(voice, rng)
-        if (sentence.kind == SHORT and options.short_low_female_fraction > 0 and low_female[split]
-                and low.random() < options.short_low_female_fraction):  # the main stream has drawn as always
-            voice = low_female[split][int(low.integers(len(low_female[split])))]
-            prosody = sample_prosody(voice, low, low_female=True)
+        if (sentence.kind == SHORT and voice.gender == FEMALE and voice.engine in LOW_FEMALE_PITCH
+                and options.short_low_female_fraction > 0 and low.random() < options.short_low_female_fraction):
+            prosody = sample_prosody(voice, low, low_female=True)  # the main stream has drawn as always
         plans.append(ClipPlan(
             id=f"{split}-{i:06d}", split=split, kind=SPEECH, seed=clip_seed, pad_s=pad,
             level_dbfs=level, sentence=sentence, voice=voice, prosody=prosody,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from desta_edge.training import datagen as dg
 from desta_edge.training.cli import register_cli
 from desta_edge.training.corpus import CorpusOptions, build_corpus
 from desta_edge.training.evaluate import EvalOptions, evaluate, summary, write_report
+from desta_edge.training.modelcard import _eval_corpus, corpus_command
 from desta_edge.training.trainer import TrainOptions, train
 
 from conftest import build_tiny_model
@@ -54,6 +56,7 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     assert "`desta-edge datagen --seed 0 --max-new-tokens 64 --limit 5 --splits test --retries 1 --candidates 2`" in card
     assert "`desta-edge train --model tiny --steps 3 --batch-size 2" in card and "| **average** |" in card
     assert "`desta-edge corpus --size 6 --seed 3 --room-fraction 0.7 --reverb-fraction 0.3 --channel-fraction 0.3`" in card
+    assert f"on {result['clips']} held-out clips of the corpus above" in card
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert f"{sum(losses) / len(losses):.3f}" in card  # 3 steps: first and last windows are all of them
     assert card.rstrip().endswith("Synthetic voices only.")
@@ -63,6 +66,22 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
         assert "a LoRA (r=16, q/k/v of every LLM layer, active from a conversation's first audio position" in card
         assert "--seed 0 --lora audio --precision bf16`" in card and any(".lora_B." in k for k in shipped)
     assert json.loads((out / "eval.json").read_text()) == summary(result)
+
+
+def test_the_card_names_the_corpus_options_used_and_the_corpus_evaluated(tmp_path):
+    options = dataclasses.asdict(CorpusOptions(out_dir="x", size=2500, seed=1, short_fraction=0.3,
+                                               short_low_female_fraction=0.6))
+    assert corpus_command(options) == ("desta-edge corpus --size 2500 --seed 1 --room-fraction 0.7 --reverb-fraction 0.3"
+                                       " --channel-fraction 0.3 --short-fraction 0.3 --short-low-female-fraction 0.6")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "corpus.json").write_text(json.dumps({"options": {**options, "size": 5000, "seed": 0,
+                                                               "short_fraction": 0.0, "short_low_female_fraction": 0.0}}))
+    result = {"options": {"corpus_dir": str(other)}}
+    assert _eval_corpus(result, tmp_path / "train-corpus") == ("of the corpus `desta-edge corpus --size 5000 --seed 0"
+                                                               " --room-fraction 0.7 --reverb-fraction 0.3 --channel-fraction 0.3`")
+    assert _eval_corpus(result, other) == "of the corpus above"
+    assert _eval_corpus({"options": {"corpus_dir": str(tmp_path / "gone")}}, other) == "of another corpus (gone)"
 
 
 def test_ship_names_what_is_missing(tmp_path, capsys):

@@ -42,6 +42,29 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def corpus_command(options: dict[str, Any]) -> str:
+    """The `desta-edge corpus` command that made a corpus, from its manifest's options."""
+    cmd = (f"desta-edge corpus --size {options['size']} --seed {options['seed']}"
+           # a corpus made before rooms and channels existed has none
+           f" --room-fraction {options.get('room_fraction', 0):g} --reverb-fraction {options.get('reverb_fraction', 0):g}"
+           f" --channel-fraction {options.get('channel_fraction', 0):g}")
+    for name in ("short_fraction", "short_low_female_fraction"):  # off by default: named only when used
+        if options.get(name):
+            cmd += f" --{name.replace('_', '-')} {options[name]:g}"
+    return cmd
+
+
+def _eval_corpus(result: dict[str, Any], corpus_dir: Path) -> str:
+    """Which corpus the evaluation read, when it is not the one the adapter was trained on."""
+    eval_dir = result.get("options", {}).get("corpus_dir")
+    if eval_dir is None or Path(eval_dir).resolve() == corpus_dir.resolve():
+        return "of the corpus above"
+    try:
+        return f"of the corpus `{corpus_command(json.loads((Path(eval_dir) / MANIFEST).read_text())['options'])}`"
+    except (OSError, ValueError, KeyError):
+        return f"of another corpus ({Path(eval_dir).name})"
+
+
 def datagen_command(settings: dict[str, Any]) -> str:
     """The `desta-edge datagen` flags that made a JSONL, from its settings sidecar."""
     parts = ["desta-edge datagen", f"--seed {settings.get('seed', '?')}",
@@ -142,10 +165,7 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         "",
         "## Data recipe",
         "",
-        f"- Corpus (`desta-edge corpus --size {corpus_opts['size']} --seed {corpus_opts['seed']}"
-        # a corpus made before rooms and channels existed has none
-        f" --room-fraction {corpus_opts.get('room_fraction', 0):g} --reverb-fraction {corpus_opts.get('reverb_fraction', 0):g}"
-        f" --channel-fraction {corpus_opts.get('channel_fraction', 0):g}`): "
+        f"- Corpus (`{corpus_command(corpus_opts)}`): "
         f"{sum(counts['split'].values())} clips, splits {counts['split']}; {counts['kind'].get('speech', 0)} speech, "
         f"{counts['kind'].get('sound', 0)} non-speech. Synthesizers: {counts['synthesizer']}.",
         f"- Voices: {len(corpus['voices']['train'])} in train, {len(corpus['voices']['validation'])} in validation, "
@@ -172,7 +192,7 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         "## Evaluation",
         "",
         f"`desta-edge eval --model {out_dir.name} --split {result['split']}` on {result['clips']} held-out clips "
-        f"(voices and sentences never seen in training); the transcript-only column is the same backbones with "
+        f"{_eval_corpus(result, corpus_dir)} (voices and sentences never seen in training); the transcript-only column is the same backbones with "
         f"`audio_features=False`, and the description-in-text column asks the LLM with the clip's seed description "
         f"as text instead of audio.",
         "",

@@ -205,8 +205,8 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
         level = float(rng.uniform(*LEVEL_RANGE_DBFS))
         prosody = sample_prosody(voice, rng)
         if (sentence.kind == SHORT and voice.gender == FEMALE and voice.engine in LOW_FEMALE_PITCH
-                and options.short_low_female_fraction > 0 and low.random() < options.short_low_female_fraction):
-            prosody = sample_prosody(voice, low, low_female=True)  # the main stream has drawn as always
+                and low.random() < options.short_low_female_fraction):  # its own stream: the others draw as always
+            prosody = sample_prosody(voice, low, low_female=True)
         plans.append(ClipPlan(
             id=f"{split}-{i:06d}", split=split, kind=SPEECH, seed=clip_seed, pad_s=pad,
             level_dbfs=level, sentence=sentence, voice=voice, prosody=prosody,

@@ -113,12 +113,12 @@ def sample_prosody(voice: Voice, rng: np.random.Generator, low_female: bool = Fa
     (a female voice of espeak-ng or flite only: festival's voices have no pitch control here)."""
     if low_female and (voice.gender != FEMALE or voice.engine not in LOW_FEMALE_PITCH):
         raise ValueError(f"low_female needs a female espeak-ng or flite voice, got {voice.id} ({voice.gender})")
-    if voice.engine == "espeak-ng":
-        pitch_range = LOW_FEMALE_PITCH[voice.engine] if low_female else ESPEAK_PITCH[voice.gender]
-        return Prosody(float(rng.integers(*ESPEAK_RATE_WPM)), float(rng.integers(*pitch_range)))
+    espeak = voice.engine == "espeak-ng"
+    pitch = LOW_FEMALE_PITCH[voice.engine] if low_female else (ESPEAK_PITCH if espeak else FLITE_F0_HZ)[voice.gender]
+    if espeak:
+        return Prosody(float(rng.integers(*ESPEAK_RATE_WPM)), float(rng.integers(*pitch)))
     stretch = float(np.round(rng.uniform(*DURATION_STRETCH), 2))
-    f0_range = LOW_FEMALE_PITCH[voice.engine] if low_female else FLITE_F0_HZ[voice.gender]
-    return Prosody(stretch, float(np.round(rng.uniform(*f0_range))))
+    return Prosody(stretch, float(np.round(rng.uniform(*pitch))))
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> None:

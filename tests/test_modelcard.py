@@ -29,10 +29,16 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     answers = dg.run_datagen(dg.DatagenOptions(corpus_dir=corpus, out_file=data, splits=("test",), batch_size=4,
                                                retries=1, candidates=2, limit=5),
                              lambda convs, seed=None, banned=None: ["A quiet man speaking slowly, a beep." for _ in convs])
+    # a second file of label answers to one category, trained on after the first (`train --data A --data B`)
+    labels = tmp_path / "labels.jsonl"
+    second = dg.run_datagen(dg.DatagenOptions(corpus_dir=corpus, out_file=labels, splits=("test",), batch_size=4,
+                                              seed=7, categories=("volume",), answers="label"),
+                            lambda convs, seed=None, banned=None: pytest.fail("label answers ask no model"))
     model = build_tiny_model()
     run = tmp_path / "run"
-    train(TrainOptions(data=data, data_root=corpus, out_dir=run, steps=3, batch_size=2, lr=1e-3, warmup_steps=1,
-                       loss_plot=False, lora=lora, precision="bf16" if lora else "tf32"), model)
+    train(TrainOptions(data=(data, labels), data_root=corpus, out_dir=run, steps=3, batch_size=2, lr=1e-3,
+                       warmup_steps=1, loss_plot=False, lora=lora, precision="bf16" if lora else "tf32"), model)
+    assert json.loads((run / "train.json").read_text())["records"] == answers.written + second.written
     result = evaluate(model, EvalOptions(corpus_dir=corpus, batch_size=8, label_max_new_tokens=3,
                                          qa_max_new_tokens=4, text_max_new_tokens=6))
     write_report(result, tmp_path / "eval")
@@ -43,7 +49,8 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     register_cli(parser.add_subparsers(dest="command"))
     out = tmp_path / "shipped"
     args = parser.parse_args(["ship", "--run", str(run), "--eval", str(tmp_path / "eval"), "--data", str(data),
-                              "--corpus", str(corpus), "--out", str(out), "--notes", str(notes), "--json"])
+                              "--data", str(labels), "--corpus", str(corpus), "--out", str(out), "--notes", str(notes),
+                              "--json"])
     assert args.func(args) == 0
     assert json.loads(capsys.readouterr().out)["out"] == str(out)
 
@@ -54,6 +61,9 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{answers.written} records kept, {answers.rejected} answers set aside" in card
     assert "`desta-edge datagen --seed 0 --max-new-tokens 64 --limit 5 --splits test --retries 1 --candidates 2`" in card
+    assert "`desta-edge datagen --seed 7 --max-new-tokens 64 --splits test --categories volume --answers label`" in card
+    assert f"Training read these 2 files in this order: {answers.written + second.written} records." in card
+    assert card.index("--candidates 2`") < card.index("--answers label`")
     assert "`desta-edge train --model tiny --steps 3 --batch-size 2" in card and "| **average** |" in card
     assert "`desta-edge corpus --size 6 --seed 3 --room-fraction 0.7 --reverb-fraction 0.3 --channel-fraction 0.3`" in card
     assert f"on {result['clips']} held-out clips of the corpus above" in card

@@ -85,6 +85,18 @@ def test_collate_masks_all_but_response_and_end_of_turn(tmp_path):
     assert batch.attention_mask[:, -1].all()
 
 
+def test_several_jsonl_files_are_read_in_order_each_against_its_own_directory(tmp_path):
+    first, second = write_data(tmp_path / "a", n=2), write_data(tmp_path / "b", n=3)
+    data = AQADataset([first, second])
+    assert [ex.id for ex in data] == ["r0", "r1", "r0", "r1", "r2"]
+    assert [Path(ex.audios[0]).parent.parent.name for ex in data] == ["a", "a", "b", "b", "b"]
+    assert all(Path(ex.audios[0]).is_file() for ex in data)
+    assert [ex.id for ex in AQADataset([first, second], limit=3)] == ["r0", "r1", "r0"]  # the limit spans the files
+    assert [ex.audios for ex in AQADataset(first)] == [ex.audios for ex in data][:2]
+    with pytest.raises(ValueError, match="no training data"):
+        AQADataset([])
+
+
 def test_mixed_encoder_windows_per_batch(tmp_path):
     model = build_tiny_model()
     data = list(AQADataset(write_data(tmp_path, n=4)))  # clips of 0.5-1.25 s
@@ -254,6 +266,11 @@ def test_train_cli_reports_bad_input(tmp_path, capsys):
     args = parser.parse_args(["train", "--data", "x.jsonl", "--out", str(tmp_path / "o"), "--json"])
     assert args.func(args) == 2
     assert "--steps or --epochs" in capsys.readouterr().err
+    data = write_data(tmp_path / "d", n=1)  # of several files, the one missing is named
+    args = parser.parse_args(["train", "--data", str(data), "--data", str(tmp_path / "second.jsonl"),
+                              "--out", str(tmp_path / "o"), "--steps", "1", "--json"])
+    assert args.func(args) == 2
+    assert "--data " + str(tmp_path / "second.jsonl") + ": file not found" in capsys.readouterr().err
 
 
 def test_unknown_precision_is_refused_before_any_work(tmp_path):

@@ -85,8 +85,10 @@ def register_cli(subparsers: Any) -> None:
     d.set_defaults(func=_cmd_datagen)
 
     t = subparsers.add_parser("train", help="train the connector (encoder and LLM frozen)")
-    t.add_argument("--data", required=True, help="DeSTA-AQA5M-schema JSONL (from datagen, or the official files)")
-    t.add_argument("--data-root", default=None, help="directory the audio paths are relative to (default: the JSONL's)")
+    t.add_argument("--data", required=True, action="append",
+                   help="DeSTA-AQA5M-schema JSONL (from datagen, or the official files); repeat it to train on "
+                        "several, read in the order given")
+    t.add_argument("--data-root", default=None, help="directory the audio paths are relative to (default: each JSONL's)")
     t.add_argument("--out", required=True, help="output directory: checkpoints/, metrics.jsonl, loss.png, the adapter")
     t.add_argument("--model", default="tiny", help="preset (fresh connector) or checkpoint dir (default: tiny)")
     length = t.add_mutually_exclusive_group()
@@ -136,7 +138,8 @@ def register_cli(subparsers: Any) -> None:
     s = subparsers.add_parser("ship", help="fp16 adapter + MODEL_CARD.md from a train run and its eval")
     s.add_argument("--run", required=True, help="train output directory (adapter, train.json, metrics.jsonl)")
     s.add_argument("--eval", required=True, help="eval output directory (eval.json)")
-    s.add_argument("--data", required=True, help="the datagen JSONL the run trained on")
+    s.add_argument("--data", required=True, action="append",
+                   help="the datagen JSONL the run trained on (repeat it, in train's order, for several)")
     s.add_argument("--corpus", required=True, help="the corpus directory")
     s.add_argument("--out", required=True, help="where to write the shipped adapter (e.g. models/desta-edge-tiny)")
     s.add_argument("--notes", default=None, help="a markdown file appended to the card as its Notes section")
@@ -217,11 +220,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if (args.steps is None) == (args.epochs is None):
         return _fail("give --steps or --epochs", EXIT_BAD_INPUT)
-    if not Path(args.data).is_file():
-        return _fail(f"--data {args.data}: file not found", EXIT_BAD_INPUT)
+    missing = [d for d in args.data if not Path(d).is_file()]
+    if missing:
+        return _fail(f"--data {missing[0]}: file not found", EXIT_BAD_INPUT)
     try:
         options = TrainOptions(
-            data=Path(args.data), data_root=Path(args.data_root) if args.data_root else None, out_dir=Path(args.out),
+            data=tuple(Path(d) for d in args.data), data_root=Path(args.data_root) if args.data_root else None,
+            out_dir=Path(args.out),
             model=args.model, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
             grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
             save_every=args.save_every, seed=args.seed, limit=args.limit, num_workers=args.workers,
@@ -273,7 +278,8 @@ def _cmd_ship(args: argparse.Namespace) -> int:
 
     try:
         notes = Path(args.notes).read_text() if args.notes else ""
-        out = ship_adapter(Path(args.run), Path(args.eval), Path(args.data), Path(args.corpus), Path(args.out), notes)
+        out = ship_adapter(Path(args.run), Path(args.eval), [Path(d) for d in args.data], Path(args.corpus),
+                           Path(args.out), notes)
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     print(json.dumps({"out": str(out), "card": str(out / CARD_NAME)}) if args.json else f"shipped -> {out}")

@@ -6,7 +6,9 @@
 
 Design choices:
 - Records come from `aqa5m.iter_aqa5m` (ours from `desta-edge datagen`, or the official files
-  with a `data_root`); they are read once into memory as small tuples (paths and strings).
+  with a `data_root`), from one JSONL or several in the order given, each resolving its audio
+  against its own directory unless a `data_root` is given; they are read once into memory as
+  small tuples (paths and strings).
 - The prompt part of every row is `runtime.prompt.conversation_ids` on the conversation without
   its last (assistant) message: the very ids `build_batch` gives at inference, so the connector
   is trained on the positions and tokens it will see. The target is the text that the chat
@@ -29,12 +31,13 @@ Design choices:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -64,13 +67,15 @@ class Example:
 class AQADataset(torch.utils.data.Dataset):
     """DeSTA-AQA5M JSONL records as `Example`s; `data_root` resolves relative audio paths."""
 
-    def __init__(self, path: str | os.PathLike, data_root: str | os.PathLike | None = None,
-                 *, limit: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike],
+                 data_root: str | os.PathLike | None = None, *, limit: int | None = None) -> None:
+        """`paths`: one JSONL or several, read in the order given (`limit` counts over all of them)."""
+        self.paths = (Path(paths),) if isinstance(paths, (str, os.PathLike)) else tuple(Path(p) for p in paths)
+        if not self.paths:
+            raise ValueError("no training data given")
         self.examples: list[Example] = []
-        for rec in iter_aqa5m(self.path, data_root):
-            if limit is not None and len(self.examples) >= limit:
-                break
+        records = itertools.chain.from_iterable(iter_aqa5m(path, data_root) for path in self.paths)
+        for rec in itertools.islice(records, limit):
             prompt = [{k: v for k, v in m.items()} for m in rec.messages[:-1]]
             self.examples.append(Example(
                 id=rec.id, prompt=prompt, response=rec.messages[-1]["content"],
@@ -78,7 +83,7 @@ class AQADataset(torch.utils.data.Dataset):
                 transcripts=tuple(a.text if a.text is not None else NO_SPEECH_TRANSCRIPT for a in rec.audios),
             ))
         if not self.examples:
-            raise ValueError(f"{self.path}: no training records")
+            raise ValueError(f"{', '.join(map(str, self.paths))}: no training records")
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -14,10 +14,11 @@ Design choices:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -102,12 +103,17 @@ def _targets_line(settings: dict[str, Any], kept: list[dict[str, Any]], rejected
             f"{len(kept) - labelled} records answered by the backbone itself; {aside}.")
 
 
-def ship_adapter(run_dir: Path, eval_dir: Path, data_file: Path, corpus_dir: Path, out_dir: Path,
+def ship_adapter(run_dir: Path, eval_dir: Path, data: Path | Sequence[Path], corpus_dir: Path, out_dir: Path,
                  notes: str = "") -> Path:
-    """Write out_dir/{config.json, model.safetensors (fp16), loss.png, eval.json, MODEL_CARD.md}."""
+    """Write out_dir/{config.json, model.safetensors (fp16), loss.png, eval.json, MODEL_CARD.md}.
+
+    `data`: the datagen JSONL the run trained on, or several in the order `train` read them."""
     run_dir, eval_dir, out_dir = Path(run_dir), Path(eval_dir), Path(out_dir)
+    data_files = [Path(data)] if isinstance(data, (str, os.PathLike)) else [Path(f) for f in data]
+    if not data_files:
+        raise ValueError("ship needs the datagen JSONL the run trained on")
     for need in (run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME, run_dir / RUN_NAME, eval_dir / EVAL_NAME,
-                 Path(corpus_dir) / MANIFEST, Path(data_file)):
+                 Path(corpus_dir) / MANIFEST, *data_files):
         if not need.is_file():
             raise FileNotFoundError(f"{need} not found: ship needs a finished train run, its eval, the corpus and the data")
     config = DestaConfig.from_json(run_dir / CONFIG_NAME)
@@ -120,16 +126,23 @@ def ship_adapter(run_dir: Path, eval_dir: Path, data_file: Path, corpus_dir: Pat
     if (run_dir / PLOT_NAME).is_file():
         shutil.copyfile(run_dir / PLOT_NAME, out_dir / PLOT_NAME)
     shutil.copyfile(eval_dir / EVAL_NAME, out_dir / EVAL_NAME)
-    card = model_card(config, run_dir, eval_dir, Path(data_file), Path(corpus_dir), out_dir, notes)
+    card = model_card(config, run_dir, eval_dir, data_files, Path(corpus_dir), out_dir, notes)
     (out_dir / CARD_NAME).write_text(card)
     return out_dir
 
 
-def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Path, corpus_dir: Path,
+def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_files: list[Path], corpus_dir: Path,
                out_dir: Path, notes: str) -> str:
     corpus = json.loads((corpus_dir / MANIFEST).read_text())
-    settings = json.loads(settings_path(data_file).read_text()) if settings_path(data_file).exists() else {}
-    kept, rejected = _read_jsonl(data_file), _read_jsonl(rejected_path(data_file))
+    targets, kept, rejected = [], [], []
+    for data_file in data_files:
+        settings = json.loads(settings_path(data_file).read_text()) if settings_path(data_file).exists() else {}
+        file_kept, file_rejected = _read_jsonl(data_file), _read_jsonl(rejected_path(data_file))
+        targets.append(_targets_line(settings, file_kept, file_rejected))
+        kept += file_kept
+        rejected += file_rejected
+    if len(data_files) > 1:
+        targets.append(f"- Training read these {len(data_files)} files in this order: {len(kept)} records.")
     run = json.loads((run_dir / RUN_NAME).read_text())
     losses = [r["loss"] for r in _read_jsonl(run_dir / METRICS_NAME)]
     result = json.loads((eval_dir / EVAL_NAME).read_text())
@@ -172,7 +185,7 @@ def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_file: Pa
         f"{len(corpus['voices']['test'])} in test, no voice in two splits; sentences are split by text.",
         f"- Labels measured from the audio: gender {counts['gender']}, pitch {counts['pitch']}, speed {counts['speed']}, "
         f"volume {counts['volume']}, noise {counts['noise']}.",
-        _targets_line(settings, kept, rejected),
+        *targets,
         "- Kept records per category: " + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ".",
         "- Set aside per category: " + (", ".join(f"{k} {v}" for k, v in sorted(cats_rej.items())) or "none") + ".",
         "",

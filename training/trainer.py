@@ -92,9 +92,9 @@ RESUME_SETTINGS = ("batch_size", "grad_accum", "seed", "world_size", "total_step
 
 @dataclass(frozen=True)
 class TrainOptions:
-    data: Path  # DeSTA-AQA5M-schema JSONL (from `desta-edge datagen`, or the official files)
+    data: Path | tuple[Path, ...]  # DeSTA-AQA5M-schema JSONL (datagen's, or the official files); several are read in order
     out_dir: Path  # checkpoints, metrics.jsonl, loss.png and the final adapter
-    data_root: Path | None = None  # resolves relative audio paths (default: the JSONL's directory)
+    data_root: Path | None = None  # resolves relative audio paths (default: each JSONL's directory)
     model: str = "tiny"  # preset (fresh connector) or checkpoint directory (continues its connector)
     steps: int | None = None  # optimizer steps; exactly one of steps / epochs
     epochs: int | None = None  # passes over the data (per rank shard)
@@ -506,4 +506,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def options_dict(options: TrainOptions) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
+    def plain(v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, tuple) else v
+    return {k: plain(v) for k, v in asdict(options).items()}

@@ -64,15 +64,21 @@ class Example:
     transcripts: tuple[str, ...]  # one per audio ("text" of the record, or " ")
 
 
+def jsonl_paths(data: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[Path, ...]:
+    """One JSONL path or several, as a tuple in the order given (`train` and `ship` take either)."""
+    paths = (Path(data),) if isinstance(data, (str, os.PathLike)) else tuple(Path(p) for p in data)
+    if not paths:
+        raise ValueError("no training data given")
+    return paths
+
+
 class AQADataset(torch.utils.data.Dataset):
     """DeSTA-AQA5M JSONL records as `Example`s; `data_root` resolves relative audio paths."""
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike],
                  data_root: str | os.PathLike | None = None, *, limit: int | None = None) -> None:
         """`paths`: one JSONL or several, read in the order given (`limit` counts over all of them)."""
-        self.paths = (Path(paths),) if isinstance(paths, (str, os.PathLike)) else tuple(Path(p) for p in paths)
-        if not self.paths:
-            raise ValueError("no training data given")
+        self.paths = jsonl_paths(paths)
         self.examples: list[Example] = []
         records = itertools.chain.from_iterable(iter_aqa5m(path, data_root) for path in self.paths)
         for rec in itertools.islice(records, limit):

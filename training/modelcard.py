@@ -14,7 +14,6 @@ Design choices:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,7 @@ from desta_edge.runtime.config import DestaConfig
 
 from .corpus import MANIFEST
 from .datagen import LABEL_SENTENCES, rejected_path, settings_path
+from .dataset import jsonl_paths
 from .evaluate import markdown_table
 from .trainer import METRICS_NAME, PLOT_NAME, RUN_NAME
 
@@ -109,9 +109,7 @@ def ship_adapter(run_dir: Path, eval_dir: Path, data: Path | Sequence[Path], cor
 
     `data`: the datagen JSONL the run trained on, or several in the order `train` read them."""
     run_dir, eval_dir, out_dir = Path(run_dir), Path(eval_dir), Path(out_dir)
-    data_files = [Path(data)] if isinstance(data, (str, os.PathLike)) else [Path(f) for f in data]
-    if not data_files:
-        raise ValueError("ship needs the datagen JSONL the run trained on")
+    data_files = jsonl_paths(data)
     for need in (run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME, run_dir / RUN_NAME, eval_dir / EVAL_NAME,
                  Path(corpus_dir) / MANIFEST, *data_files):
         if not need.is_file():
@@ -131,7 +129,7 @@ def ship_adapter(run_dir: Path, eval_dir: Path, data: Path | Sequence[Path], cor
     return out_dir
 
 
-def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_files: list[Path], corpus_dir: Path,
+def model_card(config: DestaConfig, run_dir: Path, eval_dir: Path, data_files: Sequence[Path], corpus_dir: Path,
                out_dir: Path, notes: str) -> str:
     corpus = json.loads((corpus_dir / MANIFEST).read_text())
     targets, kept, rejected = [], [], []

@@ -266,6 +266,23 @@ def test_low_pitched_women_change_only_the_pitch_of_women_s_short_replies():
         sample_prosody(next(v for v in voices if v.gender == MALE), np.random.default_rng(0), low_female=True)
 
 
+def test_low_pitched_women_s_sentences_change_only_their_pitch_and_leave_short_replies_alone():
+    voices = all_voices({"espeak-ng": True, "flite": True, "festival": True})
+    options = CorpusOptions(out_dir="unused", size=800, seed=4, short_fraction=0.3, short_low_female_fraction=0.5)
+    before = plan_corpus(options, voices)
+    after = plan_corpus(dataclasses.replace(options, low_female_fraction=0.4), voices)
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    women = [p for p in before if p.kind == SPEECH and p.sentence.kind != SHORT and p.voice.gender == FEMALE
+             and p.voice.engine in LOW_FEMALE_PITCH]
+    assert abs(len(changed) / len(women) - 0.4) < 0.15
+    for a, b in changed:
+        assert a == dataclasses.replace(b, prosody=a.prosody) and a in women  # a sentence's pitch, nothing else
+        lo, hi = LOW_FEMALE_PITCH[b.voice.engine]
+        assert lo <= b.prosody.pitch <= hi
+    with pytest.raises(ValueError, match="low_female_fraction"):
+        plan_corpus(dataclasses.replace(options, low_female_fraction=1.2), voices)
+
+
 def test_a_low_pitched_woman_s_short_reply_is_labelled_from_its_measured_pitch(tmp_path):
     build_corpus(CorpusOptions(out_dir=tmp_path, size=12, seed=3, workers=1, sound_fraction=0.0, short_fraction=1.0,
                                short_low_female_fraction=1.0))

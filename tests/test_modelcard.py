@@ -80,13 +80,15 @@ def test_ship_writes_fp16_weights_and_a_card_from_the_run(tmp_path, capsys, lora
 
 def test_the_card_names_the_corpus_options_used_and_the_corpus_evaluated(tmp_path):
     options = dataclasses.asdict(CorpusOptions(out_dir="x", size=2500, seed=1, short_fraction=0.3,
-                                               short_low_female_fraction=0.6))
+                                               short_low_female_fraction=0.6, low_female_fraction=0.4))
     assert corpus_command(options) == ("desta-edge corpus --size 2500 --seed 1 --room-fraction 0.7 --reverb-fraction 0.3"
-                                       " --channel-fraction 0.3 --short-fraction 0.3 --short-low-female-fraction 0.6")
+                                       " --channel-fraction 0.3 --short-fraction 0.3 --short-low-female-fraction 0.6"
+                                       " --low-female-fraction 0.4")
     other = tmp_path / "other"
     other.mkdir()
     (other / "corpus.json").write_text(json.dumps({"options": {**options, "size": 5000, "seed": 0,
-                                                               "short_fraction": 0.0, "short_low_female_fraction": 0.0}}))
+                                                               "short_fraction": 0.0, "short_low_female_fraction": 0.0,
+                                                               "low_female_fraction": 0.0}}))
     result = {"options": {"corpus_dir": str(other)}}
     assert _eval_corpus(result, tmp_path / "train-corpus") == ("of the corpus `desta-edge corpus --size 5000 --seed 0"
                                                                " --room-fraction 0.7 --reverb-fraction 0.3 --channel-fraction 0.3`")

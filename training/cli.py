@@ -47,6 +47,9 @@ def register_cli(subparsers: Any) -> None:
     c.add_argument("--short-low-female-fraction", type=float, default=CorpusOptions.short_low_female_fraction,
                    help="share of the short replies in a woman's voice pitched low (near 150-185 Hz), "
                         f"so that few words in a low voice do not mean a man (default: {CorpusOptions.short_low_female_fraction})")
+    c.add_argument("--low-female-fraction", type=float, default=CorpusOptions.low_female_fraction,
+                   help="share of the sentences (not short replies) in a woman's voice pitched low, so that the "
+                        f"pitch questions see low women's voices often (default: {CorpusOptions.low_female_fraction})")
     c.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")
     c.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
@@ -162,7 +165,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
                 out_dir=Path(args.out), size=args.size, seed=args.seed, room_fraction=args.room_fraction,
                 reverb_fraction=args.reverb_fraction, channel_fraction=args.channel_fraction,
                 short_fraction=args.short_fraction, short_low_female_fraction=args.short_low_female_fraction,
-                workers=args.workers, overwrite=args.overwrite, progress=not args.json))
+                low_female_fraction=args.low_female_fraction, workers=args.workers, overwrite=args.overwrite,
+                progress=not args.json))
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
     except RuntimeError as e:

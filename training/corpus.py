@@ -26,6 +26,8 @@ Design choices:
   recordings of people. A share of those in a woman's voice (`short_low_female_fraction`) is pitched
   low (synth.LOW_FEMALE_PITCH), drawn from a fourth stream after the plan's own prosody, so that
   short replies do not teach "low voice, few words: a man" and the genders stay as balanced as before.
+  `low_female_fraction` does the same for the sentences said in a woman's voice, from a fifth stream,
+  so that a low woman's voice is common enough for the pitch questions to teach it.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ CHANNEL_BANDS_HZ = ((300.0, 3400.0), (100.0, 7000.0), (150.0, 5000.0), (80.0, 40
 AUGMENT_STREAM = 1  # the room/channel choices draw from default_rng([seed, AUGMENT_STREAM])
 SHORT_STREAM = 2  # whether a speech clip is a short reply draws from default_rng([seed, SHORT_STREAM])
 LOW_FEMALE_STREAM = 3  # a woman's short reply pitched low draws from default_rng([seed, LOW_FEMALE_STREAM])
+LOW_FEMALE_SENTENCE_STREAM = 4  # ... and a woman's sentence, from default_rng([seed, LOW_FEMALE_SENTENCE_STREAM])
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class CorpusOptions:
     channel_fraction: float = 0.3  # share of speech clips band-limited to one of CHANNEL_BANDS_HZ
     short_fraction: float = 0.0  # share of speech clips that say a short reply or request instead of a sentence
     short_low_female_fraction: float = 0.0  # share of the short replies in a woman's voice that are pitched low
+    low_female_fraction: float = 0.0  # share of the sentences (not short replies) in a woman's voice pitched low
     workers: int = 2  # synthesis processes (1 = in this process)
     overwrite: bool = False  # replace an existing corpus in out_dir
     progress: bool = False  # show a progress bar
@@ -134,7 +138,7 @@ def _check(options: CorpusOptions) -> None:
         raise ValueError(f"split_fractions must be >= 0 and sum to 1, got {options.split_fractions}")
     for name in ("sound_fraction", "noisy_fraction", "heldout_qa_fraction", "speed_perturb_fraction",
                  "room_fraction", "reverb_fraction", "channel_fraction", "short_fraction",
-                 "short_low_female_fraction"):
+                 "short_low_female_fraction", "low_female_fraction"):
         if not 0 <= getattr(options, name) <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(options, name)}")
     if options.workers < 1:
@@ -147,7 +151,8 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
     rng = np.random.default_rng(options.seed)
     augment = np.random.default_rng([options.seed, AUGMENT_STREAM])
     short = np.random.default_rng([options.seed, SHORT_STREAM])
-    low = np.random.default_rng([options.seed, LOW_FEMALE_STREAM])
+    low = {SHORT: (np.random.default_rng([options.seed, LOW_FEMALE_STREAM]), options.short_low_female_fraction),
+           None: (np.random.default_rng([options.seed, LOW_FEMALE_SENTENCE_STREAM]), options.low_female_fraction)}
     voices = all_voices() if voices is None else voices
     by_split_voice = {s: [v for v in voices if v.split == s] for s in SPLITS}
     pools: dict[tuple[str, str], list[Sentence]] = {}
@@ -204,9 +209,10 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
                                      augment.uniform(*REVERB_DRR_DB), int(augment.integers(len(CHANNEL_BANDS_HZ))))
         level = float(rng.uniform(*LEVEL_RANGE_DBFS))
         prosody = sample_prosody(voice, rng)
-        if (sentence.kind == SHORT and voice.gender == FEMALE and voice.engine in LOW_FEMALE_PITCH
-                and low.random() < options.short_low_female_fraction):  # its own stream: the others draw as always
-            prosody = sample_prosody(voice, low, low_female=True)
+        if voice.gender == FEMALE and voice.engine in LOW_FEMALE_PITCH:  # own streams: the others draw as always
+            stream, share = low[SHORT if sentence.kind == SHORT else None]
+            if stream.random() < share:
+                prosody = sample_prosody(voice, stream, low_female=True)
         plans.append(ClipPlan(
             id=f"{split}-{i:06d}", split=split, kind=SPEECH, seed=clip_seed, pad_s=pad,
             level_dbfs=level, sentence=sentence, voice=voice, prosody=prosody,

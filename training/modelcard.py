@@ -49,7 +49,7 @@ def corpus_command(options: dict[str, Any]) -> str:
            # a corpus made before rooms and channels existed has none
            f" --room-fraction {options.get('room_fraction', 0):g} --reverb-fraction {options.get('reverb_fraction', 0):g}"
            f" --channel-fraction {options.get('channel_fraction', 0):g}")
-    for name in ("short_fraction", "short_low_female_fraction"):  # off by default: named only when used
+    for name in ("short_fraction", "short_low_female_fraction", "low_female_fraction"):  # off by default: named only when used
         if options.get(name):
             cmd += f" --{name.replace('_', '-')} {options[name]:g}"
     return cmd

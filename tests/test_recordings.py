@@ -48,6 +48,9 @@ def test_manifest_errors_name_the_line_and_the_problem(tmp_path):
         (json.dumps({"audio": "a.wav", "start_s": 3, "end_s": 2}), "start_s < end_s"),
         (json.dumps({"audio": "a.wav", "speakr": "x"}), "unknown field"),
         (json.dumps({"audio": "a.wav", "transcript": " ... "}), "no words"),
+        (json.dumps({"audio": "a.wav", "answer": "Paris"}), "with the question as the transcript"),
+        (json.dumps({"audio": "a.wav", "transcript": "Capital of France?", "answer": " "}), "non-empty string"),
+        (json.dumps({"audio": "a.wav", "synthesizer": 3}), "synthesizer must be"),
     ]
     for line, message in cases:
         p = tmp_path / "m.jsonl"
@@ -187,6 +190,29 @@ def test_eval_runs_on_a_recordings_corpus_without_reference_transcripts(tmp_path
     table = markdown_table(result)
     assert "model % by clip variant" in table and "| gender | " in table.split("by clip variant")[1]
     assert "| gender | " in table.split("by the length of what was said")[1]
+
+
+def test_a_recorded_question_with_its_answer_is_asked_by_voice_and_in_text(tmp_path):
+    write(tmp_path / "q.wav", voiced(120.0, 1.5))
+    write(tmp_path / "s.wav", voiced(230.0, 1.5))
+    m = manifest(tmp_path, [{"audio": "q.wav", "gender": "Male", "transcript": "What is the capital of France?",
+                             "answer": "Paris", "synthesizer": "kokoro"},
+                            {"audio": "s.wav", "gender": "Female", "transcript": "turn on the lights please"}])
+    corpus = build_recordings(RecordingsOptions(manifest=m, out_dir=tmp_path / "c")).parent
+    qa = [json.loads(x) for x in (corpus / "spoken_qa.jsonl").read_text().splitlines()]
+    assert qa == [{"id": "rec-0000-as_recorded", "audio": "audio/test/rec-0000-as_recorded.wav",
+                   "question": "What is the capital of France?", "answer": "Paris"}]  # once, not its copies
+    clips = {c["id"]: c for c in read_metadata(corpus)}
+    assert clips["rec-0000-noisy"]["synthesizer"] == "kokoro" and clips["rec-0001-loud"]["synthesizer"] == "recording"
+    assert json.loads((corpus / "corpus.json").read_text())["spoken_questions"] == 1
+    result = evaluate(build_tiny_model(), EvalOptions(corpus_dir=corpus, batch_size=4, label_max_new_tokens=2,
+                                                      qa_max_new_tokens=2, text_max_new_tokens=2))
+    assert result["spoken_qa"]["n"] == 1 and set(result["spoken_qa"]["by_synthesizer"]) == {"kokoro"}
+    assert result["spoken_qa"]["answers"][0]["expected"] == "Paris"
+    # rebuilt from a manifest without questions, the old list goes
+    m = manifest(tmp_path, [{"audio": "s.wav"}])
+    build_recordings(RecordingsOptions(manifest=m, out_dir=corpus, overwrite=True))
+    assert not (corpus / "spoken_qa.jsonl").exists()
 
 
 def test_real_voices_download_checks_the_digest_and_extracts_members(tmp_path, monkeypatch):

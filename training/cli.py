@@ -182,6 +182,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
         keys = ("gender", "pitch", "speed", "volume", "noise") if args.recordings else ("split", "kind", "synthesizer")
         for key in keys:
             print(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in manifest["counts"][key].items()))
+        if manifest.get("spoken_questions"):
+            print(f"  spoken questions: {manifest['spoken_questions']} (spoken_qa.jsonl)")
     return 0
 
 

@@ -8,7 +8,10 @@ Manifest: JSONL, one recording (or one segment of it) per line.
   {"audio": "path.wav", "start_s": 2.5, "end_s": 6.0, "gender": "Female",
    "transcript": "what was said", "noise": "Clean", "speaker": "spk1", "source": "where it came from"}
 Only `audio` is required (absolute, or relative to the manifest). A segment longer than the
-model's 30 s window is an error, never cut.
+model's 30 s window is an error, never cut. Two more optional fields: `answer`, the short answer
+to the question the transcript asks (the recording as it is then joins `spoken_qa.jsonl`, so
+`eval` asks it by voice and in text), and `synthesizer`, for speech that a synthesizer made
+rather than a person ("recording" when not given).
 
 Design choices:
 - Labels come from `labels.py` on the recording's own samples: median F0 -> pitch (relative to the
@@ -39,7 +42,7 @@ from tqdm.auto import tqdm
 from desta_edge.runtime.audio import AudioError, prepare_audio
 
 from . import acoustics, labels
-from .corpus import MANIFEST, METADATA, SPEECH, _counts, _r
+from .corpus import MANIFEST, METADATA, SPEECH, SPOKEN_QA, _counts, _r
 from .metrics import normalize_words
 
 logger = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ QUIET_DBFS = -38.0  # active RMS of the "quiet" copy (Quiet is below labels.VOLU
 LOUD_DBFS = -14.0  # ... of the "loud" copy (Loud is at or above VOLUME_EDGES_DBFS[1])
 NOISE_COLORS = ("white", "pink", "brown")
 NOISE_SNR_DB = (0.0, 10.0)  # added-noise SNR range of the "noisy" copy, uniform
-FIELDS = {"audio", "start_s", "end_s", "gender", "transcript", "noise", "speaker", "source"}
+FIELDS = {"audio", "start_s", "end_s", "gender", "transcript", "noise", "speaker", "source", "answer", "synthesizer"}
 NOISE_VALUES = (labels.CLEAN, *labels.NOISE_WORDS)
 
 
@@ -94,6 +97,12 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: need 0 <= start_s < end_s, got {start!r} and {end!r}")
         if row.get("transcript") is not None and not normalize_words(str(row["transcript"])):
             raise ValueError(f"{where}: transcript has no words: {row['transcript']!r}")
+        if row.get("answer") is not None and not (isinstance(row["answer"], str) and row["answer"].strip()
+                                                  and row.get("transcript")):
+            raise ValueError(f"{where}: an answer must be a non-empty string, with the question as the transcript; "
+                             f"got answer {row['answer']!r}, transcript {row.get('transcript')!r}")
+        if row.get("synthesizer") is not None and not (isinstance(row["synthesizer"], str) and row["synthesizer"].strip()):
+            raise ValueError(f"{where}: synthesizer must be a non-empty string or null, got {row['synthesizer']!r}")
         audio = Path(row["audio"])
         row["audio"] = str(audio if audio.is_absolute() else path.parent / audio)
         rows.append(row)
@@ -165,7 +174,7 @@ def build_recordings(options: RecordingsOptions) -> Path:
     if meta.exists() and not options.overwrite:
         raise ValueError(f"{meta} exists; pass overwrite=True (--overwrite) to rebuild it")
     (out / "audio" / SPLIT).mkdir(parents=True, exist_ok=True)
-    records = []
+    records, questions = [], []
     for i, row in enumerate(tqdm(rows, desc="recordings", unit="rec", disable=not options.progress)):
         speech = load_segment(row)
         rng = np.random.default_rng([options.seed, i])
@@ -173,17 +182,26 @@ def build_recordings(options: RecordingsOptions) -> Path:
             rid = f"rec-{i:04d}-{variant}"
             rel = f"audio/{SPLIT}/{rid}.wav"
             sf.write(out / rel, y, acoustics.SAMPLE_RATE, subtype="PCM_16")
+            if variant == "as_recorded" and row.get("answer") is not None:  # asked once, as it was recorded
+                questions.append({"id": rid, "audio": rel, "question": row["transcript"], "answer": row["answer"]})
             records.append({"id": rid, "audio": rel, "split": SPLIT, "kind": SPEECH,
-                            "transcript": row.get("transcript"), "sentence_type": None, "answer": None,
-                            "synthesizer": SYNTHESIZER, "voice": row.get("speaker"), **lab, "sound": None,
+                            "transcript": row.get("transcript"), "sentence_type": None, "answer": row.get("answer"),
+                            "synthesizer": row.get("synthesizer") or SYNTHESIZER, "voice": row.get("speaker"),
+                            **lab, "sound": None,
                             "duration_s": round(len(y) / acoustics.SAMPLE_RATE, 2), "variant": variant,
                             "source": row.get("source") or row["audio"],
                             "segment_s": [row.get("start_s", 0.0), row.get("end_s")]})
     tmp = meta.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     os.replace(tmp, meta)
+    qa = out / SPOKEN_QA
+    if questions:
+        qa.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions))
+    else:
+        qa.unlink(missing_ok=True)  # a rebuild without questions leaves none behind
     manifest = {"recordings": str(options.manifest), "variants": options.variants, "seed": options.seed,
-                "counts": _counts(records), "speakers": sorted({str(r["voice"]) for r in records})}
+                "counts": _counts(records), "spoken_questions": len(questions),
+                "speakers": sorted({str(r["voice"]) for r in records})}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("recordings: %d clips from %d recordings in %s", len(records), len(rows), out)
     return meta

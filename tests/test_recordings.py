@@ -17,6 +17,7 @@ from desta_edge.training.evaluate import (QUESTIONS, EvalOptions, _described_que
                                          labelled, markdown_table)
 from desta_edge.training.recordings import (LOUD_DBFS, QUIET_DBFS, RecordingsOptions, build_recordings,
                                             load_segment, read_manifest)
+from desta_edge.training.sentences import heldout_questions
 
 SR = acoustics.SAMPLE_RATE
 
@@ -213,6 +214,31 @@ def test_a_recorded_question_with_its_answer_is_asked_by_voice_and_in_text(tmp_p
     m = manifest(tmp_path, [{"audio": "s.wav"}])
     build_recordings(RecordingsOptions(manifest=m, out_dir=corpus, overwrite=True))
     assert not (corpus / "spoken_qa.jsonl").exists()
+
+
+def test_neural_voices_phonemes_voices_and_plan():
+    nv = load_benchmark("neural_voices")
+    p = nv.phonemes("Nice day, isn't it? I found a kitten.")
+    assert "A" in p and "I" in p and "ᵊn" in p  # eɪ, aɪ and the syllabic n in Kokoro's symbols
+    assert not any(ipa in p for ipa, _ in nv.IPA_TO_KOKORO) and "\u0329" not in p
+    vocab = {c: i for i, c in enumerate(sorted(set(p)))}
+    assert nv.tokens(p, vocab) == [vocab[c] for c in p]
+    with pytest.raises(ValueError, match="outside Kokoro's vocabulary"):
+        nv.tokens(p + "@", vocab)
+    with pytest.raises(ValueError, match="more than the model's"):
+        nv.tokens("a" * (nv.MAX_TOKENS + 1), {"a": 1})
+    assert [nv.gender_of(v) for v in ("jf_alpha", "jm_kumo", "jf_alpha+jf_nezumi")] == ["Female", "Male", "Female"]
+    with pytest.raises(ValueError, match="both genders"):
+        nv.gender_of("jf_alpha+jm_kumo")
+    rows = nv.plan(3, 2, seed=5)
+    assert rows == nv.plan(3, 2, seed=5) and rows != nv.plan(3, 2, seed=6)
+    voices = [*nv.VOICE_NAMES, *nv.BLENDS]
+    assert [r["voice"] for r in rows] == [v for v in voices for _ in range(5)]
+    for v in voices:
+        mine = [r for r in rows if r["voice"] == v]
+        assert all(r["answer"] for r in mine[:3])  # held-out questions, then the test split's sentences
+        assert {r["text"] for r in mine[:3]} <= {q.text for q in heldout_questions()}
+        assert all(nv.SPEED_RANGE[0] <= r["speed"] <= nv.SPEED_RANGE[1] for r in mine)
 
 
 def test_real_voices_download_checks_the_digest_and_extracts_members(tmp_path, monkeypatch):

@@ -95,7 +95,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_BAD_INPUT)
     transcript = stream.audios[0][1]
     if not args.json:
-        print(f"heard: {transcript!r}", file=sys.stderr)
+        print(f"heard: {_heard(transcript)}", file=sys.stderr)
     for piece in stream:
         if not args.json:
             print(piece, end="", flush=True)
@@ -201,7 +201,15 @@ def _report_file(args: argparse.Namespace, path: str, **result) -> None:
     if args.json:
         print(json.dumps({"audio": path, **result}, ensure_ascii=False), flush=True)
     elif "error" not in result:
-        print(f"{path}\n  heard: {result['transcript']!r}\n  {result['answer']}", flush=True)
+        print(f"{path}\n  heard: {_heard(result['transcript'])}\n  {result['answer']}", flush=True)
+
+
+def _heard(transcript: str) -> str:
+    """What was heard, for a person: the transcript, or a plain word that there was no speech (the
+    model then answers about the sound, and a request was not made)."""
+    from desta_edge.runtime.model import NO_SPEECH_TRANSCRIPT
+
+    return "(no speech; the answer is about the sound)" if transcript == NO_SPEECH_TRANSCRIPT else repr(transcript)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

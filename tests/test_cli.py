@@ -144,3 +144,18 @@ def test_ask_answers_a_failing_batch_file_by_file(tiny_checkpoint, tmp_path, cap
     assert lines[1] == {"audio": str(files[1]), "error": "refused for the test"}
     assert [lines[0]["timings_ms"]["batch_size"], lines[2]["timings_ms"]["batch_size"]] == [1, 1]
     assert "a batch of 3 failed" in caplog.text
+
+
+def test_ask_says_plainly_when_a_clip_has_no_speech(tiny_checkpoint, tmp_path, capsys):
+    """A clip without speech (a tone) gets the reference's blank transcript; a person is told so in
+    words, once alone and once among several files, and --json keeps the transcript as it is."""
+    files = [tmp_path / "tone1.wav", tmp_path / "tone2.wav"]
+    for i, path in enumerate(files):
+        sf.write(str(path), tone(0.8, freq=300.0 * (i + 1)), 16000)
+    common = ("--model", str(tiny_checkpoint), "--device", "cpu", "--max-new-tokens", "2")
+    alone = run(capsys, "ask", str(files[0]), *common)
+    assert alone.returncode == 0 and "heard: (no speech; the answer is about the sound)" in alone.stderr
+    several = run(capsys, "ask", *map(str, files), *common)
+    assert several.returncode == 0 and several.stdout.count("heard: (no speech") == 2
+    js = run(capsys, "ask", str(files[0]), *common, "--json")
+    assert json.loads(js.stdout.splitlines()[-1])["transcript"] == " "

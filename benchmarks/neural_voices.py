@@ -84,14 +84,13 @@ def tokens(phoneme_text: str, vocab: dict[str, int]) -> list[int]:
 
 def plan(questions_per_voice: int, sentences_per_voice: int, seed: int) -> list[dict]:
     """What each voice says and how fast: one row per clip, deterministic in `seed`."""
-    from desta_edge.training.corpus import sentence_split
+    from desta_edge.training.corpus import CorpusOptions, sentence_split
     from desta_edge.training.sentences import all_sentences, heldout_questions
     from desta_edge.training.synth import TEST
 
     rng = np.random.default_rng(seed)
     questions = heldout_questions()
-    fractions = (0.8, 0.1, 0.1)  # CorpusOptions' default: the test split's sentences
-    test = [s for s in all_sentences() if sentence_split(s.text, fractions) == TEST]
+    test = [s for s in all_sentences() if sentence_split(s.text, CorpusOptions.split_fractions) == TEST]
     rows = []
     for voice in [*VOICE_NAMES, *BLENDS]:
         picked = [questions[i] for i in rng.choice(len(questions), questions_per_voice, replace=False)]

@@ -151,8 +151,8 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
     rng = np.random.default_rng(options.seed)
     augment = np.random.default_rng([options.seed, AUGMENT_STREAM])
     short = np.random.default_rng([options.seed, SHORT_STREAM])
-    low = {SHORT: (np.random.default_rng([options.seed, LOW_FEMALE_STREAM]), options.short_low_female_fraction),
-           None: (np.random.default_rng([options.seed, LOW_FEMALE_SENTENCE_STREAM]), options.low_female_fraction)}
+    low_short = np.random.default_rng([options.seed, LOW_FEMALE_STREAM])
+    low_sentence = np.random.default_rng([options.seed, LOW_FEMALE_SENTENCE_STREAM])
     voices = all_voices() if voices is None else voices
     by_split_voice = {s: [v for v in voices if v.split == s] for s in SPLITS}
     pools: dict[tuple[str, str], list[Sentence]] = {}
@@ -210,7 +210,8 @@ def plan_corpus(options: CorpusOptions, voices: list[Voice] | None = None) -> li
         level = float(rng.uniform(*LEVEL_RANGE_DBFS))
         prosody = sample_prosody(voice, rng)
         if voice.gender == FEMALE and voice.engine in LOW_FEMALE_PITCH:  # own streams: the others draw as always
-            stream, share = low[SHORT if sentence.kind == SHORT else None]
+            stream, share = ((low_short, options.short_low_female_fraction) if sentence.kind == SHORT
+                             else (low_sentence, options.low_female_fraction))
             if stream.random() < share:
                 prosody = sample_prosody(voice, stream, low_female=True)
         plans.append(ClipPlan(
